@@ -1,0 +1,80 @@
+"""Latency, throughput and size of registered models, measured the same way for all in one run."""
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .explain import explain
+from .inference import Predictor
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_lesion(width: int = 600, height: int = 450, seed: int = 0) -> Image.Image:
+    """A skin-toned photo with a dark irregular blob: realistic size and content for timing, no patient data."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    cy, cx = height / 2, width / 2
+    ang = np.arctan2(yy - cy, xx - cx)
+    radius = min(width, height) * (0.25 + 0.05 * np.sin(3 * ang) + 0.03 * np.cos(7 * ang))
+    inside = np.hypot(yy - cy, xx - cx) < radius
+    img = np.empty((height, width, 3), np.float32)
+    img[...] = (214, 170, 150)
+    img[inside] = (110, 70, 55)
+    img += rng.normal(0, 8, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def _percentiles(times_ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(times_ms, 50)), float(np.percentile(times_ms, 95))
+
+
+def benchmark_predictor(predictor: Predictor, img: Image.Image, runs: int = 50, warmup: int = 5,
+                        batch: int = 32, cam_runs: int = 10) -> dict:
+    """Single-image latency (preprocess + forward), forward throughput on a batch, Grad-CAM latency."""
+    for _ in range(warmup):
+        predictor.predict_image(img)
+    single = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        predictor.predict_image(img)
+        single.append((time.perf_counter() - t0) * 1000)
+    x = predictor.preprocess(img).repeat(batch, 1, 1, 1)
+    predictor.logits(x)
+    reps, t0 = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - t0 < 1.0:
+        predictor.logits(x)
+        reps += 1
+    throughput = batch * reps / (time.perf_counter() - t0)
+    explain(predictor, img)
+    cams = [explain(predictor, img).latency_ms for _ in range(cam_runs)]
+    p50, p95 = _percentiles(single)
+    card = predictor.card
+    return {"model": card.name, "role": card.role, "arch": card.arch, "input_size": card.input_size,
+            "latency_ms_p50": round(p50, 3), "latency_ms_p95": round(p95, 3),
+            "throughput_ips": round(throughput, 1), "batch": batch,
+            "cam_ms_p50": round(_percentiles(cams)[0], 3), "params": card.params, "mflops": card.mflops,
+            "file_bytes": card.file_bytes, "dtype": card.dtype, "threads": torch.get_num_threads(), "runs": runs}
+
+
+def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None = None, threads: int | None = None,
+                  runs: int = 50, image: Image.Image | None = None) -> list[dict]:
+    registry = registry or Registry()
+    if threads:
+        torch.set_num_threads(threads)
+    names = list(names) if names else registry.names()
+    img = image or synthetic_lesion()
+    log.info("benchmark on %s, %d torch threads, image %dx%d", platform.processor() or platform.machine(),
+             torch.get_num_threads(), img.width, img.height)
+    rows = []
+    for name in names:
+        predictor = Predictor(*registry.load(name))
+        rows.append(benchmark_predictor(predictor, img, runs=runs))
+    return rows

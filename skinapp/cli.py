@@ -1,0 +1,249 @@
+"""``python -m skinapp``: the same functions the app uses, from a shell.
+
+Bad input ends with one readable line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .data import TASKS, DatasetError, scan_dataset
+from .distill import AUGMENT, HEADS, TrainConfig, TrainingError, train
+from .evaluation import binary_metrics, ece_score, fit_temperature
+from .explain import ExplainError, explain
+from .imageio import InvalidImageError, load_image
+from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
+from .registry import Registry, RegistryError, model_summary
+
+log = logging.getLogger("skinapp")
+USER_ERRORS = (InvalidImageError, DatasetError, RegistryError, TrainingError, UnknownArchitectureError,
+               PretrainedWeightsError, ExplainError, FileNotFoundError, ValueError)
+
+
+def _emit(obj, as_json: bool, text: str) -> None:
+    print(json.dumps(obj, indent=2) if as_json else text)
+
+
+def cmd_models(args, reg: Registry) -> int:
+    cards = reg.cards()
+    defaults = {r: reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards)}
+    rows = [model_summary(c) | {"default": defaults.get(c.role) == c.name} for c in cards]
+    lines = [f"{'name':28} {'role':8} {'arch':22} {'params':>10} {'AUC':>6}  teacher"]
+    for r in rows:
+        auc = f"{r['val_auc']:.3f}" if r["val_auc"] is not None else "-"
+        lines.append(f"{r['name'] + (' *' if r['default'] else ''):28} {r['role']:8} {r['arch']:22} "
+                     f"{r['params']:>10,} {auc:>6}  {r['teacher'] or '-'}")
+    _emit(rows, args.json, "\n".join(lines) if rows else f"no models registered in {reg.root}")
+    return 0
+
+
+def cmd_predict(args, reg: Registry) -> int:
+    from .inference import Predictor, expand_inputs
+
+    pred = Predictor(*reg.load(args.model or reg.default("student").name))
+    if args.cam_out:
+        Path(args.cam_out).mkdir(parents=True, exist_ok=True)
+    rows, failed = [], 0
+    for path in expand_inputs(args.images):
+        try:
+            img = load_image(path)
+            r = pred.predict_image(img, args.temperature, args.threshold, str(path)).as_dict()
+            if args.cam_out:
+                from PIL import Image
+
+                cam = explain(pred, img)
+                out = Path(args.cam_out) / f"{path.stem}_cam.png"
+                Image.fromarray(cam.overlay).save(out)
+                r.update(cam=str(out), cam_target=cam.target, cam_ms=round(cam.latency_ms, 2))
+            rows.append(r)
+            if not args.json:
+                probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+                print(f"{path}: {r['label']}  ({probs}; T={r['temperature']:g}, {r['latency_ms']:.1f} ms)")
+        except InvalidImageError as exc:
+            failed += 1
+            rows.append({"image": str(path), "error": str(exc)})
+            print(f"skinapp: error: {exc}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return 2 if failed else 0
+
+
+def cmd_evaluate(args, reg: Registry) -> int:
+    from .inference import Predictor, evaluate_dataset
+
+    pred = Predictor(*reg.load(args.model))
+    ds = scan_dataset(args.data, args.task or pred.card.task, args.label_map)
+    m = evaluate_dataset(pred, ds, args.split, args.threshold, args.temperature)
+    text = (f"{m['model']} on {m['data']} ({m['split']}, n={m['n']}): AUC {m['auc']:.4f}  accuracy "
+            f"{m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
+            f"specificity {m['specificity']:.4f}  sens@spec80 {m['sens_at_spec80']:.4f}  ECE {m['ece']:.4f}")
+    _emit(m, args.json, text)
+    return 0
+
+
+def cmd_calibrate(args, reg: Registry) -> int:
+    import torch
+
+    from .data import decode_dataset
+    from .inference import Predictor, dataset_logits, select_split
+
+    pred = Predictor(*reg.load(args.model))
+    card = pred.card
+    ds = scan_dataset(args.data, card.task, args.label_map)
+    decoded = decode_dataset(ds, card.input_size)
+    index = select_split(decoded, args.split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
+    logits = dataset_logits(pred, decoded, index)
+    y = decoded.targets[torch.as_tensor(index)].numpy()
+    before = ece_score(y, pred.probabilities(logits, 1.0).numpy())
+    t = fit_temperature(logits, y, pred.positive)
+    metrics = binary_metrics(y, pred.probabilities(logits, t).numpy(), labels=ds.labels)
+    out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
+           "ece_after": metrics["ece"]}
+    if not args.dry_run:
+        reg.update(card.name, temperature=t, metrics=metrics | {"ece_before": before, "ece_after": metrics["ece"]})
+    _emit(out, args.json, f"{card.name}: T = {t:.4f}, ECE {before:.4f} -> {metrics['ece']:.4f} (n={len(y)})"
+          + ("" if args.dry_run else "; card updated"))
+    return 0
+
+
+def cmd_benchmark(args, reg: Registry) -> int:
+    from .benchmark import run_benchmark
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    for n in names or []:
+        reg.get(n)
+    image = load_image(args.image) if args.image else None
+    rows = run_benchmark(names, reg, args.threads, args.runs, image)
+    lines = [f"{'model':28} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>8} {'CAM ms':>8} {'params':>11} {'MFLOPs':>9} "
+             f"{'bytes':>11}"]
+    lines += [f"{r['model']:28} {r['latency_ms_p50']:8.2f} {r['latency_ms_p95']:8.2f} {r['throughput_ips']:8.1f} "
+              f"{r['cam_ms_p50']:8.2f} {r['params']:11,} {r['mflops']:9.1f} {r['file_bytes']:11,}" for r in rows]
+    if rows:
+        lines.append(f"(torch threads: {rows[0]['threads']}; single-image latency = preprocess + forward)")
+    _emit(rows, args.json, "\n".join(lines))
+    return 0
+
+
+def _train_config(args, role: str) -> TrainConfig:
+    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
+    fields["weights_dir"] = args.weights
+    fields["role"] = role
+    return TrainConfig(**fields)
+
+
+def cmd_train(args, reg: Registry, role: str) -> int:
+    no_kd = getattr(args, "no_kd", False)
+    if role == "student" and not no_kd and not args.teacher:
+        args.teacher = reg.default("teacher").name
+    if role == "teacher" or no_kd:
+        args.teacher = None
+    card = train(_train_config(args, role), reg)
+    if card is None:
+        print("stopped on request; no model was registered", file=sys.stderr)
+        return 3
+    m = card.metrics
+    _emit(model_summary(card) | {"metrics": {k: m[k] for k in ("auc", "accuracy", "sens_at_spec80", "ece")}},
+          args.json, f"registered {card.name}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}, "
+                     f"T={card.temperature:.3f}, {card.params:,} params, {card.train.get('train_time_s')} s")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int, lr: float, image_size: int | None) -> None:
+    p.add_argument("--data", required=True, help="dataset folder (benign/ + malignant/ or one folder per diagnosis)")
+    p.add_argument("--name", required=True, help="name to register the model under")
+    p.add_argument("--arch", default=arch, choices=sorted(ARCHITECTURES))
+    p.add_argument("--task", default="malignant", choices=list(TASKS))
+    p.add_argument("--label-map", dest="label_map", help="JSON file: diagnosis folder -> benign|malignant")
+    p.add_argument("--head", default="auto", choices=HEADS)
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-4)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    p.add_argument("--image-size", dest="image_size", type=int, default=image_size)
+    p.add_argument("--augment", default="standard", choices=AUGMENT)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.add_argument("--val-frac", dest="val_frac", type=float, default=0.2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--pretrained", default="auto", help="none, auto, package, hub, or a checkpoint path")
+    p.add_argument("--drop-rate", dest="drop_rate", type=float)
+    p.add_argument("--progress", help="append JSON-lines progress here")
+    p.add_argument("--stop-file", dest="stop_file", help="stop cleanly when this file appears")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--default", action="store_true", help="mark as the default model of its role")
+    p.add_argument("--description", default="")
+    p.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m skinapp", description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", help="registry folder (default: $SKINAPP_WEIGHTS or the project's weights/)")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("predict", help="benign/malignant probabilities for images or folders")
+    p.add_argument("--model", help="registered model (default: the default student)")
+    p.add_argument("--temperature", type=float, help="softmax temperature (default: the card's calibrated one)")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--cam-out", dest="cam_out", help="folder for Grad-CAM overlays")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("images", nargs="+")
+    for name, helptext in (("evaluate", "metrics on a dataset folder"), ("calibrate", "fit a temperature")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", required=True)
+        p.add_argument("--data", required=True)
+        p.add_argument("--label-map", dest="label_map")
+        p.add_argument("--json", action="store_true")
+        if name == "evaluate":
+            p.add_argument("--task", choices=list(TASKS))
+            p.add_argument("--split", default="all", choices=("all", "train", "val"),
+                           help="all images, or the model's own train/val split (its card's seed)")
+            p.add_argument("--threshold", type=float, default=0.5)
+            p.add_argument("--temperature", type=float)
+        else:
+            p.add_argument("--split", default="val", choices=("all", "train", "val"))
+            p.add_argument("--dry-run", dest="dry_run", action="store_true", help="report without updating the card")
+    p = sub.add_parser("train-teacher", help="train a teacher on hard labels")
+    _add_train_args(p, "efficientnet_lite0", 12, 1e-3, None)
+    p = sub.add_parser("distill", help="train a student, with knowledge distillation from a teacher")
+    _add_train_args(p, "dsnet", 30, 3e-3, None)
+    p.add_argument("--teacher", help="registered teacher (default: the default teacher)")
+    p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
+    p.add_argument("-T", "--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p = sub.add_parser("benchmark", help="latency, throughput, Grad-CAM time and size per model")
+    p.add_argument("--models", help="comma-separated names (default: all)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--image", help="time on this image instead of a generated 600x450 one")
+    p.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    reg = Registry(args.weights)
+    handlers = {"models": cmd_models, "predict": cmd_predict, "evaluate": cmd_evaluate,
+                "calibrate": cmd_calibrate, "benchmark": cmd_benchmark,
+                "train-teacher": lambda a, r: cmd_train(a, r, "teacher"),
+                "distill": lambda a, r: cmd_train(a, r, "student")}
+    try:
+        return handlers[args.command](args, reg)
+    except USER_ERRORS as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"skinapp: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skinapp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Teacher training and knowledge distillation (Hinton et al. 2015), single-process or under torchrun (DDP/gloo).
+
+Progress goes to a JSON-lines file a UI can follow; a stop file or SIGTERM ends a run cleanly, and a model is
+registered only when a run completes, so nothing half-written ever appears in the registry.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .data import DatasetError, LesionDataset, augment_batch, decode_dataset, model_input, scan_dataset, split_indices
+from .evaluation import binary_metrics, ece_score, fit_temperature, grouped_probs
+from .models import create_model, get_arch
+from .registry import ModelCard, Registry
+
+log = logging.getLogger(__name__)
+
+HEADS = ("auto", "binary", "diagnosis")
+AUGMENT = ("none", "standard", "strong")
+
+
+def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+            temperature: float = 4.0, alpha: float = 0.5) -> torch.Tensor:
+    """alpha * CE(y, s) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T)).
+
+    The T^2 factor keeps the soft term's gradients on the same scale as the hard term whatever T is.
+    """
+    ce = F.cross_entropy(student_logits, targets)
+    if teacher_logits is None:
+        return ce
+    t = float(temperature)
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    return alpha * ce + (1.0 - alpha) * soft
+
+
+class TrainingError(ValueError):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    name: str
+    arch: str = "dsnet"
+    role: str = "student"
+    teacher: str | None = None  # registry name; None trains on hard labels only
+    task: str = "malignant"
+    label_map: str | None = None
+    head: str = "auto"  # binary, diagnosis (one output per diagnosis folder), auto = the teacher's, else binary
+    temperature: float = 4.0
+    alpha: float = 0.5
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    image_size: int | None = None  # default: the architecture's
+    augment: str = "standard"
+    seed: int = 0
+    split_seed: int = 0
+    val_frac: float = 0.2
+    threads: int | None = None
+    pretrained: str = "auto"
+    drop_rate: float | None = None
+    weights_dir: str | None = None
+    progress: str | None = None
+    stop_file: str | None = None
+    overwrite: bool = False
+    default: bool = False
+    description: str = ""
+
+    def validate(self) -> None:
+        get_arch(self.arch)
+        checks = [
+            (self.role in ("teacher", "student"), f"role {self.role!r} must be teacher or student"),
+            (self.head in HEADS, f"head {self.head!r} must be one of: {', '.join(HEADS)}"),
+            (self.augment in AUGMENT, f"augment {self.augment!r} must be one of: {', '.join(AUGMENT)}"),
+            (self.temperature > 0, f"temperature {self.temperature} must be > 0"),
+            (0.0 <= self.alpha <= 1.0, f"alpha {self.alpha} must be between 0 and 1"),
+            (self.epochs >= 1, f"epochs {self.epochs} must be at least 1"),
+            (self.lr > 0, f"learning rate {self.lr} must be > 0"),
+            (self.batch_size >= 2, f"batch size {self.batch_size} must be at least 2"),
+            (self.image_size is None or 32 <= self.image_size <= 1024,
+             f"image size {self.image_size} must be between 32 and 1024"),
+            (0.0 < self.val_frac < 1.0, f"validation fraction {self.val_frac} must be between 0 and 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainingError(msg)
+
+
+class ProgressLog:
+    """Append-only JSON lines; each line is complete when flushed, so a reader never sees half an event."""
+
+    def __init__(self, path: str | None, enabled: bool = True):
+        self.path = Path(path) if (path and enabled) else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        log.info("%s %s", event, {k: v for k, v in fields.items() if k != "history"})
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+
+
+class StopRequest:
+    """Set by SIGTERM or by the stop file appearing; agreed across ranks so every process stops together."""
+
+    def __init__(self, stop_file: str | None):
+        self.stop_file = Path(stop_file) if stop_file else None
+        self.flag = False
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._on_term)
+        else:
+            self._old = None
+
+    def _on_term(self, *_: Any) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        local = self.flag or bool(self.stop_file and self.stop_file.exists())
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([1.0 if local else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            local = bool(t.item() > 0)
+        return local
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+@dataclass
+class _Setup:
+    ds: LesionDataset
+    label_names: tuple[str, ...]
+    groups: tuple[str, ...]
+    head: str
+    teacher: nn.Module | None
+    teacher_card: ModelCard | None
+
+
+def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _Setup:
+    teacher = tcard = None
+    if cfg.teacher:
+        teacher, tcard = registry.load(cfg.teacher)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    head = cfg.head
+    if head == "auto":
+        head = "binary" if tcard is None or tuple(tcard.label_names) == ds.labels else "diagnosis"
+    if head == "binary":
+        names, groups = ds.labels, ds.labels
+    else:
+        names = ds.diagnoses
+        groups = tuple(ds.groups[d] for d in names)
+    if tcard is not None:
+        if tuple(tcard.label_names) != tuple(names):
+            raise TrainingError(
+                f"teacher {tcard.name!r} outputs {list(tcard.label_names)} but this run's {head} head needs "
+                f"{list(names)}; pick a teacher trained with the same head on the same diagnoses")
+        if tcard.task != cfg.task and head == "binary":
+            raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
+    return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _batches(n_train: int, batch: int, epoch: int, seed: int, rank: int, world: int) -> list[np.ndarray]:
+    perm = np.random.default_rng(seed * 1000 + epoch).permutation(n_train)
+    per_rank = max(1, n_train // world)
+    mine = perm[rank::world][:per_rank]
+    out = [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    return [b for b in out if len(b) > 1] or [mine]
+
+
+def _evaluate(model: nn.Module, images: torch.Tensor, size: int, mean, std, batch: int = 128) -> torch.Tensor:
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            outs.append(model(model_input(images[i:i + batch].float() / 255.0, size, mean, std)))
+    return torch.cat(outs)
+
+
+def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
+    """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
+    cfg.validate()
+    registry = registry or Registry(cfg.weights_dir)
+    if not cfg.overwrite and cfg.name in registry.names():
+        raise TrainingError(f"model {cfg.name!r} already exists; registered: {', '.join(registry.names())}")
+    rank, world = _dist_info()
+    progress = ProgressLog(cfg.progress, enabled=rank == 0)
+    stop = StopRequest(cfg.stop_file)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        return _run(cfg, registry, rank, world, progress, stop)
+    except Exception as exc:
+        progress.emit("error", message=str(exc), kind=type(exc).__name__)
+        raise
+    finally:
+        stop.restore()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: ProgressLog,
+         stop: StopRequest) -> ModelCard | None:
+    t_start = time.time()
+    spec = get_arch(cfg.arch)
+    size = cfg.image_size or spec.input_size
+    ds = scan_dataset(cfg.data, cfg.task, cfg.label_map)
+    st = _resolve_heads(cfg, ds, registry)
+    tsize = st.teacher_card.input_size if st.teacher_card else 0
+    decoded = decode_dataset(ds, max(size, tsize))
+    targets = decoded.targets if st.head == "binary" else decoded.diagnosis_idx
+    train_idx, val_idx = split_indices(decoded.diagnosis_idx.tolist(), decoded.hashes, cfg.val_frac, cfg.split_seed)
+    if not val_idx or len(set(decoded.targets[val_idx].tolist())) < 2:
+        raise DatasetError(f"dataset folder {ds.root}: the validation split ({len(val_idx)} images) lacks one "
+                           f"class; add images or raise the validation fraction")
+    model = create_model(cfg.arch, len(st.label_names), cfg.pretrained, cfg.drop_rate)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(_batches(len(train_idx), max(2, cfg.batch_size // world), 0, cfg.seed, rank, world))
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
+    gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    train_x, train_y = decoded.images[train_idx], targets[train_idx]
+    val_x, val_y = decoded.images[val_idx], decoded.targets[val_idx].numpy()
+    positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
+    progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
+                  n_val=len(val_idx), skipped=len(decoded.skipped), epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                  world_size=world)
+    best: dict[str, Any] = {"auc": -1.0}
+    history, done, t_loop = [], 0, time.time()
+    for epoch in range(cfg.epochs):
+        net.train()
+        for step, b in enumerate(_batches(len(train_idx), max(2, cfg.batch_size // world), epoch, cfg.seed, rank, world)):
+            x01 = augment_batch(train_x[torch.as_tensor(b)], max(size, tsize), gen, cfg.augment)
+            t_logits = None
+            if st.teacher is not None:
+                tc = st.teacher_card
+                with torch.no_grad():
+                    t_logits = st.teacher(model_input(x01, tc.input_size, tc.mean, tc.std))
+            s_logits = net(model_input(x01, size, spec.mean, spec.std))
+            loss = kd_loss(s_logits, train_y[torch.as_tensor(b)], t_logits, cfg.temperature, cfg.alpha)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            done += 1
+            if stop.requested():
+                progress.emit("stopped", epoch=epoch, step=step, message="stopped on request; no model registered")
+                return None
+            if step % 5 == 0 or step == steps_per_epoch - 1:
+                el = time.time() - t_loop
+                progress.emit("step", epoch=epoch + 1, epochs=cfg.epochs, step=step + 1, steps=steps_per_epoch,
+                              loss=round(loss.item(), 5), lr=sched.get_last_lr()[0],
+                              eta_s=round(el / done * (total - done), 1), fraction=round(done / total, 4))
+        logits = _evaluate(model, val_x, size, spec.mean, spec.std)
+        p = grouped_probs(logits, positive).numpy()
+        m = binary_metrics(val_y, p, labels=ds.labels)
+        history.append({"epoch": epoch + 1, "val_auc": m["auc"], "val_accuracy": m["accuracy"],
+                        "val_sens_at_spec80": m["sens_at_spec80"], "train_loss": round(loss.item(), 5)})
+        progress.emit("epoch", **history[-1], eta_s=round((time.time() - t_loop) / done * (total - done), 1))
+        if m["auc"] > best["auc"]:
+            best = {"auc": m["auc"], "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    model.load_state_dict(best["state"])
+    model.eval()
+    if rank != 0:
+        return None
+    card = _finish(cfg, registry, model, st, decoded, val_idx, train_idx, size, spec, history, best, t_start)
+    progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
+                  train_time_s=card.train["train_time_s"])
+    return card
+
+
+def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, train_idx, size, spec, history, best,
+            t_start) -> ModelCard:
+    """Calibrate on the validation split, measure, and register atomically."""
+    ds = st.ds
+    positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
+    logits = _evaluate(model, decoded.images[val_idx], size, spec.mean, spec.std)
+    y = decoded.targets[val_idx].numpy()
+    ece_before = ece_score(y, grouped_probs(logits, positive, 1.0).numpy())
+    temp = fit_temperature(logits, y, positive)
+    metrics = binary_metrics(y, grouped_probs(logits, positive, temp).numpy(), labels=ds.labels)
+    metrics.update(ece_before=ece_before, ece_after=metrics["ece"], best_epoch=best["epoch"])
+    split_digest = hashlib.sha1(",".join(sorted(decoded.hashes[i] for i in val_idx)).encode()).hexdigest()
+    counts = ds.counts()
+    card = ModelCard(
+        name=cfg.name, role=cfg.role, arch=cfg.arch, label_names=st.label_names, groups=st.groups, task=cfg.task,
+        task_labels=ds.labels, input_size=size, mean=spec.mean, std=spec.std, cam_layer=spec.cam_layer,
+        temperature=temp, teacher=cfg.teacher,
+        kd={"temperature": cfg.temperature, "alpha": cfg.alpha, "head": st.head} if cfg.teacher else None,
+        split_seed=cfg.split_seed,
+        data={"root": str(ds.root), "task": cfg.task, "counts": counts, "class_counts": ds.class_counts(),
+              "n_train": len(train_idx), "n_val": len(val_idx), "val_frac": cfg.val_frac,
+              "skipped": len(decoded.skipped), "split_digest": split_digest,
+              "label_map": cfg.label_map or "default"},
+        metrics=metrics,
+        train={k: v for k, v in dataclasses.asdict(cfg).items()
+               if k not in ("data", "name", "weights_dir", "progress", "stop_file", "overwrite", "default",
+                            "description")}
+        | {"train_time_s": round(time.time() - t_start, 1), "history": history,
+           "torch_threads": torch.get_num_threads(), "world_size": dist.get_world_size() if dist.is_initialized() else 1},
+        default=cfg.default, description=cfg.description)
+    card = registry.register(model, card, overwrite=cfg.overwrite)
+    if cfg.default:
+        card = registry.set_default(card.name)
+    return card

@@ -1,0 +1,124 @@
+"""The one image loader used by training, inference, the CLI and the app.
+
+Every way an image can be wrong ends in one :class:`InvalidImageError` whose message a clinician can act on,
+so callers never need to know about PIL's many exception types.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+#: Pixel ceiling (width x height). Dermoscopes produce at most ~25 MP; anything larger is refused, not decoded.
+MAX_PIXELS = 50_000_000
+
+ImageSource = Union[str, Path, bytes, bytearray, BinaryIO]
+
+
+class InvalidImageError(ValueError):
+    """The file cannot be used as a lesion photo; the message says why in plain words."""
+
+
+def _describe(source: ImageSource, name: str | None) -> str:
+    if name:
+        return name
+    if isinstance(source, (str, Path)):
+        return Path(source).name
+    return getattr(source, "name", None) or "the uploaded file"
+
+
+def _open_stream(source: ImageSource, label: str) -> BinaryIO:
+    if isinstance(source, (bytes, bytearray)):
+        data = bytes(source)
+    elif isinstance(source, (str, Path)):
+        try:
+            data = Path(source).read_bytes()
+        except FileNotFoundError:
+            raise InvalidImageError(f"{label}: file not found.") from None
+        except (IsADirectoryError, PermissionError, OSError) as exc:
+            raise InvalidImageError(f"{label}: could not be read ({exc.strerror or exc}).") from None
+    else:
+        data = source.read()
+    if not data:
+        raise InvalidImageError(f"{label}: the file is empty (0 bytes).")
+    return io.BytesIO(data)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any supported mode to RGB without clipping high bit depths or leaving black transparency."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 65535.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        gray = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "L")
+        return gray.convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "CMYK":
+        return img.convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a photo to upright RGB, or raise InvalidImageError.
+
+    ``source`` is a path, raw bytes or a binary file object (uploads stay in memory). ``name`` is used only in
+    error messages.
+    """
+    label = _describe(source, name)
+    stream = _open_stream(source, label)
+    allowed = ", ".join(f for f in ALLOWED_FORMATS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(stream, formats=ALLOWED_FORMATS)
+            fmt = img.format
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InvalidImageError(
+                    f"{label}: the image is too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})."
+                )
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImageError(f"{label}: the image is too large to open safely.") from None
+    except UnidentifiedImageError:
+        raise InvalidImageError(
+            f"{label}: this is not a readable image. Supported formats: {allowed}."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        log.debug("decode failure for %s: %s", label, exc)
+        raise InvalidImageError(
+            f"{label}: the image is damaged or incomplete and cannot be decoded."
+        ) from None
+    if rgb.width < 8 or rgb.height < 8:
+        raise InvalidImageError(f"{label}: the image is too small ({rgb.width}x{rgb.height} pixels).")
+    log.debug("loaded %s (%s, %dx%d)", label, fmt, rgb.width, rgb.height)
+    return rgb
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

