@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import AUGMENT, HEADS, TrainConfig, TrainingError, train
-from .evaluation import binary_metrics, ece_score, fit_temperature
+from .evaluation import binary_metrics, ece_score, fit_temperature, reliability_bins
 from .explain import ExplainError, explain
 from .imageio import InvalidImageError, load_image
 from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
@@ -101,6 +102,8 @@ def cmd_calibrate(args, reg: Registry) -> int:
     before = ece_score(y, pred.probabilities(logits, 1.0).numpy())
     t = fit_temperature(logits, y, pred.positive)
     metrics = binary_metrics(y, pred.probabilities(logits, t).numpy(), labels=ds.labels)
+    metrics.update(reliability_before=reliability_bins(y, pred.probabilities(logits, 1.0).numpy()),
+                   reliability=reliability_bins(y, pred.probabilities(logits, t).numpy()))
     out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
            "ece_after": metrics["ece"]}
     if not args.dry_run:
@@ -143,6 +146,8 @@ def cmd_train(args, reg: Registry, role: str) -> int:
         args.teacher = None
     card = train(_train_config(args, role), reg)
     if card is None:
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # under torchrun only rank 0 registers and reports; a stop shows in rank 0's exit code
         print("stopped on request; no model was registered", file=sys.stderr)
         return 3
     m = card.metrics

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DatasetError, LesionDataset, augment_batch, decode_dataset, model_input, scan_dataset, split_indices
-from .evaluation import binary_metrics, ece_score, fit_temperature, grouped_probs
+from .evaluation import binary_metrics, ece_score, fit_temperature, grouped_probs, reliability_bins
 from .models import create_model, get_arch
 from .registry import ModelCard, Registry
 
@@ -312,7 +312,9 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, train_idx, size,
     ece_before = ece_score(y, grouped_probs(logits, positive, 1.0).numpy())
     temp = fit_temperature(logits, y, positive)
     metrics = binary_metrics(y, grouped_probs(logits, positive, temp).numpy(), labels=ds.labels)
-    metrics.update(ece_before=ece_before, ece_after=metrics["ece"], best_epoch=best["epoch"])
+    metrics.update(ece_before=ece_before, ece_after=metrics["ece"], best_epoch=best["epoch"],
+                   reliability_before=reliability_bins(y, grouped_probs(logits, positive, 1.0).numpy()),
+                   reliability=reliability_bins(y, grouped_probs(logits, positive, temp).numpy()))
     split_digest = hashlib.sha1(",".join(sorted(decoded.hashes[i] for i in val_idx)).encode()).hexdigest()
     counts = ds.counts()
     card = ModelCard(

@@ -79,12 +79,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(source: ImageSource, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(source: ImageSource, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode a photo to upright RGB, or raise InvalidImageError.
 
     ``source`` is a path, raw bytes or a binary file object (uploads stay in memory). ``name`` is used only in
-    error messages.
+    error messages. ``max_pixels`` defaults to MAX_PIXELS, read at call time so that it can be changed.
     """
+    if max_pixels is None:
+        max_pixels = MAX_PIXELS
     label = _describe(source, name)
     stream = _open_stream(source, label)
     allowed = ", ".join(f for f in ALLOWED_FORMATS)

@@ -1,0 +1,193 @@
+"""Background training jobs: one subprocess per job, its state on disk, so it survives page reloads and restarts.
+
+A job folder holds ``job.json`` (what was asked), ``progress.jsonl`` (what the trainer reports), ``log.txt``
+(stdout/stderr) and, to cancel, a ``stop`` file the trainer polls. Only one job runs at a time.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / "runs" / "jobs"
+TERMINAL = ("done", "stopped", "error")
+
+
+class JobError(RuntimeError):
+    pass
+
+
+class JobBusyError(JobError):
+    pass
+
+
+@dataclass(frozen=True)
+class JobState:
+    id: str
+    status: str  # running, done, stopped, failed
+    spec: dict[str, Any]
+    events: list[dict[str, Any]]
+    fraction: float
+    eta_s: float | None
+    message: str
+    model: str | None
+    started: float
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == "epoch"]
+
+    @property
+    def losses(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == "step"]
+
+
+def jobs_dir(root: str | Path | None = None) -> Path:
+    d = Path(root or os.environ.get("SKINAPP_JOBS") or DEFAULT_JOBS_DIR)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@contextmanager
+def _lock(root: Path) -> Iterator[None]:
+    with open(root / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child we started is a zombie until reaped
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return True
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return events
+
+
+def job_state(job_dir: Path) -> JobState:
+    spec = json.loads((job_dir / "job.json").read_text())
+    events = read_events(job_dir / "progress.jsonl")
+    last = next((e for e in reversed(events) if e.get("event") in TERMINAL), None)
+    steps = [e for e in events if e.get("event") == "step"]
+    fraction = steps[-1]["fraction"] if steps else 0.0
+    eta = steps[-1].get("eta_s") if steps else None
+    model = None
+    if last is None:
+        if _pid_alive(spec["pid"]):
+            status, message = "running", "training" if steps else "loading data"
+        elif (job_dir / "stop").exists():
+            status, message = "stopped", "cancelled; no model was registered"
+        else:
+            status, message = "failed", "the training process ended without reporting a result; see the log"
+    elif last["event"] == "done":
+        status, message, model, fraction, eta = "done", f"registered {last['name']}", last["name"], 1.0, 0.0
+    elif last["event"] == "stopped":
+        status, message = "stopped", "cancelled; no model was registered"
+    else:
+        status, message = "failed", last.get("message", "training failed")
+    return JobState(job_dir.name, status, spec, events, float(fraction), eta, message, model, spec["started"])
+
+
+def list_jobs(root: str | Path | None = None) -> list[JobState]:
+    d = jobs_dir(root)
+    states = [job_state(p) for p in d.iterdir() if (p / "job.json").exists()]
+    return sorted(states, key=lambda s: s.started, reverse=True)
+
+
+def active_job(root: str | Path | None = None) -> JobState | None:
+    return next((s for s in list_jobs(root) if s.status == "running"), None)
+
+
+def build_command(args: dict[str, Any], weights_dir: str | None) -> list[str]:
+    """CLI arguments for ``python -m skinapp distill``: the UI launches exactly what a user could type."""
+    cmd = [sys.executable, "-m", "skinapp"]
+    if weights_dir:
+        cmd += ["--weights", str(weights_dir)]
+    cmd.append("distill")
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if value is None or value is False:
+            continue
+        cmd += [flag] if value is True else [flag, str(value)]
+    return cmd
+
+
+def start_job(args: dict[str, Any], root: str | Path | None = None, weights_dir: str | None = None) -> JobState:
+    """Launch a distillation subprocess; refuses while another job runs."""
+    d = jobs_dir(root)
+    with _lock(d):
+        running = active_job(d)
+        if running is not None:
+            raise JobBusyError(f"job {running.id} ({running.spec['args'].get('name')}) is still running; "
+                               f"wait for it or cancel it first")
+        job_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        jd = d / job_id
+        jd.mkdir()
+        full = dict(args, progress=str(jd / "progress.jsonl"), stop_file=str(jd / "stop"))
+        cmd = build_command(full, weights_dir)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(jd / "log.txt", "w") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, start_new_session=True)
+        spec = {"id": job_id, "args": args, "cmd": cmd, "pid": proc.pid, "started": time.time(),
+                "weights_dir": weights_dir}
+        (jd / "job.json").write_text(json.dumps(spec, indent=2))
+    return job_state(jd)
+
+
+def cancel_job(job_id: str, root: str | Path | None = None) -> None:
+    """Ask politely (stop file, checked every step); SIGTERM as well, which the trainer also handles cleanly."""
+    jd = jobs_dir(root) / job_id
+    if not (jd / "job.json").exists():
+        raise JobError(f"no job {job_id!r}")
+    (jd / "stop").touch()
+    pid = json.loads((jd / "job.json").read_text())["pid"]
+    if _pid_alive(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def log_tail(job_id: str, root: str | Path | None = None, lines: int = 30) -> str:
+    path = jobs_dir(root) / job_id / "log.txt"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -1,0 +1,141 @@
+"""What every page shares: cached models, the disclaimer, model labels, friendly errors.
+
+Models are loaded once per process (``st.cache_resource``) keyed by name *and* weights sha256, so a model
+re-registered under the same name is reloaded, and a new one is selectable without a restart.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import streamlit as st
+import torch
+
+from skinapp.evaluation import grouped_probs
+from skinapp.explain import explain, overlay
+from skinapp.imageio import load_image
+from skinapp.inference import Predictor
+from skinapp.registry import ModelCard, Registry
+
+DISCLAIMER = ("**Research and education tool — not a medical device, not for diagnosis.** Outputs are model "
+              "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
+
+
+def disclaimer() -> None:
+    st.warning(DISCLAIMER, icon="⚕️")
+
+
+def registry() -> Registry:
+    return Registry()
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=16)
+def _load(name: str, sha256: str, root: str) -> Predictor:
+    return Predictor(*Registry(root).load(name))
+
+
+def predictor(card: ModelCard) -> Predictor:
+    reg = registry()
+    return _load(card.name, card.sha256, str(reg.root))
+
+
+def model_label(card: ModelCard) -> str:
+    auc = card.metrics.get("auc")
+    auc_s = f"AUC {auc:.3f}" if isinstance(auc, (int, float)) else "AUC –"
+    default = " ★" if card.default else ""
+    return (f"{card.name}{default} — {card.role}, {card.params / 1e6:.2f} M params, "
+            f"{card.file_bytes / 1e6:.1f} MB, {auc_s}")
+
+
+def human_size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.0f} KB"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    logits: np.ndarray
+    heatmap: np.ndarray
+    target: str
+    latency_ms: float
+    cam_ms: float
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _analyse(name: str, sha256: str, root: str, digest: str, _data: bytes, filename: str) -> Analysis:
+    """Forward pass + Grad-CAM once per (model, image); temperature and threshold changes are then free.
+
+    Kept in memory only (st.cache_data without persist): uploads never touch the disk.
+    """
+    pred = _load(name, sha256, root)
+    img = load_image(_data, name=filename)
+    t0 = time.perf_counter()
+    logits = pred.logits(pred.preprocess(img))[0].numpy()
+    latency = (time.perf_counter() - t0) * 1000
+    cam = explain(pred, img)
+    return Analysis(logits, cam.heatmap, cam.target, latency, cam.latency_ms)
+
+
+def analyse(card: ModelCard, data: bytes, filename: str) -> Analysis:
+    return _analyse(card.name, card.sha256, str(registry().root), file_digest(data), data, filename)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _decode(digest: str, _data: bytes, filename: str):
+    return load_image(_data, name=filename)
+
+
+def decode(data: bytes, filename: str):
+    return _decode(file_digest(data), data, filename)
+
+
+def p_positive(card: ModelCard, logits: np.ndarray, temperature: float) -> float:
+    return float(grouped_probs(torch.from_numpy(np.asarray(logits))[None], card.positive_indices, temperature)[0])
+
+
+def operating_point(card: ModelCard, threshold: float) -> tuple[float, float] | None:
+    """Validation sensitivity/specificity at a threshold, read off the ROC points stored in the card."""
+    roc = card.metrics.get("roc") or {}
+    thr, tpr, fpr = roc.get("thresholds"), roc.get("tpr"), roc.get("fpr")
+    if not thr:
+        return None
+    ok = [i for i, t in enumerate(thr) if t >= threshold]
+    i = ok[-1] if ok else 0
+    return float(tpr[i]), float(1 - fpr[i])
+
+
+def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[str, str]:
+    """(headline, colour): an explicit 'uncertain' zone stops near-threshold scores reading as answers."""
+    neg, pos = card.task_labels
+    if abs(p - threshold) < band:
+        return f"Uncertain — too close to the threshold to call", "orange"
+    if p >= threshold:
+        return f"Leans {pos}", "red"
+    return f"Leans {neg}", "green"
+
+
+def prob_chart(card: ModelCard, p: float, key: str | None = None):
+    import plotly.graph_objects as go
+
+    neg, pos = card.task_labels
+    fig = go.Figure(go.Bar(x=[1 - p, p], y=[neg, pos], orientation="h", marker_color=["#3a8d5c", "#c0392b"],
+                           text=[f"{1 - p:.1%}", f"{p:.1%}"], textposition="auto"))
+    fig.update_layout(height=140, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, 1], tickformat=".0%"),
+                      showlegend=False)
+    return fig
+
+
+def cam_overlay(data: bytes, filename: str, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    return overlay(decode(data, filename), heatmap, alpha)
+
+
+def friendly(exc: Exception) -> str:
+    """One plain sentence for any error a page can meet."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or "Something went wrong with this request."

@@ -1,0 +1,73 @@
+"""Compare: one photo through the teacher and students side by side, with measured latency."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from skinapp.imageio import InvalidImageError
+from skinapp.ui import common
+
+
+def _median_latency(pred, img, repeats: int) -> float:
+    pred.logits(pred.preprocess(img))  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        pred.logits(pred.preprocess(img))
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def render() -> None:
+    st.title("Compare teacher and students")
+    reg = common.registry()
+    cards = {c.name: c for c in reg.cards()}
+    if not cards:
+        st.error("No models are registered yet.")
+        return
+    defaults = [reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards.values())]
+    chosen = st.multiselect("Models", list(cards), default=defaults, key="cmp_models")
+    repeats = st.slider("Timing repeats (the median is shown)", 3, 50, 10, key="cmp_repeats")
+    f = st.file_uploader("One lesion photo", type=common.UPLOAD_TYPES, key="cmp_file")
+    if not chosen or f is None:
+        st.info("Choose at least one model and upload a photo.")
+        return
+    data = f.getvalue()
+    try:
+        img = common.decode(data, f.name)
+    except InvalidImageError as exc:
+        st.error(common.friendly(exc), icon="🚫")
+        return
+    rows = []
+    cols = st.columns(len(chosen))
+    for col, name in zip(cols, chosen):
+        card = cards[name]
+        a = common.analyse(card, data, f.name)
+        p = common.p_positive(card, a.logits, card.temperature)
+        ms = _median_latency(common.predictor(card), img, repeats)
+        label = card.task_labels[int(p >= 0.5)]
+        with col:
+            st.markdown(f"**{name}** · {card.role}")
+            st.image(common.cam_overlay(data, f.name, a.heatmap, 0.45), width="stretch",
+                     caption=f"Grad-CAM ({a.target})")
+            st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{name}")
+            st.caption(f"{label} · P = {p:.3f} · {ms:.1f} ms median")
+        rows.append({"model": name, "role": card.role, "arch": card.arch, "label": label,
+                     f"p_{card.task_labels[1]}": round(p, 4), "median_ms": round(ms, 2), "params": card.params,
+                     "size": common.human_size(card.file_bytes)})
+    df = pd.DataFrame(rows)
+    labels = set(df["label"])
+    if len(labels) == 1:
+        st.success(f"All {len(rows)} models agree: {labels.pop()}.")
+    else:
+        st.warning("The models disagree on this photo: " + ", ".join(f"{r['model']} → {r['label']}" for r in rows))
+    fig = go.Figure(go.Bar(x=df["model"], y=df["median_ms"], text=[f"{v:.1f} ms" for v in df["median_ms"]],
+                           marker_color=["#1f6f8b" if r == "teacher" else "#7fb8a4" for r in df["role"]]))
+    fig.update_layout(height=300, yaxis_title="median latency, ms (preprocess + forward)",
+                      margin=dict(l=10, r=10, t=30, b=10), title=f"Latency on this machine ({repeats} runs)")
+    st.plotly_chart(fig, width="stretch", key="cmp_latency")
+    st.dataframe(df, width="stretch", hide_index=True)

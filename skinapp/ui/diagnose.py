@@ -1,0 +1,87 @@
+"""Diagnose: upload photos, pick a model, read probabilities, the verdict and the Grad-CAM overlay."""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from skinapp.imageio import InvalidImageError
+from skinapp.ui import common
+
+log = logging.getLogger(__name__)
+T_HELP = ("Temperature divides the model's raw scores before the softmax. Above 1 pulls the probabilities towards "
+          "50/50, below 1 pushes them towards 0 or 1; the verdict order never changes. The default is the "
+          "temperature fitted on validation images so that, e.g., 80% means right about 80% of the time.")
+
+
+def _settings(cards):
+    reg = common.registry()
+    names = [c.name for c in cards]
+    default = reg.default("student").name if any(c.role == "student" for c in cards) else names[0]
+    card = st.selectbox("Model", cards, index=names.index(default), format_func=common.model_label,
+                        key="dx_model")
+    c1, c2, c3 = st.columns(3)
+    hi = max(10.0, round(card.temperature * 2, 2))
+    temperature = c1.slider("Softmax temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
+                            key=f"dx_T_{card.name}", help=T_HELP)
+    c1.caption(f"Calibrated: T = {card.temperature:.2f}. " + T_HELP.split(".")[1] + ".")
+    threshold = c2.slider(f"Decision threshold on P({card.task_labels[1]})", 0.05, 0.95, 0.5, 0.01,
+                          key=f"dx_thr_{card.name}")
+    op = common.operating_point(card, threshold)
+    if op:
+        c2.caption(f"Validation operating point at the calibrated temperature: sensitivity {op[0]:.0%}, "
+                   f"specificity {op[1]:.0%}.")
+    band = c3.slider("'Uncertain' band around the threshold (±)", 0.0, 0.3, 0.1, 0.01, key="dx_band")
+    alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
+    return card, temperature, threshold, band, alpha
+
+
+def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: float, alpha: float) -> dict:
+    a = common.analyse(card, data, f.name)
+    p = common.p_positive(card, a.logits, temperature)
+    headline, colour = common.verdict(card, p, threshold, band)
+    with st.container(border=True):
+        c1, c2, c3 = st.columns([1, 1, 1.4])
+        c1.image(common.decode(data, f.name), caption=f.name, width="stretch")
+        c2.image(common.cam_overlay(data, f.name, a.heatmap, alpha), width="stretch",
+                 caption=f"Grad-CAM: regions that raised the '{a.target}' score")
+        c3.markdown(f"#### :{colour}[{headline}]")
+        c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
+        c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
+                   f"prediction {a.latency_ms:.1f} ms · Grad-CAM {a.cam_ms:.1f} ms · model {card.name}")
+    neg, pos = card.task_labels
+    return {"file": f.name, "model": card.name, f"p_{neg}": round(1 - p, 4), f"p_{pos}": round(p, 4),
+            "verdict": headline, "temperature": temperature, "threshold": threshold,
+            "latency_ms": round(a.latency_ms, 2), "error": ""}
+
+
+def render() -> None:
+    st.title("Diagnose")
+    cards = common.registry().cards()
+    if not cards:
+        st.error("No models are registered yet. Train one on the Train page or with `python -m skinapp distill`.")
+        return
+    card, temperature, threshold, band, alpha = _settings(cards)
+    files = st.file_uploader("Lesion photos (JPEG or PNG; drag and drop several at once)", type=common.UPLOAD_TYPES,
+                             accept_multiple_files=True, key="dx_files")
+    if not files:
+        st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
+        return
+    rows = []
+    for f in files:
+        try:
+            rows.append(_show_one(card, f, f.getvalue(), temperature, threshold, band, alpha))
+        except InvalidImageError as exc:
+            st.error(common.friendly(exc), icon="🚫")
+            rows.append({"file": f.name, "model": card.name, "error": common.friendly(exc)})
+        except Exception as exc:  # never let one file break the page
+            log.exception("analysis failed for one upload")
+            st.error(f"{f.name}: could not be analysed ({type(exc).__name__}).", icon="🚫")
+            rows.append({"file": f.name, "model": card.name, "error": type(exc).__name__})
+    if len(files) > 1:
+        st.subheader("Results")
+        df = pd.DataFrame(rows)
+        st.dataframe(df, width="stretch", hide_index=True)
+        st.download_button("Download results (CSV)", df.to_csv(index=False).encode(), "skinapp_results.csv",
+                           "text/csv", key="dx_csv")

@@ -1,0 +1,131 @@
+"""Train: validate a dataset folder, launch distillation in a background process, follow it, cancel it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from skinapp import jobs
+from skinapp.data import DatasetError, scan_dataset
+from skinapp.imageio import InvalidImageError, load_image
+from skinapp.models import ARCHITECTURES
+from skinapp.ui import common
+
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "isic9"
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def _scan(path: str):
+    ds = scan_dataset(path)
+    thumbs = []
+    for s in ds.samples[:: max(1, len(ds.samples) // 6)][:6]:
+        try:
+            thumbs.append((s.diagnosis, load_image(s.path).resize((96, 96))))
+        except InvalidImageError:
+            continue
+    return ds.counts(), ds.class_counts(), ds.groups, thumbs
+
+
+def _dataset_preview(path: str) -> bool:
+    try:
+        counts, classes, groups, thumbs = _scan(path)
+    except DatasetError as exc:
+        st.error(common.friendly(exc), icon="📁")
+        return False
+    st.success(" · ".join(f"{k}: {v}" for k, v in classes.items()) + f" — {sum(counts.values())} images")
+    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()),
+                           marker_color=["#c0392b" if groups[d] in ("malignant", "melanoma") else "#3a8d5c"
+                                         for d in counts]))
+    fig.update_layout(height=240, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="images")
+    st.plotly_chart(fig, width="stretch", key="train_counts")
+    if thumbs:
+        cols = st.columns(len(thumbs))
+        for col, (dx, img) in zip(cols, thumbs):
+            col.image(img, caption=dx)
+    return True
+
+
+def _form(reg) -> dict | None:
+    teachers = [c.name for c in reg.cards() if c.role == "teacher"]
+    with st.form("train_form"):
+        c1, c2, c3 = st.columns(3)
+        name = c1.text_input("New model name", value="my-dsnet")
+        teacher = c1.selectbox("Teacher", teachers + ["(none: train without distillation)"], key="train_teacher")
+        arch = c1.selectbox("Student architecture", sorted(ARCHITECTURES), index=sorted(ARCHITECTURES).index("dsnet"))
+        temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, 4.0, 0.5)
+        alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
+        epochs = c2.number_input("Epochs", 1, 200, 30)
+        lr = c3.number_input("Learning rate", 1e-5, 1e-1, 3e-3, format="%.5f")
+        batch = c3.number_input("Batch size", 2, 512, 64)
+        size = c3.number_input("Image size (pixels)", 32, 512, ARCHITECTURES["dsnet"].input_size)
+        submitted = st.form_submit_button("Launch training", type="primary")
+    if not submitted:
+        return None
+    args = {"data": st.session_state.get("train_data", ""), "name": name.strip(), "arch": arch,
+            "temperature": temperature, "alpha": alpha, "epochs": int(epochs), "lr": lr, "batch_size": int(batch),
+            "image_size": int(size), "threads": max(1, (os.cpu_count() or 2))}
+    if teacher in teachers:
+        args["teacher"] = teacher
+    else:
+        args["no_kd"] = True
+    return args
+
+
+@st.fragment(run_every=1.5)
+def _follow(job_id: str) -> None:
+    state = jobs.job_state(jobs.jobs_dir() / job_id)
+    st.markdown(f"**Job {state.id}** — {state.spec['args'].get('name')}: {state.status} ({state.message})")
+    eta = f", about {state.eta_s:.0f} s left" if state.eta_s and state.status == "running" else ""
+    st.progress(min(1.0, state.fraction), text=f"{state.fraction:.0%}{eta}")
+    c1, c2 = st.columns(2)
+    if state.losses:
+        fig = go.Figure(go.Scatter(y=[e["loss"] for e in state.losses], mode="lines", name="loss"))
+        fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="training loss")
+        c1.plotly_chart(fig, width="stretch", key=f"loss_{job_id}")
+    if state.history:
+        fig = go.Figure(go.Scatter(x=[e["epoch"] for e in state.history], y=[e["val_auc"] for e in state.history],
+                                   mode="lines+markers"))
+        fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="validation AUC",
+                          xaxis_title="epoch")
+        c2.plotly_chart(fig, width="stretch", key=f"auc_{job_id}")
+    if state.status == "running":
+        if st.button("Cancel", key=f"cancel_{job_id}"):
+            jobs.cancel_job(job_id)
+            st.info("Stop requested; the job ends after its current step.")
+    elif state.status == "done":
+        st.success(f"Model {state.model} is registered and selectable in Diagnose and Compare.")
+    elif state.status == "failed":
+        st.error(f"Training failed: {state.message}")
+    with st.expander("Log", expanded=state.status == "failed"):
+        st.code(jobs.log_tail(job_id) or "(empty)")
+
+
+def render() -> None:
+    st.title("Train a student by distillation")
+    reg = common.registry()
+    path = st.text_input("Dataset folder on this server", value=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "",
+                         key="train_data", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis")
+    valid = bool(path.strip()) and _dataset_preview(path.strip())
+    args = _form(reg)
+    if args is not None:
+        if not valid:
+            st.error("Fix the dataset folder first: no job was started.")
+        elif not args["name"] or args["name"] in reg.names():
+            st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
+        else:
+            try:
+                args["data"] = path.strip()
+                state = jobs.start_job(args, weights_dir=str(reg.root))
+                st.session_state["train_job"] = state.id
+            except jobs.JobBusyError as exc:
+                st.warning(str(exc))
+    history = jobs.list_jobs()
+    current = st.session_state.get("train_job") or (history[0].id if history else None)
+    if current:
+        _follow(current)
+    if history:
+        with st.expander(f"Job history ({len(history)})"):
+            st.dataframe([{"job": h.id, "model": h.spec["args"].get("name"), "status": h.status,
+                           "message": h.message} for h in history], width="stretch", hide_index=True)

@@ -1,0 +1,285 @@
+"""Knowledge distillation: the loss by hand, training end to end, progress, clean stops and torchrun (DDP)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skinapp.distill import TrainConfig, TrainingError, kd_loss, train
+from skinapp.models import UnknownArchitectureError, count_params, create_model
+from skinapp.registry import Registry, sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+DIAGNOSES = ("basal_cell_carcinoma", "dermatofibroma", "melanoma", "nevus")
+DX_GROUPS = ("malignant", "benign", "malignant", "benign")
+TINY = dict(epochs=1, batch_size=8, image_size=48, threads=1, pretrained="none")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def registry_copy(tiny_registry, tmp_path) -> Path:
+    """A private copy of the shared registry, so new models never leak into other tests."""
+    dst = tmp_path / "weights"
+    shutil.copytree(tiny_registry, dst)
+    return dst
+
+
+def sub_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("SKINAPP_WEIGHTS", None)
+    return env
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------- the loss
+
+
+def _softmax(xs):
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_matches_a_hand_computed_value():
+    s = [[1.0, 2.0], [0.5, 0.1]]
+    t = [[2.0, 0.0], [1.0, 1.0]]
+    y = [1, 0]
+    T, alpha = 2.0, 0.3
+    ce = sum(-math.log(_softmax(row)[lab]) for row, lab in zip(s, y)) / 2
+    kl = 0.0
+    for srow, trow in zip(s, t):
+        ps = _softmax([v / T for v in srow])
+        pt = _softmax([v / T for v in trow])
+        kl += sum(a * (math.log(a) - math.log(b)) for a, b in zip(pt, ps))
+    soft = T * T * kl / 2  # batchmean: summed over classes, averaged over the batch
+    expected = alpha * ce + (1 - alpha) * soft
+    # the same numbers written out: CE = (log(e+e^2) - 2 + log(e^0.5+e^0.1) - 0.5) / 2
+    assert ce == pytest.approx((math.log(math.e + math.e ** 2) - 2 + math.log(math.exp(0.5) + math.exp(0.1)) - 0.5) / 2)
+    got = kd_loss(torch.tensor(s), torch.tensor(y), torch.tensor(t), temperature=T, alpha=alpha)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    # CE = 0.41314, T^2 * KL = 0.52479 -> 0.3 * 0.41314 + 0.7 * 0.52479 = 0.49129
+    assert ce == pytest.approx(0.41314, abs=1e-5) and soft == pytest.approx(0.52479, abs=1e-5)
+    assert got.item() == pytest.approx(0.49129, abs=1e-5)
+
+
+def test_kd_loss_limits():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4), torch.randn(6, 4)
+    y = torch.randint(0, 4, (6,))
+    ce = F.cross_entropy(s, y)
+    torch.testing.assert_close(kd_loss(s, y, t, temperature=3.0, alpha=1.0), ce)
+    torch.testing.assert_close(kd_loss(s, y, None, temperature=3.0, alpha=0.2), ce)
+    # alpha 0: only the soft term, which is zero when the student copies the teacher
+    assert kd_loss(t.clone(), y, t, temperature=5.0, alpha=0.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(s, y, t, temperature=5.0, alpha=0.0).item() > 0
+
+
+def test_kd_loss_gradient_skips_the_teacher():
+    torch.manual_seed(1)
+    s = torch.randn(4, 3, requires_grad=True)
+    t = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    kd_loss(s, y, t, temperature=4.0, alpha=0.5).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- training end to end
+
+
+def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
+    reg = Registry(tiny_registry)
+    assert reg.names() == ["tiny-teacher", "tiny-nokd", "tiny-student"]
+    teacher, student, nokd = reg.get("tiny-teacher"), reg.get("tiny-student"), reg.get("tiny-nokd")
+    assert teacher.role == "teacher" and teacher.teacher is None and teacher.kd is None and teacher.default
+    assert teacher.label_names == DIAGNOSES and teacher.groups == DX_GROUPS
+    assert student.role == "student" and student.teacher == "tiny-teacher" and student.default
+    assert student.kd == {"temperature": 4.0, "alpha": 0.5, "head": "diagnosis"}
+    assert student.label_names == DIAGNOSES and student.groups == DX_GROUPS  # head "auto" follows the teacher
+    assert nokd.teacher is None and nokd.kd is None and not nokd.default
+    assert nokd.label_names == ("benign", "malignant") and nokd.groups == ("benign", "malignant")
+    for card in (teacher, student, nokd):
+        assert card.arch == "dsnet" and card.input_size == 48 and card.cam_layer == "block3"
+        assert card.task == "malignant" and card.task_labels == ("benign", "malignant")
+        assert card.temperature > 0
+        for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece",
+                  "ece_before", "ece_after", "best_epoch", "confusion_matrix", "roc"):
+            assert k in card.metrics, (card.name, k)
+        assert 0 <= card.metrics["auc"] <= 1 and card.metrics["ece_after"] == card.metrics["ece"]
+        assert card.split_seed == 0
+        d = card.data
+        assert d["n_train"] + d["n_val"] == 32 and d["n_val"] > 0
+        assert d["counts"] == {dx: 8 for dx in DIAGNOSES}
+        assert d["class_counts"] == {"benign": 16, "malignant": 16}
+        assert d["skipped"] == 0 and d["root"] == str(tiny_data) and len(d["split_digest"]) == 40
+        weights = tiny_registry / card.weights
+        assert card.sha256 == sha256_file(weights) and card.file_bytes == weights.stat().st_size
+        model, _ = reg.load(card.name)
+        assert card.params == count_params(model) and card.mflops > 0
+        hist = card.train["history"]
+        assert [h["epoch"] for h in hist] == [1, 2]
+        assert all({"val_auc", "val_accuracy", "train_loss"} <= set(h) for h in hist)
+        assert card.train["world_size"] == 1 and card.train["epochs"] == 2 and card.train["train_time_s"] >= 0
+    # the split is shared, so teacher and students were validated on the very same images
+    assert teacher.data["split_digest"] == student.data["split_digest"] == nokd.data["split_digest"]
+
+
+def test_progress_log_events(tiny_data, tmp_path):
+    progress = tmp_path / "run.jsonl"
+    reg = Registry(tmp_path / "w")
+    card = train(TrainConfig(data=str(tiny_data), name="p1", progress=str(progress), **TINY | {"epochs": 2}), reg)
+    assert card is not None and reg.names() == ["p1"]
+    ev = events(progress)
+    kinds = [e["event"] for e in ev]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("epoch") == 2 and "step" in kinds and "error" not in kinds
+    start = ev[0]
+    assert start["n_train"] + start["n_val"] == 32 and start["epochs"] == 2 and start["world_size"] == 1
+    steps = [e for e in ev if e["event"] == "step"]
+    assert all("eta_s" in e and e["eta_s"] >= 0 and 0 < e["fraction"] <= 1 for e in steps)
+    assert steps[-1]["fraction"] == 1.0 and steps[-1]["eta_s"] == 0
+    fractions = [e["fraction"] for e in steps]
+    assert fractions == sorted(fractions)
+    epochs = [e for e in ev if e["event"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all("eta_s" in e and "val_auc" in e for e in epochs)
+    assert epochs[-1]["eta_s"] == 0
+    assert ev[-1]["name"] == "p1" and ev[-1]["temperature"] == card.temperature
+    assert all(isinstance(e["time"], float) for e in ev)
+
+
+def test_stop_file_stops_without_registering(registry_copy, tiny_data, tmp_path):
+    stop = tmp_path / "STOP"
+    stop.write_text("")
+    progress = tmp_path / "run.jsonl"
+    before = sorted(p.name for p in registry_copy.iterdir())
+    reg = Registry(registry_copy)
+    card = train(TrainConfig(data=str(tiny_data), name="stopped-student", teacher="tiny-teacher",
+                             progress=str(progress), stop_file=str(stop), **TINY | {"epochs": 3}), reg)
+    assert card is None
+    assert sorted(p.name for p in registry_copy.iterdir()) == before
+    kinds = [e["event"] for e in events(progress)]
+    assert kinds[0] == "start" and kinds[-1] == "stopped"
+    assert "done" not in kinds and "epoch" not in kinds
+    assert "stopped-student" not in reg.names()
+
+
+def test_sigterm_stops_cleanly_and_registers_nothing(registry_copy, tiny_data, tmp_path):
+    progress = tmp_path / "run.jsonl"
+    before = sorted(p.name for p in registry_copy.iterdir())
+    cmd = [PY, "-m", "skinapp", "--weights", str(registry_copy), "distill", "--data", str(tiny_data),
+           "--name", "sig-student", "--teacher", "tiny-teacher", "--epochs", "400", "--batch-size", "8",
+           "--image-size", "48", "--threads", "1", "--pretrained", "none", "--progress", str(progress)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            if progress.exists() and any(e["event"] == "step" for e in events(progress)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before SIGTERM could be sent: " + proc.stderr.read()
+        assert progress.exists(), "no progress before the deadline"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, (proc.returncode, err)
+    assert "Traceback" not in err and "stopped on request" in err
+    kinds = [e["event"] for e in events(progress)]
+    assert kinds[-1] == "stopped" and "done" not in kinds
+    assert sorted(p.name for p in registry_copy.iterdir()) == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"alpha": 2.0}, "alpha"),
+    ({"alpha": -0.1}, "alpha"),
+    ({"epochs": 0}, "epochs"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"lr": 0.0}, "learning rate"),
+    ({"batch_size": 1}, "batch size"),
+    ({"image_size": 16}, "image size"),
+    ({"val_frac": 1.0}, "validation fraction"),
+    ({"role": "oracle"}, "role"),
+    ({"head": "multilabel"}, "head"),
+    ({"augment": "extreme"}, "augment"),
+])
+def test_bad_configs_raise_training_error(tiny_data, tmp_path, bad, match):
+    cfg = TrainConfig(data=str(tiny_data), name="bad", weights_dir=str(tmp_path / "w"), **TINY | bad)
+    with pytest.raises(TrainingError, match=match):
+        train(cfg)
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_unknown_arch_and_existing_name(tiny_registry, tiny_data):
+    with pytest.raises(UnknownArchitectureError):
+        TrainConfig(data=str(tiny_data), name="x", arch="vgg_tiny").validate()
+    with pytest.raises(TrainingError, match="already exists"):
+        train(TrainConfig(data=str(tiny_data), name="tiny-student", **TINY), Registry(tiny_registry))
+
+
+def test_teacher_with_a_mismatched_head(registry_copy, tiny_data, tmp_path):
+    reg = Registry(registry_copy)
+    before = sorted(p.name for p in registry_copy.iterdir())
+    # the teacher has one output per diagnosis; a binary student cannot learn from it
+    with pytest.raises(TrainingError, match="tiny-teacher"):
+        train(TrainConfig(data=str(tiny_data), name="m1", teacher="tiny-teacher", head="binary", **TINY), reg)
+    # a binary model as teacher for a per-diagnosis student
+    with pytest.raises(TrainingError, match="tiny-nokd"):
+        train(TrainConfig(data=str(tiny_data), name="m2", teacher="tiny-nokd", head="diagnosis", **TINY), reg)
+    assert sorted(p.name for p in registry_copy.iterdir()) == before
+
+
+def test_kd_student_with_a_timm_teacher_input_size(registry_copy, tiny_data, tmp_path):
+    """A teacher at another input size than the student: both see the same augmented batch at their own size."""
+    reg = Registry(registry_copy)
+    teacher = train(TrainConfig(data=str(tiny_data), name="mnv3-teacher", arch="mobilenetv3_small_100",
+                                role="teacher", head="diagnosis", **TINY | {"image_size": 64}), reg)
+    assert teacher.input_size == 64 and teacher.cam_layer == "blocks.5"
+    student = train(TrainConfig(data=str(tiny_data), name="s-from-mnv3", teacher="mnv3-teacher", **TINY), reg)
+    assert student.teacher == "mnv3-teacher" and student.input_size == 48
+    assert student.label_names == DIAGNOSES
+
+
+def test_torchrun_two_processes(registry_copy, tiny_data, tmp_path):
+    before = set(Registry(registry_copy).names())
+    progress = tmp_path / "ddp.jsonl"
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "skinapp", "--weights", str(registry_copy),
+           "distill", "--data", str(tiny_data), "--name", "ddp-student", "--teacher", "tiny-teacher", "--epochs", "1",
+           "--batch-size", "8", "--image-size", "48", "--threads", "1", "--pretrained", "none",
+           "--progress", str(progress)]
+    r = subprocess.run(cmd, cwd=ROOT, env=sub_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = set(Registry(registry_copy).names())
+    assert after - before == {"ddp-student"} and before <= after
+    card = Registry(registry_copy).get("ddp-student")
+    assert card.train["world_size"] == 2
+    assert card.teacher == "tiny-teacher"
+    assert not [p for p in registry_copy.iterdir() if p.name.startswith(".")]
+    ev = events(progress)
+    # only rank 0 writes progress: one start, one done
+    assert [e["event"] for e in ev].count("start") == 1 and ev[-1]["event"] == "done"
+    assert ev[0]["world_size"] == 2
+    Registry(registry_copy).load("ddp-student")

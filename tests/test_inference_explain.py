@@ -1,0 +1,228 @@
+"""Prediction, dataset evaluation, Grad-CAM (hook hygiene, threads, timm layers) and the benchmark."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skinapp.benchmark import run_benchmark, synthetic_lesion
+from skinapp.data import scan_dataset
+from skinapp.explain import ExplainError, explain
+from skinapp.imageio import InvalidImageError
+from skinapp.inference import Prediction, Predictor, evaluate_dataset, predict_paths
+from skinapp.models import create_model, get_arch
+from skinapp.registry import ModelCard, Registry
+
+METRIC_KEYS = {"n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def student(tiny_registry) -> Predictor:
+    return Predictor.from_registry("tiny-student", Registry(tiny_registry))
+
+
+@pytest.fixture(scope="module")
+def nokd(tiny_registry) -> Predictor:
+    return Predictor.from_registry("tiny-nokd", Registry(tiny_registry))
+
+
+def some_images(tiny_data, n=2):
+    return sorted((tiny_data / "melanoma").glob("*.jpg"))[:n]
+
+
+def untrained_predictor(arch: str, size: int = 64) -> Predictor:
+    spec = get_arch(arch)
+    torch.manual_seed(0)
+    model = create_model(arch, 2, pretrained="none")
+    card = ModelCard(name=f"untrained-{arch}", role="student", arch=arch, label_names=("benign", "malignant"),
+                     groups=("benign", "malignant"), input_size=size, mean=spec.mean, std=spec.std,
+                     cam_layer=spec.cam_layer)
+    return Predictor(model, card)
+
+
+def assert_no_hooks(model: torch.nn.Module):
+    for name, m in model.named_modules():
+        for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+            assert not getattr(m, attr), f"{name or 'model'} keeps {attr}"
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def test_prediction_probabilities(student, nokd, tiny_data):
+    img = Image.open(some_images(tiny_data, 1)[0]).convert("RGB")
+    for pred in (student, nokd):
+        r = pred.predict_image(img)
+        assert isinstance(r, Prediction)
+        assert set(r.probabilities) == {"benign", "malignant"}
+        assert sum(r.probabilities.values()) == pytest.approx(1.0)
+        assert 0.0 <= r.p_positive <= 1.0 and r.p_positive == r.probabilities["malignant"]
+        assert r.label == ("malignant" if r.p_positive >= 0.5 else "benign")
+        assert r.latency_ms > 0
+        assert r.temperature == pred.card.temperature
+        d = r.as_dict()
+        assert d["model"] == pred.card.name and d["probabilities"] == r.probabilities
+
+
+def test_temperature_moves_probabilities_towards_one_half(student, nokd, tiny_data):
+    for path in some_images(tiny_data, 3):
+        img = Image.open(path).convert("RGB")
+        # binary head: P = sigmoid(margin / T), strictly closer to 0.5 as T grows
+        p1, p3, p20 = (nokd.predict_image(img, temperature=t).p_positive for t in (1.0, 3.0, 20.0))
+        assert abs(p20 - 0.5) < abs(p3 - 0.5) < abs(p1 - 0.5), (p1, p3, p20)
+        # per-diagnosis head with 2 of 4 outputs malignant: a very high T flattens towards 2/4
+        s1 = student.predict_image(img, temperature=1.0).p_positive
+        s_hot = student.predict_image(img, temperature=1000.0).p_positive
+        assert abs(s_hot - 0.5) < 0.01 and abs(s_hot - 0.5) < abs(s1 - 0.5)
+        # low temperature sharpens
+        assert abs(nokd.predict_image(img, temperature=0.2).p_positive - 0.5) > abs(p1 - 0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        nokd.predict_image(img, temperature=0.0)
+
+
+def test_threshold_sets_the_label(nokd, tiny_data):
+    img = Image.open(some_images(tiny_data, 1)[0]).convert("RGB")
+    p = nokd.predict_image(img).p_positive
+    assert nokd.predict_image(img, threshold=max(p - 1e-3, 0.0)).label == "malignant"
+    assert nokd.predict_image(img, threshold=min(p + 1e-3, 1.0 + 1e-9)).label == "benign"
+
+
+def test_predict_paths_keeps_going_after_a_bad_file(student, tiny_data, tmp_path):
+    good = some_images(tiny_data, 2)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is a text file, not a photo")
+    missing = tmp_path / "missing.png"
+    results = predict_paths(student, [good[0], bad, missing, good[1]])
+    assert len(results) == 4
+    assert isinstance(results[0], Prediction) and isinstance(results[3], Prediction)
+    assert isinstance(results[1], InvalidImageError) and "notes.jpg" in str(results[1])
+    assert isinstance(results[2], InvalidImageError) and "missing.png" in str(results[2])
+    assert results[0].source == str(good[0])
+    # the same image gives the same answer as predicting it alone
+    assert results[3].p_positive == pytest.approx(student.predict(good[1]).p_positive, abs=1e-6)
+    # a folder expands to its images
+    folder = predict_paths(student, [tiny_data / "nevus"])
+    assert len(folder) == 8 and all(isinstance(r, Prediction) for r in folder)
+
+
+def test_evaluate_dataset(student, nokd, tiny_data):
+    ds = scan_dataset(tiny_data)
+    m = evaluate_dataset(student, ds)
+    assert METRIC_KEYS <= set(m)
+    assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
+    for pred in (student, nokd):
+        card = pred.card
+        val = evaluate_dataset(pred, ds, split="val")
+        assert val["n"] == card.data["n_val"]
+        # the card's own validation split and temperature reproduce the card's metrics
+        assert val["auc"] == pytest.approx(card.metrics["auc"], abs=1e-9)
+        assert val["ece"] == pytest.approx(card.metrics["ece"], abs=1e-6)
+        assert val["confusion_matrix"] == card.metrics["confusion_matrix"]
+        assert evaluate_dataset(pred, ds, split="train")["n"] == card.data["n_train"]
+    hot = evaluate_dataset(nokd, ds, temperature=50.0)
+    assert hot["temperature"] == 50.0 and hot["auc"] == pytest.approx(evaluate_dataset(nokd, ds)["auc"])
+    with pytest.raises(ValueError, match="split"):
+        evaluate_dataset(student, ds, split="test")
+
+
+# ---------------------------------------------------------------- Grad-CAM
+
+
+def check_cam(pred: Predictor, img: Image.Image):
+    res = explain(pred, img)
+    size = pred.card.input_size
+    assert res.heatmap.shape == (size, size) and res.heatmap.dtype == np.float32
+    assert res.heatmap.min() >= 0.0 and res.heatmap.max() <= 1.0
+    assert np.isfinite(res.heatmap).all()
+    assert res.overlay.shape == (size, size, 3) and res.overlay.dtype == np.uint8
+    assert res.target in pred.card.task_labels and res.latency_ms > 0
+    assert_no_hooks(pred.model)
+    return res
+
+
+def test_gradcam_on_the_student(student, tiny_data):
+    img = Image.open(some_images(tiny_data, 1)[0]).convert("RGB")
+    layer = student.model.get_submodule(student.card.cam_layer)
+    res = check_cam(student, img)
+    assert not layer._forward_hooks and not layer._backward_hooks and not layer._backward_pre_hooks
+    assert res.heatmap.max() == pytest.approx(1.0)  # normalised, and not all zero for a real lesion
+    other = "benign" if res.target == "malignant" else "malignant"
+    assert explain(student, img, target=other).target == other
+    with pytest.raises(ExplainError, match="nevus"):
+        explain(student, img, target="nevus")
+    assert_no_hooks(student.model)
+    # prediction still works, and gives the same answer, after explaining
+    before = student.predict_image(img).p_positive
+    explain(student, img)
+    assert student.predict_image(img).p_positive == pytest.approx(before, abs=1e-7)
+
+
+def test_gradcam_from_four_threads_on_one_model(student, tiny_data):
+    imgs = [Image.open(p).convert("RGB") for p in some_images(tiny_data, 4)]
+    expected = [explain(student, im).heatmap for im in imgs]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def work(i):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[i] = explain(student, imgs[i]).heatmap
+                student.predict_image(imgs[i])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sorted(results) == [0, 1, 2, 3]
+    for i in range(4):
+        np.testing.assert_allclose(results[i], expected[i], atol=1e-5)
+    assert_no_hooks(student.model)
+
+
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "mobilenetv3_small_100", "resnet50"])
+def test_gradcam_on_timm_architectures(arch):
+    pred = untrained_predictor(arch, 64)
+    assert pred.card.cam_layer == {"resnet50": "layer4", "efficientnet_lite0": "bn2"}.get(arch, "blocks.5")
+    img = synthetic_lesion(120, 90)
+    check_cam(pred, img)
+
+
+def test_gradcam_with_a_missing_layer(tiny_data):
+    pred = untrained_predictor("dsnet", 48)
+    bad = Predictor(pred.model, ModelCard(**{**pred.card.__dict__, "cam_layer": "block9"}))
+    with pytest.raises(ExplainError, match="block9"):
+        explain(bad, synthetic_lesion(64, 64))
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+def test_run_benchmark(tiny_registry):
+    rows = run_benchmark(["tiny-student"], Registry(tiny_registry), runs=5)
+    assert len(rows) == 1
+    r = rows[0]
+    assert {"model", "latency_ms_p50", "latency_ms_p95", "throughput_ips", "cam_ms_p50", "params", "mflops",
+            "file_bytes"} <= set(r)
+    card = Registry(tiny_registry).get("tiny-student")
+    assert r["model"] == "tiny-student" and r["runs"] == 5
+    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"]
+    assert r["throughput_ips"] > 0 and r["cam_ms_p50"] > 0
+    assert (r["params"], r["mflops"], r["file_bytes"]) == (card.params, card.mflops, card.file_bytes)

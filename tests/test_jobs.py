@@ -1,0 +1,59 @@
+"""Background jobs: one at a time, cancellable, state read back from disk."""
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from skinapp import jobs
+from skinapp.registry import Registry
+
+
+def wait(pred, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+@pytest.fixture()
+def weights(tmp_path, tiny_registry):
+    w = tmp_path / "weights"
+    shutil.copytree(tiny_registry, w)
+    return w
+
+
+def test_second_job_refused_then_cancel_registers_nothing(tmp_path, tiny_data, weights):
+    root = tmp_path / "jobs"
+    args = {"data": str(tiny_data), "name": "long-one", "teacher": "tiny-teacher", "epochs": 200,
+            "batch_size": 4, "image_size": 48, "threads": 1, "pretrained": "none"}
+    first = jobs.start_job(args, root, str(weights))
+    assert first.status == "running"
+    with pytest.raises(jobs.JobBusyError, match=first.id):
+        jobs.start_job(dict(args, name="other"), root, str(weights))
+    assert wait(lambda: jobs.job_state(root / first.id).losses), jobs.log_tail(first.id, root)
+    jobs.cancel_job(first.id, root)
+    assert wait(lambda: jobs.job_state(root / first.id).status != "running")
+    state = jobs.job_state(root / first.id)
+    assert state.status == "stopped"
+    assert "long-one" not in Registry(weights).names()
+    assert not list(weights.glob("*.tmp")) and not list(weights.glob(".*.tmp"))
+    # the history is on disk: a fresh reader (an app restart) sees the same job
+    assert [s.id for s in jobs.list_jobs(root)] == [first.id]
+
+
+def test_failed_job_reports_reason(tmp_path, weights):
+    root = tmp_path / "jobs"
+    state = jobs.start_job({"data": str(tmp_path / "missing"), "name": "x", "no_kd": True}, root, str(weights))
+    assert wait(lambda: jobs.job_state(root / state.id).status != "running")
+    state = jobs.job_state(root / state.id)
+    assert state.status == "failed"
+    assert "does not exist" in state.message or "does not exist" in jobs.log_tail(state.id, root)
+
+
+def test_build_command_flags():
+    cmd = jobs.build_command({"name": "a", "no_kd": True, "teacher": None, "batch_size": 8}, "/w")
+    assert cmd[1:] == ["-m", "skinapp", "--weights", "/w", "distill", "--name", "a", "--no-kd", "--batch-size", "8"]

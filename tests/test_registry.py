@@ -1,0 +1,244 @@
+"""The model registry: round trips, integrity checks, unique names, defaults, float16 and atomic writes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import skinapp.registry as registry_mod
+from skinapp.models import create_model
+from skinapp.registry import (DuplicateModelError, ModelCard, ModelFileError, Registry, UnknownModelError)
+
+LABELS = ("benign", "malignant")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def make_card(name: str, role: str = "student", arch: str = "dsnet", **kw) -> ModelCard:
+    base = dict(label_names=LABELS, groups=LABELS, input_size=48, cam_layer="block3")
+    base.update(kw)
+    return ModelCard(name=name, role=role, arch=arch, **base)
+
+
+def make_model(seed: int = 0, num_classes: int = 2):
+    torch.manual_seed(seed)
+    model = create_model("dsnet", num_classes)
+    # non-trivial BatchNorm buffers so the round trip covers them too
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 48, 48))
+    return model.eval()
+
+
+def files(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir()}
+
+
+def test_round_trip_identical_outputs_and_keys(tmp_path):
+    reg = Registry(tmp_path)
+    model = make_model()
+    card = reg.register(model, make_card("rt"))
+    assert card.weights == "rt.safetensors"
+    assert card.params == sum(p.numel() for p in model.parameters())
+    assert card.mflops > 0 and card.file_bytes == (tmp_path / "rt.safetensors").stat().st_size
+    assert len(card.sha256) == 64 and card.created
+    assert files(tmp_path) == {"rt.json", "rt.safetensors"}
+    loaded, lcard = reg.load("rt")
+    assert lcard == card
+    assert not loaded.training
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    # the card on disk is plain JSON with the same content
+    on_disk = json.loads((tmp_path / "rt.json").read_text())
+    assert on_disk["name"] == "rt" and on_disk["sha256"] == card.sha256
+
+
+def test_tampered_weights_are_refused_naming_the_file(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("t1"))
+    path = tmp_path / "t1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit in the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError) as ei:
+        reg.load("t1")
+    assert str(path) in str(ei.value)
+    assert "altered" in str(ei.value)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("gone"))
+    (tmp_path / "gone.safetensors").unlink()
+    with pytest.raises(ModelFileError) as ei:
+        reg.load("gone")
+    assert str(tmp_path / "gone.safetensors") in str(ei.value)
+    assert "missing" in str(ei.value)
+
+
+def test_card_that_does_not_fit_the_weights(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("wrong"))
+    # architecture changed on the card: the weights' keys belong to another network
+    reg.update("wrong", arch="mobilenetv3_small_100")
+    with pytest.raises(ModelFileError) as ei:
+        reg.load("wrong")
+    assert "wrong.safetensors" in str(ei.value) and "mobilenetv3_small_100" in str(ei.value)
+    # same architecture, but the card claims four output classes: the head's shape does not fit
+    reg.update("wrong", arch="dsnet", label_names=("a", "b", "c", "d"), groups=LABELS * 2)
+    with pytest.raises(ModelFileError, match="does not fit"):
+        reg.load("wrong")
+
+
+def test_card_lacking_required_fields(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "role": "student"}))
+    with pytest.raises(ModelFileError, match="lacks required fields"):
+        Registry(tmp_path).cards()
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="bad.json"):
+        Registry(tmp_path).cards()
+
+
+def test_unknown_name_lists_registered_models(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register(make_model(0), make_card("alpha"))
+    reg.register(make_model(1), make_card("beta", role="teacher"))
+    with pytest.raises(UnknownModelError) as ei:
+        reg.load("gamma")
+    msg = str(ei.value)
+    assert "gamma" in msg and "alpha" in msg and "beta" in msg
+    assert isinstance(ei.value, KeyError)
+    assert not msg.startswith("'")  # readable, not KeyError's quoted repr
+    assert Registry(tmp_path / "empty").names() == []
+
+
+def test_duplicate_registration_is_refused(tmp_path):
+    reg = Registry(tmp_path)
+    first = reg.register(make_model(0), make_card("dup"))
+    with pytest.raises(DuplicateModelError, match="dup"):
+        reg.register(make_model(1), make_card("dup"))
+    assert reg.get("dup").sha256 == first.sha256  # the first entry is untouched
+    second = reg.register(make_model(1), make_card("dup"), overwrite=True)
+    assert second.sha256 != first.sha256
+    reg.load("dup")
+
+
+def test_two_cards_with_the_same_name_field(tmp_path):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("twin"))
+    shutil.copy(tmp_path / "twin.json", tmp_path / "other-file.json")
+    with pytest.raises(DuplicateModelError) as ei:
+        reg.cards()
+    assert "twin" in str(ei.value) and "other-file.json" in str(ei.value)
+
+
+def test_invalid_names_and_roles(tmp_path):
+    reg = Registry(tmp_path)
+    for bad in ("../escape", "", ".hidden", "a b"):
+        with pytest.raises(registry_mod.RegistryError):
+            reg.register(make_model(), make_card(bad))
+    with pytest.raises(registry_mod.RegistryError, match="role"):
+        reg.register(make_model(), make_card("r", role="oracle"))
+    assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
+
+
+def test_set_default_leaves_one_default_per_role(tmp_path):
+    reg = Registry(tmp_path)
+    for i, name in enumerate(("s1", "s2", "s3")):
+        reg.register(make_model(i), make_card(name, default=True))
+    reg.register(make_model(5), make_card("t1", role="teacher", default=True))
+    reg.register(make_model(6), make_card("t2", role="teacher"))
+    for name in ("s2", "s1", "s3", "s3"):
+        reg.set_default(name)
+        students = [c.name for c in reg.cards() if c.role == "student" and c.default]
+        assert students == [name]
+        assert reg.default("student").name == name
+        assert [c.name for c in reg.cards() if c.role == "teacher" and c.default] == ["t1"]
+    reg.set_default("t2")
+    assert [c.name for c in reg.cards() if c.role == "teacher" and c.default] == ["t2"]
+    assert [c.name for c in reg.cards() if c.role == "student" and c.default] == ["s3"]
+    # weights are untouched by card updates
+    reg.load("s1")
+    reg.load("t1")
+    # teachers are listed first
+    assert [c.role for c in reg.cards()] == ["teacher", "teacher", "student", "student", "student"]
+
+
+def test_float16_registration_halves_the_file(tmp_path):
+    reg = Registry(tmp_path)
+    model = make_model()
+    c32 = reg.register(model, make_card("m32"))
+    c16 = reg.register(model, make_card("m16"), dtype="float16")
+    assert c16.dtype == "float16" and c32.dtype == "float32"
+    assert 0.45 < c16.file_bytes / c32.file_bytes < 0.55, (c16.file_bytes, c32.file_bytes)
+    loaded, card = reg.load("m16")
+    assert card.dtype == "float16"
+    assert all(v.dtype != torch.float16 for v in loaded.state_dict().values())
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        ref, out = model(x), loaded(x)
+    assert not torch.equal(ref, out)  # it really was rounded
+    torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+    with pytest.raises(registry_mod.RegistryError, match="dtype"):
+        reg.register(model, make_card("m8"), dtype="int8")
+
+
+def test_failed_weights_write_leaves_nothing(tmp_path, monkeypatch):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("keep"))
+    before = files(tmp_path)
+
+    def broken_save(state, filename, metadata=None):
+        Path(filename).write_bytes(b"partial weights")  # half-written, then the disk fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry_mod, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        reg.register(make_model(1), make_card("crash"))
+    assert files(tmp_path) == before
+    assert reg.names() == ["keep"]
+    monkeypatch.undo()
+    reg.register(make_model(1), make_card("crash"))
+    reg.load("crash")
+
+
+def test_failed_card_write_leaves_no_card_and_no_temp_files(tmp_path, monkeypatch):
+    reg = Registry(tmp_path)
+    reg.register(make_model(), make_card("keep"))
+    good_card = (tmp_path / "keep.json").read_text()
+    real_write_text = Path.write_text
+
+    def broken_write_text(self, data, *a, **kw):
+        if self.suffix == ".tmp" and ".json." in self.name:
+            real_write_text(self, data[: len(data) // 2], *a, **kw)
+            raise OSError("disk full")
+        return real_write_text(self, data, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", broken_write_text)
+    with pytest.raises(OSError, match="disk full"):
+        reg.register(make_model(1), make_card("crash"))
+    # a failed update of an existing card keeps the old card whole
+    with pytest.raises(OSError, match="disk full"):
+        reg.update("keep", temperature=2.0)
+    monkeypatch.undo()
+    names = files(tmp_path)
+    assert "crash.json" not in names
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
+    assert reg.names() == ["keep"]
+    assert (tmp_path / "keep.json").read_text() == good_card
+    # the name is still free: registering again works
+    reg.register(make_model(1), make_card("crash"))
+    assert reg.load("crash")[1].name == "crash"
