@@ -3,12 +3,12 @@ import streamlit as st
 
 from skinapp.ui import common, compare, diagnose, models, train
 
-st.set_page_config(page_title="skinapp — lesion KD workbench", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="skinapp — lesion KD workbench", page_icon=":material/biotech:", layout="wide")
 pages = [
-    st.Page(diagnose.render, title="Diagnose", icon="🩺", url_path="diagnose", default=True),
-    st.Page(compare.render, title="Compare", icon="⚖️", url_path="compare"),
-    st.Page(models.render, title="Models", icon="📇", url_path="models"),
-    st.Page(train.render, title="Train", icon="🏋️", url_path="train"),
+    st.Page(diagnose.render, title="Diagnose", icon=":material/stethoscope:", url_path="diagnose", default=True),
+    st.Page(compare.render, title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page(models.render, title="Models", icon=":material/inventory_2:", url_path="models"),
+    st.Page(train.render, title="Train", icon=":material/model_training:", url_path="train"),
 ]
 nav = st.navigation(pages)
 common.disclaimer()

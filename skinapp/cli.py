@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
     p.add_argument("-T", "--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--teacher-views", dest="teacher_views", type=int, default=8,
+                   help="precompute teacher logits on this many augmented views per image (0: teacher every step)")
     p = sub.add_parser("benchmark", help="latency, throughput, Grad-CAM time and size per model")
     p.add_argument("--models", help="comma-separated names (default: all)")
     p.add_argument("--threads", type=int)

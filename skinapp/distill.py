@@ -76,6 +76,7 @@ class TrainConfig:
     split_seed: int = 0
     val_frac: float = 0.2
     threads: int | None = None
+    teacher_views: int = 8  # >0: teacher logits precomputed on this many augmented views per image (cached)
     pretrained: str = "auto"
     drop_rate: float | None = None
     weights_dir: str | None = None
@@ -99,6 +100,7 @@ class TrainConfig:
             (self.image_size is None or 32 <= self.image_size <= 1024,
              f"image size {self.image_size} must be between 32 and 1024"),
             (0.0 < self.val_frac < 1.0, f"validation fraction {self.val_frac} must be between 0 and 1"),
+            (0 <= self.teacher_views <= 64, f"teacher views {self.teacher_views} must be between 0 and 64"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -207,6 +209,51 @@ def _evaluate(model: nn.Module, images: torch.Tensor, size: int, mean, std, batc
     return torch.cat(outs)
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("SKINAPP_CACHE") or Path(__file__).resolve().parent.parent / "runs" / "cache")
+
+
+def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, hashes: list[str], size: int,
+                  progress: ProgressLog, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """K augmented views of every training image at the student's size, with the teacher's logits on each.
+
+    The teacher then costs K forward passes per image once, instead of one per image per epoch, and the same
+    cache serves every run with this teacher, data, split and augmentation (a temperature sweep, seeds, ...).
+    Teacher and student still see exactly the same pixels ("function matching").
+    """
+    from safetensors.torch import load_file, save_file
+
+    tc = st.teacher_card
+    key = hashlib.sha1(json.dumps([tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size,
+                                   tc.input_size, images.shape[-1]]).encode()).hexdigest()[:20]
+    path = cache_dir() / f"teacher-views-{key}.safetensors"
+    if path.exists():
+        d = load_file(str(path))
+        progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=cfg.teacher_views)
+        return d["views"], d["logits"]
+    gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
+    big = max(size, tc.input_size)
+    views = torch.empty(cfg.teacher_views, len(images), 3, size, size, dtype=torch.uint8)
+    logits = torch.empty(cfg.teacher_views, len(images), len(tc.label_names))
+    t0 = time.time()
+    for k in range(cfg.teacher_views):
+        for i in range(0, len(images), 64):
+            x01 = augment_batch(images[i:i + 64], big, gen, cfg.augment)
+            with torch.no_grad():
+                logits[k, i:i + 64] = st.teacher(model_input(x01, tc.input_size, tc.mean, tc.std))
+            views[k, i:i + 64] = (F.interpolate(x01, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False) * 255).round().clamp(0, 255).to(torch.uint8) \
+                if big != size else (x01 * 255).round().clamp(0, 255).to(torch.uint8)
+        progress.emit("cache", message="computing teacher logits", view=k + 1, views=cfg.teacher_views,
+                      elapsed_s=round(time.time() - t0, 1))
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({"views": views.contiguous(), "logits": logits.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    return views, logits
+
+
 def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
     """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
     cfg.validate()
@@ -252,6 +299,9 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
     train_x, train_y = decoded.images[train_idx], targets[train_idx]
+    cached = None
+    if st.teacher is not None and cfg.teacher_views > 0:
+        cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank)
     val_x, val_y = decoded.images[val_idx], decoded.targets[val_idx].numpy()
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
     progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
@@ -262,9 +312,15 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     for epoch in range(cfg.epochs):
         net.train()
         for step, b in enumerate(_batches(len(train_idx), max(2, cfg.batch_size // world), epoch, cfg.seed, rank, world)):
-            x01 = augment_batch(train_x[torch.as_tensor(b)], max(size, tsize), gen, cfg.augment)
+            bi = torch.as_tensor(b)
             t_logits = None
-            if st.teacher is not None:
+            if cached is not None:
+                v = torch.randint(0, cfg.teacher_views, (len(b),), generator=gen)
+                x01 = cached[0][v, bi].float() / 255.0
+                t_logits = cached[1][v, bi]
+            else:
+                x01 = augment_batch(train_x[bi], max(size, tsize), gen, cfg.augment)
+            if st.teacher is not None and cached is None:
                 tc = st.teacher_card
                 with torch.no_grad():
                     t_logits = st.teacher(model_input(x01, tc.input_size, tc.mean, tc.std))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,32 @@ def _open_stream(source: ImageSource, label: str) -> BinaryIO:
     if not data:
         raise InvalidImageError(f"{label}: the file is empty (0 bytes).")
     return io.BytesIO(data)
+
+
+_ORIENTATION_FIX = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation to the pixels.
+
+    Not ``ImageOps.exif_transpose``: it re-encodes the EXIF block afterwards, and broken camera metadata (a tag
+    stored with the wrong type) then raises TypeError/struct.error, turning a good photo into a crash.
+    """
+    try:
+        orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception as exc:  # unreadable metadata; the pixels are still usable
+        log.debug("ignoring unreadable EXIF: %s", exc)
+        return img
+    method = _ORIENTATION_FIX.get(orientation) if isinstance(orientation, int) else None
+    return img.transpose(method) if method is not None else img
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -101,7 +127,7 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int | N
                     f"{label}: the image is too large ({w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,})."
                 )
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = _upright(img)
             rgb = _to_rgb(img)
     except InvalidImageError:
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Teacher-logit caches of test runs go to a throwaway folder, never the project's runs/cache.
+os.environ["SKINAPP_CACHE"] = tempfile.mkdtemp(prefix="skinapp-cache-")
 SHARED_ISIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic9"
 
 

@@ -300,6 +300,21 @@ def test_decode_skips_unreadable_files(tmp_path):
     assert dd.targets.tolist() == [int(p.parent.name == "malignant") for p in dd.paths]
 
 
+# Orientation 6 and an XResolution tag stored as text: a valid photo with sloppy camera metadata.
+ODD_EXIF = (b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x02\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00"
+            b"\x1a\x01\x02\x00\x08\x00\x00\x00&\x00\x00\x00\x00\x00\x00\x00seventy\x00")
+
+
+def test_decode_never_crashes_on_odd_metadata(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=3, layout="binary", size=24)
+    odd = root / "malignant" / "phone.jpg"
+    lesion(42, True, 32).resize((32, 20)).save(odd, exif=ODD_EXIF)
+    dd = decode_dataset(scan_dataset(root), 16)
+    assert dd.skipped == []
+    assert odd in dd.paths
+    assert dd.images.shape == (7, 3, 16, 16)
+
+
 def test_decode_when_a_whole_class_is_unreadable_is_a_dataset_error(tmp_path):
     root = tmp_path / "d"
     put(root / "benign", 3, False)

@@ -154,6 +154,75 @@ def test_orientation_1_changes_nothing():
     assert _is(rgb(out)[10, 3], RED)
 
 
+_INVERSE = {  # stored pixels = inverse of the fix applied to the upright picture
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_all_eight_exif_orientations_exactly(orientation):
+    """Lossless check: a photo stored sideways/mirrored with its orientation tag comes back upright, pixel for pixel."""
+    upright = noise(30, 18, seed=orientation)
+    method = _INVERSE[orientation]
+    stored = upright.transpose(method) if method is not None else upright
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    data = encode(stored, "PNG", exif=exif.tobytes())
+    out = load_image(data)
+    assert out.size == (30, 18)
+    np.testing.assert_array_equal(rgb(out), np.asarray(upright).astype(int))
+
+
+def _exif_block(entries: list[tuple[int, int, int, bytes]]) -> bytes:
+    """A hand-made little-endian EXIF block: (tag, type, count, payload) entries in IFD0."""
+    n = len(entries)
+    data_at = 8 + 2 + 12 * n + 4
+    ifd, extra = struct.pack("<H", n), b""
+    for tag, typ, count, payload in entries:
+        if len(payload) <= 4:
+            ifd += struct.pack("<HHI", tag, typ, count) + payload.ljust(4, b"\0")
+        else:
+            ifd += struct.pack("<HHII", tag, typ, count, data_at + len(extra))
+            extra += payload
+    return b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + extra
+
+
+def test_broken_camera_metadata_does_not_break_a_good_photo(tmp_path):
+    """Orientation 6 plus an XResolution tag stored as text (cameras do this): still upright, no crash."""
+    exif = _exif_block([(ORIENTATION, 3, 1, struct.pack("<H", 6)), (0x011A, 2, 8, b"seventy\0")])
+    path = tmp_path / "odd_camera.jpg"
+    _two_halves(40, 20).save(path, "JPEG", exif=exif, quality=95)
+    out = load_image(path)
+    assert out.size == (20, 40)
+    assert _is(rgb(out)[3, 10], RED) and _is(rgb(out)[36, 10], BLUE)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_garbage_exif_is_ignored():
+    for exif in (b"Exif\0\0II*\0\xff\xff\xff\x7f garbage", b"Exif\0\0MM\0*\0\0\0\x08\xff\xff",
+                 _exif_block([(ORIENTATION, 2, 4, b"six\0")]), _exif_block([(ORIENTATION, 3, 1, b"\x63\0")])):
+        out = load_image(encode(_two_halves(40, 20), "JPEG", exif=exif, quality=95))
+        assert out.size == (40, 20)
+        assert _is(rgb(out)[10, 3], RED)
+
+
+def test_multi_picture_jpeg_from_phones_loads_first_picture():
+    first, second = noise(48, 32, seed=1), noise(48, 32, seed=2)
+    data = encode(first, "MPO", save_all=True, append_images=[second], quality=95)
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    out = load_image(data)
+    assert out.size == (48, 32)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+    np.testing.assert_array_equal(rgb(out), expected)
+
+
 # ------------------------------------------------------------------------------------------------ modes
 
 def test_grayscale_l_becomes_rgb():

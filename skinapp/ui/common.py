@@ -25,7 +25,7 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
 
 
 def disclaimer() -> None:
-    st.warning(DISCLAIMER, icon="⚕️")
+    st.warning(DISCLAIMER, icon=":material/medical_information:")
 
 
 def registry() -> Registry:

@@ -40,7 +40,7 @@ def render() -> None:
     try:
         img = common.decode(data, f.name)
     except InvalidImageError as exc:
-        st.error(common.friendly(exc), icon="🚫")
+        st.error(common.friendly(exc), icon=":material/error:")
         return
     rows = []
     cols = st.columns(len(chosen))

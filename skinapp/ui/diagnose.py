@@ -73,11 +73,11 @@ def render() -> None:
         try:
             rows.append(_show_one(card, f, f.getvalue(), temperature, threshold, band, alpha))
         except InvalidImageError as exc:
-            st.error(common.friendly(exc), icon="🚫")
+            st.error(common.friendly(exc), icon=":material/error:")
             rows.append({"file": f.name, "model": card.name, "error": common.friendly(exc)})
         except Exception as exc:  # never let one file break the page
             log.exception("analysis failed for one upload")
-            st.error(f"{f.name}: could not be analysed ({type(exc).__name__}).", icon="🚫")
+            st.error(f"{f.name}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
             rows.append({"file": f.name, "model": card.name, "error": type(exc).__name__})
     if len(files) > 1:
         st.subheader("Results")

@@ -32,7 +32,7 @@ def _dataset_preview(path: str) -> bool:
     try:
         counts, classes, groups, thumbs = _scan(path)
     except DatasetError as exc:
-        st.error(common.friendly(exc), icon="📁")
+        st.error(common.friendly(exc), icon=":material/folder_off:")
         return False
     st.success(" · ".join(f"{k}: {v}" for k, v in classes.items()) + f" — {sum(counts.values())} images")
     fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()),

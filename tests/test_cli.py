@@ -1,0 +1,205 @@
+"""``python -m skinapp`` end to end, in subprocesses: JSON outputs, training commands and readable errors.
+
+Each subprocess pays the torch import (several seconds), so independent commands run a few at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from skinapp.data import scan_dataset
+from skinapp.inference import Predictor, evaluate_dataset
+from skinapp.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece"}
+TRAIN = ["--epochs", "1", "--batch-size", "8", "--image-size", "48", "--threads", "1", "--pretrained", "none"]
+
+
+def run(weights: Path, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("SKINAPP_WEIGHTS", None)
+    return subprocess.run([sys.executable, "-m", "skinapp", "--weights", str(weights), *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_many(commands: dict[str, tuple], weights: Path, workers: int = 3) -> dict[str, subprocess.CompletedProcess]:
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {k: pool.submit(run, weights, *args) for k, args in commands.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+
+def ok_json(r: subprocess.CompletedProcess):
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_registry, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("cli") / "weights"
+    shutil.copytree(tiny_registry, dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def image(tiny_data) -> Path:
+    return sorted((tiny_data / "melanoma").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def cam_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cams")
+
+
+@pytest.fixture(scope="module")
+def read_only(weights, tiny_data, image, cam_dir) -> dict[str, subprocess.CompletedProcess]:
+    """The commands that only read the registry, run side by side."""
+    return run_many({
+        "models": ("models", "--json"),
+        "predict": ("predict", "--model", "tiny-student", "--json", image),
+        "predict_cam": ("predict", "--model", "tiny-student", "--json", "--temperature", "2", "--cam-out", cam_dir,
+                        image),
+        "evaluate": ("evaluate", "--model", "tiny-student", "--data", tiny_data, "--json"),
+        "benchmark": ("benchmark", "--models", "tiny-student", "--threads", "1", "--runs", "3", "--json"),
+    }, weights)
+
+
+def test_models_json(read_only):
+    rows = ok_json(read_only["models"])
+    assert {r["name"] for r in rows} == {"tiny-teacher", "tiny-student", "tiny-nokd"}
+    for r in rows:
+        assert {"name", "role", "default", "arch", "teacher", "params", "weights"} <= set(r)
+        assert isinstance(r["default"], bool) and r["params"] > 0 and r["weights"] == r["name"] + ".safetensors"
+    by = {r["name"]: r for r in rows}
+    assert by["tiny-nokd"]["teacher"] is None and by["tiny-teacher"]["teacher"] is None
+    assert by["tiny-student"]["teacher"] == "tiny-teacher"
+    for role in ("teacher", "student"):
+        assert sum(r["default"] for r in rows if r["role"] == role) == 1
+    assert by["tiny-teacher"]["default"] and by["tiny-student"]["default"] and not by["tiny-nokd"]["default"]
+
+
+def test_predict_json(read_only, weights, image):
+    rows = ok_json(read_only["predict"])
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["image"] == str(image) and r["model"] == "tiny-student"
+    assert sum(r["probabilities"].values()) == pytest.approx(1.0)
+    pred = Predictor.from_registry("tiny-student", Registry(weights))
+    assert r["temperature"] == pred.card.temperature
+    assert r["p_positive"] == pytest.approx(pred.predict(image).p_positive, abs=1e-5)
+    assert r["label"] in ("benign", "malignant") and "cam" not in r
+
+
+def test_predict_with_temperature_and_cam(read_only, weights, image, cam_dir):
+    rows = ok_json(read_only["predict_cam"])
+    r = rows[0]
+    assert r["temperature"] == 2.0
+    pred = Predictor.from_registry("tiny-student", Registry(weights))
+    assert r["p_positive"] == pytest.approx(pred.predict(image, temperature=2.0).p_positive, abs=1e-5)
+    cam = Path(r["cam"])
+    assert cam.parent == cam_dir and cam.suffix == ".png" and cam.is_file()
+    with Image.open(cam) as im:
+        assert im.format == "PNG" and im.size == (48, 48) and im.mode == "RGB"
+    assert r["cam_target"] in ("benign", "malignant") and r["cam_ms"] > 0
+
+
+def test_evaluate_json(read_only, weights, tiny_data):
+    m = ok_json(read_only["evaluate"])
+    assert METRIC_KEYS <= set(m)
+    assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
+    pred = Predictor.from_registry("tiny-student", Registry(weights))
+    assert m["auc"] == pytest.approx(evaluate_dataset(pred, scan_dataset(tiny_data))["auc"])
+
+
+def test_benchmark_json(read_only):
+    rows = ok_json(read_only["benchmark"])
+    assert [r["model"] for r in rows] == ["tiny-student"]
+    assert {"model", "latency_ms_p50", "latency_ms_p95", "throughput_ips", "cam_ms_p50", "params", "mflops",
+            "file_bytes"} <= set(rows[0])
+    assert rows[0]["runs"] == 3 and rows[0]["threads"] == 1 and rows[0]["latency_ms_p50"] > 0
+
+
+def test_calibrate_updates_the_card(tiny_registry, tiny_data, tmp_path):
+    w = tmp_path / "weights"
+    shutil.copytree(tiny_registry, w)
+    reg = Registry(w)
+    fitted = reg.get("tiny-nokd").temperature
+    reg.update("tiny-nokd", temperature=7.5)
+    out = ok_json(run(w, "calibrate", "--model", "tiny-nokd", "--data", tiny_data, "--json"))
+    assert {"model", "split", "n", "temperature", "ece_before", "ece_after"} <= set(out)
+    assert out["model"] == "tiny-nokd" and out["split"] == "val"
+    card = reg.get("tiny-nokd")
+    assert out["n"] == card.data["n_val"]
+    assert out["temperature"] > 0 and card.temperature == out["temperature"]
+    # the same validation split as training: the same temperature as the one fitted then
+    assert out["temperature"] == pytest.approx(fitted, rel=1e-3)
+    assert card.metrics["ece_after"] == out["ece_after"]
+    reg.load("tiny-nokd")  # weights untouched
+
+
+def test_train_teacher_distill_and_no_kd(tiny_registry, tiny_data, tmp_path):
+    w = tmp_path / "weights"
+    shutil.copytree(tiny_registry, w)
+    t = ok_json(run(w, "train-teacher", "--arch", "dsnet", "--head", "diagnosis", "--data", tiny_data,
+                    "--name", "cli-teacher", "--json", *TRAIN))
+    assert t["name"] == "cli-teacher" and t["role"] == "teacher" and t["teacher"] is None
+    assert {"auc", "accuracy", "sens_at_spec80", "ece"} <= set(t["metrics"])
+    s = ok_json(run(w, "distill", "--data", tiny_data, "--name", "cli-student", "--teacher", "cli-teacher",
+                    "-T", "3", "--alpha", "0.25", "--json", *TRAIN))
+    assert s["name"] == "cli-student" and s["teacher"] == "cli-teacher" and s["role"] == "student"
+    n = ok_json(run(w, "distill", "--no-kd", "--data", tiny_data, "--name", "cli-nokd", "--json", *TRAIN))
+    assert n["teacher"] is None
+    reg = Registry(w)
+    assert {"cli-teacher", "cli-student", "cli-nokd"} <= set(reg.names())
+    st = reg.get("cli-student")
+    assert st.kd == {"temperature": 3.0, "alpha": 0.25, "head": "diagnosis"}
+    assert st.input_size == 48 and st.train["epochs"] == 1
+    nk = reg.get("cli-nokd")
+    assert nk.teacher is None and nk.kd is None
+    on_disk = json.loads((w / "cli-nokd.json").read_text())
+    assert on_disk["teacher"] is None  # JSON null
+    for name in ("cli-teacher", "cli-student", "cli-nokd"):
+        reg.load(name)
+
+
+@pytest.fixture(scope="module")
+def bad_runs(weights, tiny_data, tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
+    folder = tmp_path_factory.mktemp("bad")
+    fake = folder / "notes.jpg"
+    fake.write_text("not an image, just text")
+    return run_many({
+        "unknown_model": ("predict", "--model", "no-such-model", fake),
+        "missing_data": ("evaluate", "--model", "tiny-student", "--data", folder / "missing"),
+        "text_as_jpg": ("predict", "--model", "tiny-student", fake),
+        "unknown_benchmark_model": ("benchmark", "--models", "tiny-student,no-such-model", "--runs", "3"),
+        "alpha_5": ("distill", "--data", tiny_data, "--name", "bad-alpha", "--alpha", "5", *TRAIN),
+    }, weights)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("unknown_model", "no-such-model"),
+    ("missing_data", "missing"),
+    ("text_as_jpg", "notes.jpg"),
+    ("unknown_benchmark_model", "no-such-model"),
+    ("alpha_5", "alpha"),
+])
+def test_bad_input_is_one_readable_line(bad_runs, weights, case, needle):
+    r = bad_runs[case]
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("skinapp: error:") and needle in lines[0]
+    assert "Traceback" not in r.stdout + r.stderr
+    if case in ("unknown_model", "unknown_benchmark_model"):
+        assert "tiny-student" in lines[0]  # the message lists the registered names
+    if case == "alpha_5":
+        assert "bad-alpha" not in Registry(weights).names()
