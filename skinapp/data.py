@@ -75,6 +75,7 @@ def get_task(task: str) -> tuple[str, str]:
 
 
 def read_label_map(label_map: Mapping[str, str] | str | Path | None) -> dict[str, str]:
+    """The default mapping with the user's entries merged over it (add a diagnosis or relabel one)."""
     if label_map is None:
         return dict(DEFAULT_LABEL_MAP)
     if isinstance(label_map, (str, Path)):
@@ -85,7 +86,7 @@ def read_label_map(label_map: Mapping[str, str] | str | Path | None) -> dict[str
             raise DatasetError(f"label map {path}: cannot be read as JSON ({exc})") from None
         if not isinstance(label_map, dict):
             raise DatasetError(f"label map {path}: expected a JSON object of folder -> benign|malignant")
-    out = {}
+    out = dict(DEFAULT_LABEL_MAP)
     for k, v in label_map.items():
         if v not in ("benign", "malignant"):
             raise DatasetError(f"label map: {k!r} maps to {v!r}; use 'benign' or 'malignant'")
@@ -100,7 +101,9 @@ def scan_dataset(root: str | Path, task: str = "malignant",
     neg, pos = get_task(task)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
-    folders = {d.name: sorted((p for p in d.rglob("*") if is_image_file(p)), key=lambda p: str(p))
+    folders = {d.name: sorted((p for p in d.rglob("*") if is_image_file(p)
+                               and not any(part.startswith(".") for part in p.relative_to(d).parts)),
+                              key=lambda p: str(p))
                for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     folders = {k: v for k, v in folders.items() if v}
     if not folders:

@@ -254,7 +254,9 @@ def test_read_label_map_defaults_are_a_copy():
     m = read_label_map(None)
     m["melanoma"] = "benign"
     assert DEFAULT_LABEL_MAP["melanoma"] == "malignant"
-    assert read_label_map({"Nevus": "benign"}) == {"nevus": "benign"}
+    # a user map is merged over the defaults: it adds or relabels diagnoses, it does not drop the others
+    assert read_label_map({"Lentigo": "benign"}) == {**DEFAULT_LABEL_MAP, "lentigo": "benign"}
+    assert read_label_map({"Nevus": "malignant"})["nevus"] == "malignant"
 
 
 def test_dataset_error_is_a_value_error():
@@ -593,3 +595,13 @@ def test_shared_isic9_scan_and_leak_free_split():
     for d, n in total.items():
         if n > 1:
             assert abs(got[d] - 0.2 * len({dd.hashes[i] for i in range(1595) if strata[i] == d})) <= 1
+
+
+def test_hidden_folders_inside_a_class_are_ignored(tmp_path):
+    root = make_dataset(tmp_path / "d", per_class=4, layout="binary")
+    hidden = root / "benign" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    lesion(99, False, 48).save(hidden / "copy.jpg")
+    ds = scan_dataset(root)
+    assert not any(".ipynb_checkpoints" in str(s.path) for s in ds.samples)
+    assert ds.class_counts() == {"benign": 4, "malignant": 4}

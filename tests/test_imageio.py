@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 import skinapp.imageio as imageio
 from skinapp.imageio import InvalidImageError, is_image_file, load_image
@@ -341,9 +341,10 @@ def test_16_bit_gradient_is_monotonic_and_spans_the_range():
 
 # ------------------------------------------------------------------------------------------------ pixel limits
 
-def test_max_pixels_parameter_refuses_before_decoding(tmp_path):
+def test_max_pixels_parameter_refuses_before_decoding(tmp_path, monkeypatch):
     big = tmp_path / "huge_scan.png"
     Image.new("1", (8000, 8000)).save(big)  # 64 MP, ~8 kB on disk
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("pixels decoded before the check"))
     msg = refused(big, "huge_scan.png", max_pixels=1_000_000)
     assert "8000x8000" in msg and "large" in msg
 
