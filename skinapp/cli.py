@@ -15,7 +15,7 @@ from typing import Sequence
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import AUGMENT, HEADS, TrainConfig, TrainingError, train
 from .evaluation import binary_metrics, ece_score, fit_temperature, reliability_bins
-from .explain import ExplainError, explain
+from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
 from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
 from .registry import Registry, RegistryError, model_summary
@@ -43,6 +43,7 @@ def cmd_models(args, reg: Registry) -> int:
 
 
 def cmd_predict(args, reg: Registry) -> int:
+    from .explain import explain
     from .inference import Predictor, expand_inputs
 
     pred = Predictor(*reg.load(args.model or reg.default("student").name))

@@ -12,7 +12,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from pytorch_grad_cam import GradCAM
 from torch import nn
 
 from .data import resize_square
@@ -52,6 +51,8 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str, indices: Sequence[int]) -> np.ndarray:
     """Heatmap for one preprocessed 1x3xHxW input, normalised to [0, 1]."""
+    from pytorch_grad_cam import GradCAM  # imported here: it costs seconds at start-up and most commands never need it
+
     target_layer = resolve_layer(model, layer)
     with model_lock(model), torch.enable_grad():
         with GradCAM(model=model, target_layers=[target_layer]) as cam:

@@ -231,7 +231,12 @@ class Registry:
             card, weights=weights.name, sha256=sha256_file(weights), file_bytes=weights.stat().st_size,
             params=count_params(model), mflops=round(count_mflops(model, card.input_size), 2), dtype=dtype,
             created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        self.write_card(final)
+        try:
+            self.write_card(final)
+        except BaseException:
+            if not (self.root / f"{card.name}.json").exists():
+                weights.unlink(missing_ok=True)  # no card, no entry: leave no orphan weights either
+            raise
         log.info("registered %s (%s, %d bytes)", final.name, final.arch, final.file_bytes)
         return final
 

@@ -31,9 +31,10 @@ def run(weights: Path, *args: str, timeout: int = 180) -> subprocess.CompletedPr
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_many(commands: dict[str, tuple], weights: Path, workers: int = 3) -> dict[str, subprocess.CompletedProcess]:
+def run_many(commands: dict[str, tuple], workers: int = 2) -> dict[str, subprocess.CompletedProcess]:
+    """Run independent commands side by side; each is (registry folder, *arguments)."""
     with ThreadPoolExecutor(workers) as pool:
-        futures = {k: pool.submit(run, weights, *args) for k, args in commands.items()}
+        futures = {k: pool.submit(run, *cmd) for k, cmd in commands.items()}
         return {k: f.result() for k, f in futures.items()}
 
 
@@ -41,6 +42,14 @@ def ok_json(r: subprocess.CompletedProcess):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
     return json.loads(r.stdout)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """Teacher-logit caches of the subprocesses go to a temp folder, not the project's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKINAPP_CACHE", str(tmp_path_factory.mktemp("kd-cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +70,33 @@ def cam_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def read_only(weights, tiny_data, image, cam_dir) -> dict[str, subprocess.CompletedProcess]:
-    """The commands that only read the registry, run side by side."""
+def calibrate_weights(tiny_registry, tmp_path_factory) -> tuple[Path, float]:
+    """A registry copy whose tiny-nokd card has lost its fitted temperature."""
+    dst = tmp_path_factory.mktemp("calib") / "weights"
+    shutil.copytree(tiny_registry, dst)
+    reg = Registry(dst)
+    fitted = reg.get("tiny-nokd").temperature
+    reg.update("tiny-nokd", temperature=7.5)
+    return dst, fitted
+
+
+@pytest.fixture(scope="module")
+def batch(weights, tiny_data, image, cam_dir, calibrate_weights) -> dict[str, subprocess.CompletedProcess]:
+    """Independent commands, run side by side."""
     return run_many({
-        "models": ("models", "--json"),
-        "predict": ("predict", "--model", "tiny-student", "--json", image),
-        "predict_cam": ("predict", "--model", "tiny-student", "--json", "--temperature", "2", "--cam-out", cam_dir,
-                        image),
-        "evaluate": ("evaluate", "--model", "tiny-student", "--data", tiny_data, "--json"),
-        "benchmark": ("benchmark", "--models", "tiny-student", "--threads", "1", "--runs", "3", "--json"),
-    }, weights)
+        "models": (weights, "models", "--json"),
+        "predict": (weights, "predict", "--model", "tiny-student", "--json", image),
+        "predict_cam": (weights, "predict", "--model", "tiny-student", "--json", "--temperature", "2",
+                        "--cam-out", cam_dir, image),
+        "evaluate": (weights, "evaluate", "--model", "tiny-student", "--data", tiny_data, "--json"),
+        "benchmark": (weights, "benchmark", "--models", "tiny-student", "--threads", "1", "--runs", "3", "--json"),
+        "calibrate": (calibrate_weights[0], "calibrate", "--model", "tiny-nokd", "--data", tiny_data, "--json"),
+    })
 
 
-def test_models_json(read_only):
-    rows = ok_json(read_only["models"])
-    assert {r["name"] for r in rows} == {"tiny-teacher", "tiny-student", "tiny-nokd"}
+def test_models_json(batch, weights):
+    rows = ok_json(batch["models"])
+    assert {r["name"] for r in rows} == set(Registry(weights).names()) >= {"tiny-teacher", "tiny-student", "tiny-nokd"}
     for r in rows:
         assert {"name", "role", "default", "arch", "teacher", "params", "weights"} <= set(r)
         assert isinstance(r["default"], bool) and r["params"] > 0 and r["weights"] == r["name"] + ".safetensors"
@@ -84,11 +105,13 @@ def test_models_json(read_only):
     assert by["tiny-student"]["teacher"] == "tiny-teacher"
     for role in ("teacher", "student"):
         assert sum(r["default"] for r in rows if r["role"] == role) == 1
-    assert by["tiny-teacher"]["default"] and by["tiny-student"]["default"] and not by["tiny-nokd"]["default"]
+    reg = Registry(weights)
+    assert by[reg.default("teacher").name]["default"] and by[reg.default("student").name]["default"]
+    assert not by["tiny-nokd"]["default"]
 
 
-def test_predict_json(read_only, weights, image):
-    rows = ok_json(read_only["predict"])
+def test_predict_json(batch, weights, image):
+    rows = ok_json(batch["predict"])
     assert len(rows) == 1
     r = rows[0]
     assert r["image"] == str(image) and r["model"] == "tiny-student"
@@ -99,8 +122,8 @@ def test_predict_json(read_only, weights, image):
     assert r["label"] in ("benign", "malignant") and "cam" not in r
 
 
-def test_predict_with_temperature_and_cam(read_only, weights, image, cam_dir):
-    rows = ok_json(read_only["predict_cam"])
+def test_predict_with_temperature_and_cam(batch, weights, image, cam_dir):
+    rows = ok_json(batch["predict_cam"])
     r = rows[0]
     assert r["temperature"] == 2.0
     pred = Predictor.from_registry("tiny-student", Registry(weights))
@@ -112,52 +135,53 @@ def test_predict_with_temperature_and_cam(read_only, weights, image, cam_dir):
     assert r["cam_target"] in ("benign", "malignant") and r["cam_ms"] > 0
 
 
-def test_evaluate_json(read_only, weights, tiny_data):
-    m = ok_json(read_only["evaluate"])
+def test_evaluate_json(batch, weights, tiny_data):
+    m = ok_json(batch["evaluate"])
     assert METRIC_KEYS <= set(m)
     assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
     pred = Predictor.from_registry("tiny-student", Registry(weights))
     assert m["auc"] == pytest.approx(evaluate_dataset(pred, scan_dataset(tiny_data))["auc"])
 
 
-def test_benchmark_json(read_only):
-    rows = ok_json(read_only["benchmark"])
+def test_benchmark_json(batch):
+    rows = ok_json(batch["benchmark"])
     assert [r["model"] for r in rows] == ["tiny-student"]
     assert {"model", "latency_ms_p50", "latency_ms_p95", "throughput_ips", "cam_ms_p50", "params", "mflops",
             "file_bytes"} <= set(rows[0])
     assert rows[0]["runs"] == 3 and rows[0]["threads"] == 1 and rows[0]["latency_ms_p50"] > 0
 
 
-def test_calibrate_updates_the_card(tiny_registry, tiny_data, tmp_path):
-    w = tmp_path / "weights"
-    shutil.copytree(tiny_registry, w)
-    reg = Registry(w)
-    fitted = reg.get("tiny-nokd").temperature
-    reg.update("tiny-nokd", temperature=7.5)
-    out = ok_json(run(w, "calibrate", "--model", "tiny-nokd", "--data", tiny_data, "--json"))
+def test_calibrate_updates_the_card(batch, calibrate_weights):
+    w, fitted = calibrate_weights
+    out = ok_json(batch["calibrate"])
     assert {"model", "split", "n", "temperature", "ece_before", "ece_after"} <= set(out)
     assert out["model"] == "tiny-nokd" and out["split"] == "val"
+    reg = Registry(w)
     card = reg.get("tiny-nokd")
     assert out["n"] == card.data["n_val"]
-    assert out["temperature"] > 0 and card.temperature == out["temperature"]
+    assert out["temperature"] > 0 and card.temperature == out["temperature"]  # 7.5 was replaced
     # the same validation split as training: the same temperature as the one fitted then
     assert out["temperature"] == pytest.approx(fitted, rel=1e-3)
-    assert card.metrics["ece_after"] == out["ece_after"]
+    assert card.metrics["ece_after"] == out["ece_after"] and card.metrics["ece_before"] == out["ece_before"]
     reg.load("tiny-nokd")  # weights untouched
 
 
 def test_train_teacher_distill_and_no_kd(tiny_registry, tiny_data, tmp_path):
     w = tmp_path / "weights"
     shutil.copytree(tiny_registry, w)
-    t = ok_json(run(w, "train-teacher", "--arch", "dsnet", "--head", "diagnosis", "--data", tiny_data,
-                    "--name", "cli-teacher", "--json", *TRAIN))
+    first = run_many({
+        "teacher": (w, "train-teacher", "--arch", "dsnet", "--head", "diagnosis", "--data", tiny_data,
+                    "--name", "cli-teacher", "--json", *TRAIN),
+        "nokd": (w, "distill", "--no-kd", "--data", tiny_data, "--name", "cli-nokd", "--json", *TRAIN),
+    })
+    t = ok_json(first["teacher"])
     assert t["name"] == "cli-teacher" and t["role"] == "teacher" and t["teacher"] is None
     assert {"auc", "accuracy", "sens_at_spec80", "ece"} <= set(t["metrics"])
+    n = ok_json(first["nokd"])
+    assert n["name"] == "cli-nokd" and n["teacher"] is None
     s = ok_json(run(w, "distill", "--data", tiny_data, "--name", "cli-student", "--teacher", "cli-teacher",
                     "-T", "3", "--alpha", "0.25", "--json", *TRAIN))
     assert s["name"] == "cli-student" and s["teacher"] == "cli-teacher" and s["role"] == "student"
-    n = ok_json(run(w, "distill", "--no-kd", "--data", tiny_data, "--name", "cli-nokd", "--json", *TRAIN))
-    assert n["teacher"] is None
     reg = Registry(w)
     assert {"cli-teacher", "cli-student", "cli-nokd"} <= set(reg.names())
     st = reg.get("cli-student")
@@ -177,12 +201,12 @@ def bad_runs(weights, tiny_data, tmp_path_factory) -> dict[str, subprocess.Compl
     fake = folder / "notes.jpg"
     fake.write_text("not an image, just text")
     return run_many({
-        "unknown_model": ("predict", "--model", "no-such-model", fake),
-        "missing_data": ("evaluate", "--model", "tiny-student", "--data", folder / "missing"),
-        "text_as_jpg": ("predict", "--model", "tiny-student", fake),
-        "unknown_benchmark_model": ("benchmark", "--models", "tiny-student,no-such-model", "--runs", "3"),
-        "alpha_5": ("distill", "--data", tiny_data, "--name", "bad-alpha", "--alpha", "5", *TRAIN),
-    }, weights)
+        "unknown_model": (weights, "predict", "--model", "no-such-model", fake),
+        "missing_data": (weights, "evaluate", "--model", "tiny-student", "--data", folder / "missing"),
+        "text_as_jpg": (weights, "predict", "--model", "tiny-student", fake),
+        "unknown_benchmark_model": (weights, "benchmark", "--models", "tiny-student,no-such-model", "--runs", "3"),
+        "alpha_5": (weights, "distill", "--data", tiny_data, "--name", "bad-alpha", "--alpha", "5", *TRAIN),
+    })
 
 
 @pytest.mark.parametrize("case, needle", [

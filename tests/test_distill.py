@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from skinapp.distill import TrainConfig, TrainingError, kd_loss, train
-from skinapp.models import UnknownArchitectureError, count_params, create_model
+from skinapp.models import UnknownArchitectureError, count_params
 from skinapp.registry import Registry, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +35,14 @@ def _one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_cache(tmp_path_factory):
+    """Teacher-logit caches of these runs (and their subprocesses) go to a temp folder, not the project's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SKINAPP_CACHE", str(tmp_path_factory.mktemp("kd-cache")))
+        yield
+
+
 @pytest.fixture
 def registry_copy(tiny_registry, tmp_path) -> Path:
     """A private copy of the shared registry, so new models never leak into other tests."""
@@ -49,8 +57,10 @@ def sub_env() -> dict[str, str]:
     return env
 
 
-def events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def events(path: Path, skip=("cache",)) -> list[dict]:
+    """Progress events; teacher-cache notices (before "start") are left out unless skip is empty."""
+    ev = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [e for e in ev if e["event"] not in skip]
 
 
 # ---------------------------------------------------------------- the loss
@@ -111,7 +121,7 @@ def test_kd_loss_gradient_skips_the_teacher():
 
 def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
     reg = Registry(tiny_registry)
-    assert reg.names() == ["tiny-teacher", "tiny-nokd", "tiny-student"]
+    assert {"tiny-teacher", "tiny-nokd", "tiny-student"} <= set(reg.names())
     teacher, student, nokd = reg.get("tiny-teacher"), reg.get("tiny-student"), reg.get("tiny-nokd")
     assert teacher.role == "teacher" and teacher.teacher is None and teacher.kd is None and teacher.default
     assert teacher.label_names == DIAGNOSES and teacher.groups == DX_GROUPS
@@ -240,7 +250,7 @@ def test_unknown_arch_and_existing_name(tiny_registry, tiny_data):
         train(TrainConfig(data=str(tiny_data), name="tiny-student", **TINY), Registry(tiny_registry))
 
 
-def test_teacher_with_a_mismatched_head(registry_copy, tiny_data, tmp_path):
+def test_teacher_with_a_mismatched_head(registry_copy, tiny_data):
     reg = Registry(registry_copy)
     before = sorted(p.name for p in registry_copy.iterdir())
     # the teacher has one output per diagnosis; a binary student cannot learn from it
@@ -258,9 +268,15 @@ def test_kd_student_with_a_timm_teacher_input_size(registry_copy, tiny_data, tmp
     teacher = train(TrainConfig(data=str(tiny_data), name="mnv3-teacher", arch="mobilenetv3_small_100",
                                 role="teacher", head="diagnosis", **TINY | {"image_size": 64}), reg)
     assert teacher.input_size == 64 and teacher.cam_layer == "blocks.5"
-    student = train(TrainConfig(data=str(tiny_data), name="s-from-mnv3", teacher="mnv3-teacher", **TINY), reg)
-    assert student.teacher == "mnv3-teacher" and student.input_size == 48
-    assert student.label_names == DIAGNOSES
+    # teacher logits precomputed on cached views (the default) and computed online on every batch
+    for name, views in (("s-cached", 2), ("s-online", 0)):
+        progress = tmp_path / f"{name}.jsonl"
+        student = train(TrainConfig(data=str(tiny_data), name=name, teacher="mnv3-teacher", teacher_views=views,
+                                    progress=str(progress), **TINY), reg)
+        assert student.teacher == "mnv3-teacher" and student.input_size == 48
+        assert student.label_names == DIAGNOSES and student.train["teacher_views"] == views
+        assert ("cache" in [e["event"] for e in events(progress, skip=())]) == (views > 0)
+        reg.load(name)
 
 
 def test_torchrun_two_processes(registry_copy, tiny_data, tmp_path):

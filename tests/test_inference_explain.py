@@ -205,7 +205,7 @@ def test_gradcam_on_timm_architectures(arch):
     check_cam(pred, img)
 
 
-def test_gradcam_with_a_missing_layer(tiny_data):
+def test_gradcam_with_a_missing_layer():
     pred = untrained_predictor("dsnet", 48)
     bad = Predictor(pred.model, ModelCard(**{**pred.card.__dict__, "cam_layer": "block9"}))
     with pytest.raises(ExplainError, match="block9"):
