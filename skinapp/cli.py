@@ -132,6 +132,17 @@ def cmd_benchmark(args, reg: Registry) -> int:
     return 0
 
 
+def cmd_compress(args, reg: Registry) -> int:
+    from .compress import compress_model
+
+    card = compress_model(reg, args.model, args.name, args.data, args.dtype, args.label_map, args.overwrite)
+    c = card.metrics["compression"]
+    _emit(model_summary(card) | {"compression": c}, args.json,
+          f"registered {card.name}: {c['source_bytes']:,} -> {c['bytes']:,} bytes ({c['ratio']}x); change on the "
+          f"validation split: " + ", ".join(f"{k} {v:+.4f}" for k, v in c["change"].items()))
+    return 0
+
+
 def _train_config(args, role: str) -> TrainConfig:
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
     fields["weights_dir"] = args.weights
@@ -224,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--teacher-views", dest="teacher_views", type=int, default=8,
                    help="precompute teacher logits on this many augmented views per image (0: teacher every step)")
+    p = sub.add_parser("compress", help="register a float16 copy of a model and measure what it costs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--name", required=True, help="name of the copy")
+    p.add_argument("--data", required=True, help="the dataset the source was trained on (its validation split)")
+    p.add_argument("--dtype", default="float16", choices=("float16",))
+    p.add_argument("--label-map", dest="label_map")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("benchmark", help="latency, throughput, Grad-CAM time and size per model")
     p.add_argument("--models", help="comma-separated names (default: all)")
     p.add_argument("--threads", type=int)
@@ -239,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     reg = Registry(args.weights)
     handlers = {"models": cmd_models, "predict": cmd_predict, "evaluate": cmd_evaluate,
-                "calibrate": cmd_calibrate, "benchmark": cmd_benchmark,
+                "calibrate": cmd_calibrate, "benchmark": cmd_benchmark, "compress": cmd_compress,
                 "train-teacher": lambda a, r: cmd_train(a, r, "teacher"),
                 "distill": lambda a, r: cmd_train(a, r, "student")}
     try:
