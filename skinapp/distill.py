@@ -159,6 +159,7 @@ class _Setup:
     head: str
     teacher: nn.Module | None
     teacher_card: ModelCard | None
+    teacher_positive: list[int] | None = None  # set when a diagnosis teacher teaches a binary student
 
 
 def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _Setup:
@@ -175,14 +176,28 @@ def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _
     else:
         names = ds.diagnoses
         groups = tuple(ds.groups[d] for d in names)
-    if tcard is not None:
+    teacher_positive = None
+    if tcard is not None and head == "binary" and tuple(tcard.label_names) == ds.diagnoses:
+        # binary KD from a diagnosis teacher: its probabilities summed per group are the soft targets
+        teacher_positive = [i for i, d in enumerate(ds.diagnoses) if ds.groups[d] == ds.labels[1]]
+    elif tcard is not None:
         if tuple(tcard.label_names) != tuple(names):
             raise TrainingError(
                 f"teacher {tcard.name!r} outputs {list(tcard.label_names)} but this run's {head} head needs "
                 f"{list(names)}; pick a teacher trained with the same head on the same diagnoses")
         if tcard.task != cfg.task and head == "binary":
             raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
-    return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard)
+    return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive)
+
+
+def grouped_teacher_logits(teacher_logits: torch.Tensor, positive: list[int], temperature: float) -> torch.Tensor:
+    """Two-class logits whose softmax at ``temperature`` equals the teacher's per-group probabilities at it.
+
+    Lets a binary student distil from a diagnosis teacher through the same ``kd_loss``.
+    """
+    p = torch.softmax(teacher_logits / temperature, dim=1)
+    pos = p[:, positive].sum(dim=1)
+    return temperature * torch.stack([1 - pos, pos], dim=1).clamp_min(1e-12).log()
 
 
 def _dist_info() -> tuple[int, int]:
@@ -324,6 +339,8 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                 tc = st.teacher_card
                 with torch.no_grad():
                     t_logits = st.teacher(model_input(x01, tc.input_size, tc.mean, tc.std))
+            if t_logits is not None and st.teacher_positive is not None:
+                t_logits = grouped_teacher_logits(t_logits, st.teacher_positive, cfg.temperature)
             s_logits = net(model_input(x01, size, spec.mean, spec.std))
             loss = kd_loss(s_logits, train_y[torch.as_tensor(b)], t_logits, cfg.temperature, cfg.alpha)
             opt.zero_grad(set_to_none=True)
