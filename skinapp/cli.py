@@ -30,6 +30,8 @@ def _emit(obj, as_json: bool, text: str) -> None:
 
 
 def cmd_models(args, reg: Registry) -> int:
+    if args.set_default:
+        reg.set_default(args.set_default)
     cards = reg.cards()
     defaults = {r: reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards)}
     rows = [model_summary(c) | {"default": defaults.get(c.role) == c.name} for c in cards]
@@ -202,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("models", help="list registered models")
+    p.add_argument("--set-default", dest="set_default", metavar="NAME", help="mark NAME as its role's default")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("predict", help="benign/malignant probabilities for images or folders")
     p.add_argument("--model", help="registered model (default: the default student)")

@@ -42,3 +42,11 @@ def test_compress_cli_and_duplicate_name(reg, tiny_data, capsys):
     assert "registered half" in capsys.readouterr().out
     assert main(args) == 2
     assert "already registered" in capsys.readouterr().err
+
+
+def test_models_set_default(reg, capsys):
+    assert main(["--weights", str(reg.root), "models", "--set-default", "tiny-nokd", "--json"]) == 0
+    rows = {r["name"]: r["default"] for r in __import__("json").loads(capsys.readouterr().out)}
+    assert rows["tiny-nokd"] and not rows["tiny-student"] and rows["tiny-teacher"]
+    assert main(["--weights", str(reg.root), "models", "--set-default", "nope"]) == 2
+    assert "registered models: tiny-teacher" in capsys.readouterr().err
