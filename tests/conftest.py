@@ -45,6 +45,17 @@ def make_dataset(root: Path, per_class: int = 12, layout: str = "diagnosis", siz
     return root
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and two OpenMP threads thrash on a busy 2-core machine."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data") / "lesions", per_class=16)

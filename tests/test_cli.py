@@ -44,14 +44,6 @@ def ok_json(r: subprocess.CompletedProcess):
     return json.loads(r.stdout)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _private_cache(tmp_path_factory):
-    """Teacher-logit caches of the subprocesses go to a temp folder, not the project's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SKINAPP_CACHE", str(tmp_path_factory.mktemp("kd-cache")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def weights(tiny_registry, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("cli") / "weights"

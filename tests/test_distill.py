@@ -27,22 +27,6 @@ DX_GROUPS = ("malignant", "benign", "malignant", "benign")
 TINY = dict(epochs=1, batch_size=8, image_size=48, threads=1, pretrained="none")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _private_cache(tmp_path_factory):
-    """Teacher-logit caches of these runs (and their subprocesses) go to a temp folder, not the project's."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SKINAPP_CACHE", str(tmp_path_factory.mktemp("kd-cache")))
-        yield
-
-
 @pytest.fixture
 def registry_copy(tiny_registry, tmp_path) -> Path:
     """A private copy of the shared registry, so new models never leak into other tests."""

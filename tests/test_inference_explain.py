@@ -19,14 +19,6 @@ from skinapp.registry import ModelCard, Registry
 METRIC_KEYS = {"n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece"}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def student(tiny_registry) -> Predictor:
     return Predictor.from_registry("tiny-student", Registry(tiny_registry))

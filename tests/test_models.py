@@ -11,15 +11,6 @@ from skinapp.models import (ARCHITECTURES, DSNet, PretrainedWeightsError, Unknow
                             count_params, create_model, get_arch)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small models run fastest on one thread, and two OpenMP threads thrash on a busy 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architecture_builds_and_has_the_right_output_shape(arch):
     torch.manual_seed(0)

@@ -15,14 +15,6 @@ from skinapp.registry import (DuplicateModelError, ModelCard, ModelFileError, Re
 LABELS = ("benign", "malignant")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_card(name: str, role: str = "student", arch: str = "dsnet", **kw) -> ModelCard:
     base = dict(label_names=LABELS, groups=LABELS, input_size=48, cam_layer="block3")
     base.update(kw)
