@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp import jobs
-from skinapp.data import DatasetError, scan_dataset
+from skinapp.data import DatasetError, resize_square, scan_dataset
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -19,10 +19,13 @@ DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "isic9"
 @st.cache_data(show_spinner=False, ttl=30)
 def _scan(path: str):
     ds = scan_dataset(path)
-    thumbs = []
-    for s in ds.samples[:: max(1, len(ds.samples) // 6)][:6]:
+    thumbs, seen = [], set()
+    for s in ds.samples:  # one example per diagnosis folder
+        if s.diagnosis in seen or len(thumbs) >= 9:
+            continue
         try:
-            thumbs.append((s.diagnosis, load_image(s.path).resize((96, 96))))
+            thumbs.append((s.diagnosis, resize_square(load_image(s.path), 112)))
+            seen.add(s.diagnosis)
         except InvalidImageError:
             continue
     return ds.counts(), ds.class_counts(), ds.groups, thumbs
@@ -43,7 +46,7 @@ def _dataset_preview(path: str) -> bool:
     if thumbs:
         cols = st.columns(len(thumbs))
         for col, (dx, img) in zip(cols, thumbs):
-            col.image(img, caption=dx)
+            col.image(img, caption=dx.replace("_", " "), width=112)
     return True
 
 
