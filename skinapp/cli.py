@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
     p.add_argument("-T", "--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--teacher-views", dest="teacher_views", type=int, default=8,
+    p.add_argument("--teacher-views", dest="teacher_views", type=int, default=4,
                    help="precompute teacher logits on this many augmented views per image (0: teacher every step)")
     p = sub.add_parser("compress", help="register a float16 copy of a model and measure what it costs")
     p.add_argument("--model", required=True)

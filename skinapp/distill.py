@@ -76,7 +76,7 @@ class TrainConfig:
     split_seed: int = 0
     val_frac: float = 0.2
     threads: int | None = None
-    teacher_views: int = 8  # >0: teacher logits precomputed on this many augmented views per image (cached)
+    teacher_views: int = 4  # >0: teacher logits precomputed on this many augmented views per image (cached)
     pretrained: str = "auto"
     drop_rate: float | None = None
     weights_dir: str | None = None
@@ -314,14 +314,14 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
     train_x, train_y = decoded.images[train_idx], targets[train_idx]
+    progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
+                  n_val=len(val_idx), skipped=len(decoded.skipped), epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                  world_size=world)
     cached = None
     if st.teacher is not None and cfg.teacher_views > 0:
         cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank)
     val_x, val_y = decoded.images[val_idx], decoded.targets[val_idx].numpy()
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
-    progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
-                  n_val=len(val_idx), skipped=len(decoded.skipped), epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                  world_size=world)
     best: dict[str, Any] = {"auc": -1.0}
     history, done, t_loop = [], 0, time.time()
     for epoch in range(cfg.epochs):

@@ -101,6 +101,13 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     return events
 
 
+def _preparing(events: list[dict[str, Any]]) -> str:
+    cache = [e for e in events if e.get("event") == "cache"]
+    if cache and "view" in cache[-1]:
+        return f"teacher logits: view {cache[-1]['view']} of {cache[-1]['views']} done"
+    return "loading the teacher's logits" if cache else "loading data"
+
+
 def job_state(job_dir: Path) -> JobState:
     spec = json.loads((job_dir / "job.json").read_text())
     events = read_events(job_dir / "progress.jsonl")
@@ -111,7 +118,7 @@ def job_state(job_dir: Path) -> JobState:
     model = None
     if last is None:
         if _pid_alive(spec["pid"]):
-            status, message = "running", "training" if steps else "loading data"
+            status, message = "running", "training" if steps else _preparing(events)
         elif (job_dir / "stop").exists():
             status, message = "stopped", "cancelled; no model was registered"
         else:

