@@ -192,8 +192,19 @@ def decode_dataset(ds: LesionDataset, size: int) -> DecodedData:
     if len(set(targets)) < 2:
         raise DatasetError(f"dataset folder {ds.root}: after skipping {len(skipped)} unreadable file(s), "
                            f"{len(targets)} readable image(s) remain and they are not of both classes")
-    images = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).contiguous()
+    images = _stack(imgs, size)
     return DecodedData(images, torch.tensor(targets), torch.tensor(dx), hashes, paths, skipped)
+
+
+def decode_paths(paths: list[Path], size: int) -> torch.Tensor:
+    """Images known to be readable -> N x 3 x S x S uint8, through the same steps as inference."""
+    return _stack([np.asarray(resize_square(load_image(p), size), dtype=np.uint8) for p in paths], size)
+
+
+def _stack(arrs: list[np.ndarray], size: int) -> torch.Tensor:
+    if not arrs:
+        return torch.empty(0, 3, size, size, dtype=torch.uint8)
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
 def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,

@@ -24,7 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DatasetError, LesionDataset, augment_batch, decode_dataset, model_input, scan_dataset, split_indices
+from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
+                   scan_dataset, split_indices)
 from .evaluation import binary_metrics, ece_score, fit_temperature, grouped_probs, reliability_bins
 from .models import create_model, get_arch
 from .registry import ModelCard, Registry
@@ -320,7 +321,8 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     cached = None
     if st.teacher is not None and cfg.teacher_views > 0:
         cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank)
-    val_x, val_y = decoded.images[val_idx], decoded.targets[val_idx].numpy()
+    # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
+    val_x, val_y = decode_paths([decoded.paths[i] for i in val_idx], size), decoded.targets[val_idx].numpy()
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
     best: dict[str, Any] = {"auc": -1.0}
     history, done, t_loop = [], 0, time.time()
@@ -369,18 +371,19 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     model.eval()
     if rank != 0:
         return None
-    card = _finish(cfg, registry, model, st, decoded, val_idx, train_idx, size, spec, history, best, t_start)
+    card = _finish(cfg, registry, model, st, decoded, val_idx, val_x, train_idx, size, spec, history, best,
+                   t_start)
     progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
                   train_time_s=card.train["train_time_s"])
     return card
 
 
-def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, train_idx, size, spec, history, best,
+def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx, size, spec, history, best,
             t_start) -> ModelCard:
     """Calibrate on the validation split, measure, and register atomically."""
     ds = st.ds
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
-    logits = _evaluate(model, decoded.images[val_idx], size, spec.mean, spec.std)
+    logits = _evaluate(model, val_x, size, spec.mean, spec.std)
     y = decoded.targets[val_idx].numpy()
     ece_before = ece_score(y, grouped_probs(logits, positive, 1.0).numpy())
     temp = fit_temperature(logits, y, positive)

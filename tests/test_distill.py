@@ -15,7 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from skinapp.data import scan_dataset
 from skinapp.distill import TrainConfig, TrainingError, grouped_teacher_logits, kd_loss, train
+from skinapp.inference import Predictor, evaluate_dataset
 from skinapp.models import UnknownArchitectureError, count_params
 from skinapp.registry import Registry, sha256_file
 
@@ -257,7 +259,12 @@ def test_kd_student_with_a_timm_teacher_input_size(registry_copy, tiny_data, tmp
         assert student.teacher == "mnv3-teacher" and student.input_size == 48
         assert student.label_names == DIAGNOSES and student.train["teacher_views"] == views
         assert ("cache" in [e["event"] for e in events(progress, skip=())]) == (views > 0)
-        reg.load(name)
+        # the card's validation metrics are what `evaluate --split val` recomputes from the files, even though
+        # training decoded the images at the teacher's larger size
+        again = evaluate_dataset(Predictor(*reg.load(name)), scan_dataset(tiny_data), split="val")
+        assert again["n"] == student.data["n_val"]
+        assert again["auc"] == pytest.approx(student.metrics["auc"], abs=1e-6)
+        assert again["confusion_matrix"] == student.metrics["confusion_matrix"]
 
 
 def test_torchrun_two_processes(registry_copy, tiny_data, tmp_path):
