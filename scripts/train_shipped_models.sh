@@ -13,8 +13,8 @@ $SK train-teacher --data "$DATA" --name teacher-lite0 --arch efficientnet_lite0 
     --epochs 12 --batch-size 32 --lr 1e-3 --threads 2 --default \
     --description "EfficientNet-Lite0, ImageNet init (offline package), 9-diagnosis head"
 # 2. Default student: dsnet distilled from the teacher's per-diagnosis soft targets.
-$SK distill --data "$DATA" --name dsnet-kd --teacher teacher-lite0 -T "${T:-4}" --alpha "${ALPHA:-0.5}" \
-    "${STUDENT[@]}" --default --description "DSNet distilled from teacher-lite0 (diagnosis head)"
+$SK distill --data "$DATA" --name dsnet-kd --teacher teacher-lite0 -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
+    "${STUDENT[@]}" --default --description "DSNet distilled from teacher-lite0 (diagnosis head, T=20)"
 # 3. The control: the same dsnet, same head and schedule, hard labels only.
 $SK distill --data "$DATA" --name dsnet-nokd --no-kd --head diagnosis "${STUDENT[@]}" \
     --description "DSNet trained without distillation (control)"
