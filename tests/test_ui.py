@@ -161,3 +161,23 @@ def test_train_page_runs_a_job(env, tiny_data, tmp_path):
     assert Registry().get("ui-student").teacher == "tiny-teacher"
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert any("ui-student" in o for o in at.selectbox(key="dx_model").options)
+
+
+def test_shipped_default_student_under_one_second(tmp_path, monkeypatch):
+    """The real shipped registry: the app opens on it, and a fresh upload is answered in under a second."""
+    from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
+
+    if not Registry(DEFAULT_WEIGHTS_DIR).cards():
+        pytest.skip("no shipped models in weights/")
+    monkeypatch.setenv("SKINAPP_WEIGHTS", str(DEFAULT_WEIGHTS_DIR))
+    monkeypatch.setenv("SKINAPP_JOBS", str(tmp_path / "jobs"))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert_clean(at)
+    assert at.selectbox(key="dx_model").value.name == Registry(DEFAULT_WEIGHTS_DIR).default("student").name
+    at.file_uploader(key="dx_files").set_value(("warm.png", png(21, size=300), "image/png")).run()
+    at.file_uploader(key="dx_files").set_value(("fresh.png", png(22, size=300), "image/png"))
+    t0 = time.perf_counter()
+    at.run()
+    assert not at.exception
+    assert time.perf_counter() - t0 < 1.0
+    assert [c for c in at.caption if c.value.startswith("P(malignant)")]
