@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import AUGMENT, HEADS, TrainConfig, TrainingError, train
-from .evaluation import binary_metrics, ece_score, fit_temperature, reliability_bins
+from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
 from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
@@ -102,15 +102,12 @@ def cmd_calibrate(args, reg: Registry) -> int:
     index = select_split(decoded, args.split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
     logits = dataset_logits(pred, decoded, index)
     y = decoded.targets[torch.as_tensor(index)].numpy()
-    before = ece_score(y, pred.probabilities(logits, 1.0).numpy())
-    t = fit_temperature(logits, y, pred.positive)
-    metrics = binary_metrics(y, pred.probabilities(logits, t).numpy(), labels=ds.labels)
-    metrics.update(reliability_before=reliability_bins(y, pred.probabilities(logits, 1.0).numpy()),
-                   reliability=reliability_bins(y, pred.probabilities(logits, t).numpy()))
+    t, metrics = calibrated_metrics(logits, y, pred.positive, ds.labels)
+    before = metrics["ece_before"]
     out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
            "ece_after": metrics["ece"]}
     if not args.dry_run:
-        reg.update(card.name, temperature=t, metrics=metrics | {"ece_before": before, "ece_after": metrics["ece"]})
+        reg.update(card.name, temperature=t, metrics=metrics)
     _emit(out, args.json, f"{card.name}: T = {t:.4f}, ECE {before:.4f} -> {metrics['ece']:.4f} (n={len(y)})"
           + ("" if args.dry_run else "; card updated"))
     return 0

@@ -26,7 +26,7 @@ from torch import nn
 
 from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
                    scan_dataset, split_indices)
-from .evaluation import binary_metrics, ece_score, fit_temperature, grouped_probs, reliability_bins
+from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
 from .models import create_model, get_arch
 from .registry import ModelCard, Registry
 
@@ -385,12 +385,8 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
     logits = _evaluate(model, val_x, size, spec.mean, spec.std)
     y = decoded.targets[val_idx].numpy()
-    ece_before = ece_score(y, grouped_probs(logits, positive, 1.0).numpy())
-    temp = fit_temperature(logits, y, positive)
-    metrics = binary_metrics(y, grouped_probs(logits, positive, temp).numpy(), labels=ds.labels)
-    metrics.update(ece_before=ece_before, ece_after=metrics["ece"], best_epoch=best["epoch"],
-                   reliability_before=reliability_bins(y, grouped_probs(logits, positive, 1.0).numpy()),
-                   reliability=reliability_bins(y, grouped_probs(logits, positive, temp).numpy()))
+    temp, metrics = calibrated_metrics(logits, y, positive, ds.labels)
+    metrics["best_epoch"] = best["epoch"]
     split_digest = hashlib.sha1(",".join(sorted(decoded.hashes[i] for i in val_idx)).encode()).hexdigest()
     counts = ds.counts()
     card = ModelCard(

@@ -19,18 +19,9 @@ def grouped_probs(logits: torch.Tensor, positive: Sequence[int], temperature: fl
 
 def ece_score(y: np.ndarray, p_pos: np.ndarray, n_bins: int = 15) -> float:
     """Expected calibration error of the top-label confidence, equal-width bins."""
-    y = np.asarray(y).astype(int)
-    p_pos = np.asarray(p_pos, dtype=np.float64)
-    pred = (p_pos >= 0.5).astype(int)
-    conf = np.where(pred == 1, p_pos, 1 - p_pos)
-    correct = (pred == y).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    bins = reliability_bins(y, p_pos, n_bins)
+    n = sum(b["n"] for b in bins)
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins)) if n else 0.0
 
 
 def reliability_bins(y: np.ndarray, p_pos: np.ndarray, n_bins: int = 15) -> list[dict[str, float]]:
@@ -105,3 +96,15 @@ def fit_temperature(logits: torch.Tensor, y: Sequence[int], positive: Sequence[i
     res = minimize_scalar(nll, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                           options={"xatol": 1e-4})
     return float(round(math.exp(res.x), 4))
+
+
+def calibrated_metrics(logits: torch.Tensor, y: Sequence[int], positive: Sequence[int],
+                       labels: tuple[str, str]) -> tuple[float, dict[str, Any]]:
+    """Fit the temperature on held-out logits; metrics at it, with ECE and reliability before and after."""
+    before = grouped_probs(logits, positive, 1.0).numpy()
+    temp = fit_temperature(logits, y, positive)
+    after = grouped_probs(logits, positive, temp).numpy()
+    metrics = binary_metrics(y, after, labels=labels)
+    metrics.update(ece_before=ece_score(y, before), ece_after=metrics["ece"],
+                   reliability_before=reliability_bins(y, before), reliability=reliability_bins(y, after))
+    return temp, metrics
