@@ -11,6 +11,7 @@ Models page and printed as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import json
 import shutil
 import statistics
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.5)
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "sweep"), help="scratch registry for sweep models")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "temperature_sweep.json"))
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU has room for several)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more distill arguments after --")
     args = ap.parse_args()
     scratch = Path(args.scratch)
@@ -42,22 +44,32 @@ def main() -> int:
     for suffix in (".json", ".safetensors"):
         shutil.copy2(src.root / f"{card.name}{suffix}", scratch / f"{card.name}{suffix}")
     extra = [a for a in args.extra if a != "--"]
-    rows, runs = [], []
-    for t in [float(x) for x in args.temperatures.split(",")]:
-        results = []
-        for seed in [int(x) for x in args.seeds.split(",")]:
-            name = f"sweep-T{t:g}-a{args.alpha:g}-s{seed}"
-            cmd = [sys.executable, "-m", "skinapp", "--weights", str(scratch), "distill", "--data", args.data,
-                   "--name", name, "--teacher", args.teacher, "-T", str(t), "--alpha", str(args.alpha),
-                   "--seed", str(seed), "--overwrite", *extra]
-            t0 = time.time()
-            subprocess.run(cmd, check=True, cwd=ROOT)
-            m = Registry(scratch).get(name).metrics
-            results.append(m)
-            runs.append({"T": t, "alpha": args.alpha, "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"],
-                         "sens_at_spec80": m["sens_at_spec80"], "seconds": round(time.time() - t0, 1),
-                         "command": " ".join(["python", "-m", "skinapp", "distill", *cmd[6:]])})
-            print(json.dumps(runs[-1]), flush=True)
+    temps = [float(x) for x in args.temperatures.split(",")]
+    seeds = [int(x) for x in args.seeds.split(",")]
+    plan = [(t, seed) for t in temps for seed in seeds]
+
+    def run(t: float, seed: int) -> dict:
+        name = f"sweep-T{t:g}-a{args.alpha:g}-s{seed}"
+        cmd = [sys.executable, "-m", "skinapp", "--weights", str(scratch), "distill", "--data", args.data,
+               "--name", name, "--teacher", args.teacher, "-T", str(t), "--alpha", str(args.alpha),
+               "--seed", str(seed), "--overwrite", *extra]
+        t0 = time.time()
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        m = Registry(scratch).get(name).metrics
+        rec = {"T": t, "alpha": args.alpha, "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"],
+               "sens_at_spec80": m["sens_at_spec80"], "seconds": round(time.time() - t0, 1),
+               "command": " ".join(["python", "-m", "skinapp", "distill", *cmd[6:]])}
+        print(json.dumps(rec), flush=True)
+        return rec
+
+    # the first temperature of each seed builds that seed's teacher cache; the rest then share it
+    first, rest = plan[:len(seeds)], plan[len(seeds):]
+    with cf.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        runs = list(pool.map(lambda p: run(*p), first))
+        runs += list(pool.map(lambda p: run(*p), rest))
+    rows = []
+    for t in temps:
+        results = [r for r in runs if r["T"] == t]
         aucs, accs = [r["auc"] for r in results], [r["accuracy"] for r in results]
         rows.append({"T": t, "alpha": args.alpha, "seeds": len(results),
                      "auc_mean": round(statistics.mean(aucs), 4),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
-from .distill import AUGMENT, HEADS, TrainConfig, TrainingError, train
+from .distill import AUGMENT, DEVICES, HEADS, TrainConfig, TrainingError, train
 from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
@@ -187,6 +187,9 @@ def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int, lr: floa
     p.add_argument("--threads", type=int)
     p.add_argument("--pretrained", default="auto", help="none, auto, package, hub, or a checkpoint path")
     p.add_argument("--drop-rate", dest="drop_rate", type=float)
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="Beta(a, a) mixup of each batch (0: off); with a teacher it needs --teacher-views 0")
+    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one")
     p.add_argument("--progress", help="append JSON-lines progress here")
     p.add_argument("--stop-file", dest="stop_file", help="stop cleanly when this file appears")
     p.add_argument("--overwrite", action="store_true")

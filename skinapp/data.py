@@ -242,7 +242,7 @@ def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength
     if strength == "none":
         return _resize(x, out_size)
     b, _, s, _ = x.shape
-    out = torch.empty(b, 3, out_size, out_size)
+    out = torch.empty(b, 3, out_size, out_size, device=x.device)
     r = torch.rand(b, 8, generator=gen)
     lo = 0.35 if strength == "strong" else 0.6
     for i in range(b):
@@ -260,9 +260,7 @@ def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength
             img = img.flip(2)
         out[i] = img
     jit = 0.4 if strength == "strong" else 0.2
-    brightness = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jit
-    contrast = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jit
-    saturation = 1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * jit
+    brightness, contrast, saturation = (1 + (torch.rand(3, b, 1, 1, 1, generator=gen) * 2 - 1) * jit).to(x.device)
     out = out * brightness
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     out = (out - mean) * contrast + mean

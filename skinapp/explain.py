@@ -42,20 +42,24 @@ class CamResult:
     latency_ms: float
 
 
-def resolve_layer(model: nn.Module, name: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ExplainError(f"Grad-CAM layer {name!r} is not in this model") from None
+def resolve_layers(model: nn.Module, names: str) -> list[nn.Module]:
+    """One layer, or several comma-separated (one per member of a fused model; their maps are averaged)."""
+    layers = []
+    for name in (n.strip() for n in names.split(",")):
+        try:
+            layers.append(model.get_submodule(name))
+        except AttributeError:
+            raise ExplainError(f"Grad-CAM layer {name!r} is not in this model") from None
+    return layers
 
 
 def gradcam(model: nn.Module, x: torch.Tensor, layer: str, indices: Sequence[int]) -> np.ndarray:
     """Heatmap for one preprocessed 1x3xHxW input, normalised to [0, 1]."""
     from pytorch_grad_cam import GradCAM  # imported here: it costs seconds at start-up and most commands never need it
 
-    target_layer = resolve_layer(model, layer)
+    target_layers = resolve_layers(model, layer)
     with model_lock(model), torch.enable_grad():
-        with GradCAM(model=model, target_layers=[target_layer]) as cam:
+        with GradCAM(model=model, target_layers=target_layers) as cam:
             maps = cam(input_tensor=x, targets=[GroupTarget(indices)])
         model.zero_grad(set_to_none=True)
     if maps is None or len(maps) == 0:

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -54,16 +56,34 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+class FusedNet(nn.Module):
+    """A teacher fused from several networks (as Karim et al. 2024 fuse three): every member sees the same
+    input and the output is the log of their mean probability, so it is still a logit vector for softmax,
+    KD and calibration. ``members=True`` returns each member's own logits, so training gives each member
+    its own loss and the ensemble stays diverse."""
+
+    def __init__(self, members: dict[str, nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleDict(members)
+
+    def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
+        outs = torch.stack([m(x) for m in self.members.values()])
+        if members:
+            return outs
+        return torch.logsumexp(F.log_softmax(outs, dim=2), dim=0) - math.log(len(self.members))
+
+
 @dataclass(frozen=True)
 class ArchSpec:
     """What the registry and trainer need to know about an architecture before building it."""
     name: str
-    family: str  # "dsnet" or "timm"
-    cam_layer: str
+    family: str  # "dsnet", "timm" or "fused"
+    cam_layer: str  # module name; a fused model lists one per member, comma-separated
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     lite_package: str | None = None  # offline ImageNet weights
+    members: tuple[str, ...] = ()  # a fused model's member architectures
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,6 +102,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mobilenetv3_small_100": ArchSpec("mobilenetv3_small_100", "timm", "blocks.5", 224, IMAGENET_MEAN,
                                       IMAGENET_STD),
     "efficientnet_b0": ArchSpec("efficientnet_b0", "timm", "bn2", 224, IMAGENET_MEAN, IMAGENET_STD),
+    # three EfficientNet-Lites at one input size; every member uses the same [-1, 1] scaling
+    "fused_lite012": ArchSpec("fused_lite012", "fused", "members.lite0.bn2,members.lite1.bn2,members.lite2.bn2",
+                              224, HALF, HALF,
+                              members=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")),
 }
 
 PRETRAINED_CHOICES = ("none", "auto", "package", "hub")
@@ -99,6 +123,12 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none", drop_rat
     """Build an architecture; ``pretrained`` is none, auto (offline package when there is one), package, hub,
     or a path to a local checkpoint (.safetensors or .pth)."""
     spec = get_arch(arch)
+    if spec.family == "fused":
+        each = pretrained if pretrained in PRETRAINED_CHOICES else "none"
+        model = FusedNet({_member_key(m): create_model(m, num_classes, each, drop_rate) for m in spec.members})
+        if each != pretrained:
+            load_checkpoint_backbone(model, Path(pretrained))
+        return model
     if spec.family == "dsnet":
         model = DSNet(num_classes, drop_rate=0.25 if drop_rate is None else drop_rate)
     else:
@@ -119,6 +149,10 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none", drop_rat
         return model
     load_checkpoint_backbone(model, Path(pretrained))
     return model
+
+
+def _member_key(arch: str) -> str:
+    return arch.rsplit("_", 1)[-1]  # efficientnet_lite0 -> lite0
 
 
 def _map_in_order(model: nn.Module, source: dict[str, torch.Tensor], origin: str) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from skinapp.data import scan_dataset
 from skinapp.distill import TrainConfig, TrainingError, grouped_teacher_logits, kd_loss, train
 from skinapp.inference import Predictor, evaluate_dataset
-from skinapp.models import UnknownArchitectureError, count_params
+from skinapp.models import UnknownArchitectureError, count_params, create_model
 from skinapp.registry import Registry, sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +221,9 @@ def test_sigterm_stops_cleanly_and_registers_nothing(registry_copy, tiny_data, t
     ({"role": "oracle"}, "role"),
     ({"head": "multilabel"}, "head"),
     ({"augment": "extreme"}, "augment"),
+    ({"mixup": -1.0}, "mixup"),
+    ({"mixup": 0.4, "teacher": "t", "teacher_views": 4}, "teacher views to 0"),
+    ({"device": "tpu"}, "device"),
 ])
 def test_bad_configs_raise_training_error(tiny_data, tmp_path, bad, match):
     cfg = TrainConfig(data=str(tiny_data), name="bad", weights_dir=str(tmp_path / "w"), **TINY | bad)
@@ -306,3 +309,35 @@ def test_binary_student_distils_from_a_diagnosis_teacher(registry_copy, tiny_dat
     assert card.label_names == ("benign", "malignant") and card.teacher == "tiny-teacher"
     assert card.kd["head"] == "binary"
     reg.load("bin-kd")
+
+
+def test_cuda_asked_for_without_a_gpu_is_a_clear_error(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = TrainConfig(data=str(tiny_data), name="gpu", device="cuda", weights_dir=str(tmp_path / "w"), **TINY)
+    with pytest.raises(TrainingError, match="no CUDA GPU"):
+        train(cfg)
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_fused_teacher_trains_every_member_and_registers(tiny_data, tmp_path):
+    reg = Registry(tmp_path / "w")
+    card = train(TrainConfig(data=str(tiny_data), name="fused", arch="fused_lite012", role="teacher",
+                             head="diagnosis", epochs=1, batch_size=8, image_size=32, threads=2,
+                             pretrained="none"), reg)
+    model, loaded = reg.load("fused")
+    assert loaded.arch == "fused_lite012" and loaded.cam_layer.count(",") == 2
+    assert set(model.members) == {"lite0", "lite1", "lite2"} and loaded.label_names == tuple(sorted(DIAGNOSES))
+    # each member was trained on its own loss: none of them is still at its initial weights
+    fresh = create_model("fused_lite012", len(DIAGNOSES), "none")
+    for key in model.members:
+        assert not torch.equal(model.members[key].classifier.weight, fresh.members[key].classifier.weight)
+    assert 0.0 <= card.metrics["auc"] <= 1.0
+
+
+def test_mixup_with_an_online_teacher(registry_copy, tiny_data, tmp_path):
+    """Mixup needs the teacher on the mixed pixels, so it runs with no cached views; it must still learn."""
+    reg = Registry(registry_copy)
+    card = train(TrainConfig(data=str(tiny_data), name="mixed", teacher="tiny-teacher", teacher_views=0,
+                             mixup=0.4, **TINY | {"epochs": 3}), reg)
+    assert card.train["mixup"] == 0.4 and card.train["teacher_views"] == 0
+    assert card.metrics["auc"] > 0.5

@@ -197,6 +197,12 @@ def test_gradcam_on_timm_architectures(arch):
     check_cam(pred, img)
 
 
+def test_gradcam_on_a_fused_teacher_averages_its_members():
+    pred = untrained_predictor("fused_lite012", 64)
+    assert len(pred.card.cam_layer.split(",")) == 3
+    check_cam(pred, synthetic_lesion(100, 80))
+
+
 def test_gradcam_with_a_missing_layer():
     pred = untrained_predictor("dsnet", 48)
     bad = Predictor(pred.model, ModelCard(**{**pred.card.__dict__, "cam_layer": "block9"}))

@@ -19,8 +19,30 @@ def test_every_architecture_builds_and_has_the_right_output_shape(arch):
         out = model(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 2)
     assert torch.isfinite(out).all()
-    # the card's Grad-CAM layer must exist in the built network
-    model.get_submodule(get_arch(arch).cam_layer)
+    # the card's Grad-CAM layer(s) must exist in the built network
+    for layer in get_arch(arch).cam_layer.split(","):
+        model.get_submodule(layer)
+
+
+def test_fused_teacher_outputs_the_log_of_its_members_mean_probability():
+    torch.manual_seed(0)
+    model = create_model("fused_lite012", num_classes=3, pretrained="none").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fused, members = model(x), model(x, members=True)
+    assert members.shape == (3, 2, 3)
+    expected = torch.softmax(members, dim=2).mean(dim=0)
+    assert torch.allclose(torch.softmax(fused, dim=1), expected, atol=1e-6)
+    assert torch.allclose(fused.exp().sum(dim=1), torch.ones(2), atol=1e-5)  # already log-probabilities
+
+
+def test_fused_teacher_members_start_from_their_own_imagenet_packages():
+    fused = create_model("fused_lite012", num_classes=2, pretrained="auto")
+    for key, arch in (("lite0", "efficientnet_lite0"), ("lite2", "efficientnet_lite2")):
+        single = create_model(arch, num_classes=2, pretrained="auto")
+        assert torch.equal(fused.members[key].conv_stem.weight, single.conv_stem.weight)
+        assert not torch.equal(fused.members[key].conv_stem.weight,
+                               create_model(arch, num_classes=2, pretrained="none").conv_stem.weight)
 
 
 def test_dsnet_is_small_and_cheap():
