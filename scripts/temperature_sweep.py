@@ -46,7 +46,6 @@ def main() -> int:
     extra = [a for a in args.extra if a != "--"]
     temps = [float(x) for x in args.temperatures.split(",")]
     seeds = [int(x) for x in args.seeds.split(",")]
-    plan = [(t, seed) for t in temps for seed in seeds]
 
     def run(t: float, seed: int) -> dict:
         name = f"sweep-T{t:g}-a{args.alpha:g}-s{seed}"
@@ -62,11 +61,26 @@ def main() -> int:
         print(json.dumps(rec), flush=True)
         return rec
 
-    # the first temperature of each seed builds that seed's teacher cache; the rest then share it
-    first, rest = plan[:len(seeds)], plan[len(seeds):]
-    with cf.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda p: run(*p), first))
-        runs += list(pool.map(lambda p: run(*p), rest))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
+
+    def record(rec: dict) -> None:  # after every run, so a sweep cut short still leaves what it measured
+        runs.append(rec)
+        out.with_name(out.stem + "_runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+
+    # seed-major: a sweep stopped early still has whole seeds; the first run of each seed builds its cache
+    plan = [(t, seed) for seed in seeds for t in temps]
+    if args.jobs <= 1:
+        for t, seed in plan:
+            record(run(t, seed))
+    else:
+        first = [(temps[0], seed) for seed in seeds]
+        with cf.ThreadPoolExecutor(args.jobs) as pool:
+            for rec in pool.map(lambda p: run(*p), first):
+                record(rec)
+            for rec in pool.map(lambda p: run(*p), [p for p in plan if p not in first]):
+                record(rec)
     rows = []
     for t in temps:
         results = [r for r in runs if r["T"] == t]
@@ -77,10 +91,7 @@ def main() -> int:
                      "accuracy_mean": round(statistics.mean(accs), 4),
                      "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
                      "sens_at_spec80_mean": round(statistics.mean(r["sens_at_spec80"] for r in results), 4)})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
-    out.with_name(out.stem + "_runs.json").write_text(json.dumps(runs, indent=2) + "\n")
     print("\n| T | alpha | seeds | AUC mean ± sd | accuracy mean ± sd | sens@spec80 |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['T']:g} | {r['alpha']:g} | {r['seeds']} | {r['auc_mean']:.4f} ± {r['auc_sd']:.4f} | "

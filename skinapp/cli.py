@@ -84,7 +84,8 @@ def cmd_evaluate(args, reg: Registry) -> int:
     m = evaluate_dataset(pred, ds, args.split, args.threshold, args.temperature)
     text = (f"{m['model']} on {m['data']} ({m['split']}, n={m['n']}): AUC {m['auc']:.4f}  accuracy "
             f"{m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
-            f"specificity {m['specificity']:.4f}  sens@spec80 {m['sens_at_spec80']:.4f}  ECE {m['ece']:.4f}")
+            f"specificity {m['specificity']:.4f}  sens@spec80 {m['sens_at_spec80']:.4f}  ECE {m['ece']:.4f} "
+            f"(a perfectly calibrated model: {m['ece_null']['mean']:.4f}, 95% up to {m['ece_null']['p95']:.4f})")
     _emit(m, args.json, text)
     return 0
 
@@ -107,7 +108,7 @@ def cmd_calibrate(args, reg: Registry) -> int:
     out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
            "ece_after": metrics["ece"]}
     if not args.dry_run:
-        reg.update(card.name, temperature=t, metrics=metrics)
+        reg.update(card.name, temperature=t, metrics=card.metrics | metrics)  # keeps best_epoch, compression
     _emit(out, args.json, f"{card.name}: T = {t:.4f}, ECE {before:.4f} -> {metrics['ece']:.4f} (n={len(y)})"
           + ("" if args.dry_run else "; card updated"))
     return 0

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 
 from .data import DecodedData, LesionDataset, decode_dataset, model_input, split_indices, to_tensor
-from .evaluation import binary_metrics, grouped_probs
+from .evaluation import binary_metrics, ece_null, grouped_probs
 from .models import model_lock
 from .imageio import ImageSource, InvalidImageError, is_image_file, load_image
 from .registry import ModelCard, Registry
@@ -138,6 +138,6 @@ def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "all"
     y = decoded.targets[torch.as_tensor(index)].numpy()
     p = predictor.probabilities(logits, temperature).numpy()
     metrics = binary_metrics(y, p, threshold, ds.labels)
-    metrics.update(model=card.name, split=split, skipped=len(decoded.skipped), data=str(ds.root),
+    metrics.update(model=card.name, split=split, skipped=len(decoded.skipped), data=str(ds.root), ece_null=ece_null(p),
                    temperature=card.temperature if temperature is None else temperature)
     return metrics

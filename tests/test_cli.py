@@ -129,7 +129,7 @@ def test_predict_with_temperature_and_cam(batch, weights, image, cam_dir):
 
 def test_evaluate_json(batch, weights, tiny_data):
     m = ok_json(batch["evaluate"])
-    assert METRIC_KEYS <= set(m)
+    assert METRIC_KEYS | {"ece_null"} <= set(m)
     assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
     pred = Predictor.from_registry("tiny-student", Registry(weights))
     assert m["auc"] == pytest.approx(evaluate_dataset(pred, scan_dataset(tiny_data))["auc"])
@@ -155,6 +155,8 @@ def test_calibrate_updates_the_card(batch, calibrate_weights):
     # the same validation split as training: the same temperature as the one fitted then
     assert out["temperature"] == pytest.approx(fitted, rel=1e-3)
     assert card.metrics["ece_after"] == out["ece_after"] and card.metrics["ece_before"] == out["ece_before"]
+    assert card.metrics["best_epoch"] >= 1  # recalibrating keeps what training recorded
+    assert 0 <= card.metrics["ece_null"]["mean"] <= card.metrics["ece_null"]["p95"] <= 1
     reg.load("tiny-nokd")  # weights untouched
 
 

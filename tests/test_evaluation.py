@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from skinapp.evaluation import (binary_metrics, ece_score, fit_temperature, grouped_probs, reliability_bins,
-                                sens_at_spec)
+from skinapp.evaluation import (binary_metrics, ece_null, ece_score, fit_temperature, grouped_probs,
+                                reliability_bins, sens_at_spec)
 
 # Five benign, five malignant. At threshold 0.5: one benign scored 0.6 (FP), one malignant scored 0.35 (FN).
 Y = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
@@ -124,3 +124,18 @@ def test_grouped_probs_sums_groups():
     torch.testing.assert_close(grouped_probs(logits, [0, 2], temperature=2.0), sm2[:, 0] + sm2[:, 2])
     with pytest.raises(ValueError, match="temperature"):
         grouped_probs(logits, [1], temperature=0.0)
+
+
+def test_ece_null_is_the_noise_floor_of_a_calibrated_model():
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.98, 300)
+    small, large = ece_null(p, draws=300), ece_null(np.tile(p, 30), draws=100)
+    assert 0 < small["mean"] <= small["p95"] < 0.2
+    assert large["mean"] < small["mean"] / 3  # noise shrinks ~ 1/sqrt(n): 30x the images, ~5x less
+    # labels drawn from the probabilities are calibrated, and their ECE sits inside the null range
+    y = (rng.random(300) < p).astype(int)
+    assert ece_score(y, p) <= small["p95"] * 1.5
+    # a badly overconfident model is far outside it
+    sharp = np.where(p > 0.5, 0.999, 0.001)
+    assert ece_score(y, sharp) > ece_null(sharp)["p95"] + 0.1
+    assert ece_null(p, draws=50, seed=1) == ece_null(p, draws=50, seed=1)  # reproducible

@@ -85,8 +85,12 @@ def render() -> None:
             st.plotly_chart(fig, width="stretch", key="models_rel")
         m = card.metrics
         if "ece_before" in m:
+            null = m.get("ece_null")
             st.caption(f"ECE (15 bins) {m['ece_before']:.3f} at T = 1 → {m.get('ece_after', m.get('ece')):.3f} "
-                       f"at the fitted T = {card.temperature:.2f}")
+                       f"at the fitted T = {card.temperature:.2f}"
+                       + (f". Sampling noise alone: a perfectly calibrated model with these probabilities would "
+                          f"show {null['mean']:.3f} on average (95% up to {null['p95']:.3f}) on "
+                          f"{m.get('n', 'these')} images." if null else ""))
     with c2:
         st.markdown(f"**{card.name}** — {card.description or card.arch}")
         st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"

@@ -56,7 +56,8 @@ def _form(reg) -> dict | None:
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("New model name", value="my-dsnet")
         teacher = c1.selectbox("Teacher", teachers + ["(none: train without distillation)"], key="train_teacher")
-        arch = c1.selectbox("Student architecture", sorted(ARCHITECTURES), index=sorted(ARCHITECTURES).index("dsnet"))
+        students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
+        arch = c1.selectbox("Student architecture", students, index=students.index("dsnet"))
         temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, 4.0, 0.5)
         alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
         epochs = c2.number_input("Epochs", 1, 200, 30)
