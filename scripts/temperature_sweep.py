@@ -35,8 +35,15 @@ def main() -> int:
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "sweep"), help="scratch registry for sweep models")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "temperature_sweep.json"))
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU has room for several)")
+    ap.add_argument("--summarize", action="store_true",
+                    help="run nothing: rebuild the table from the per-run records of an earlier (maybe cut) sweep")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more distill arguments after --")
     args = ap.parse_args()
+    out = Path(args.out)
+    if args.summarize:
+        runs = json.loads(out.with_name(out.stem + "_runs.json").read_text())
+        temps = sorted({r["T"] for r in runs})
+        return summarize(runs, temps, out)
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     src = Registry()
@@ -61,7 +68,6 @@ def main() -> int:
         print(json.dumps(rec), flush=True)
         return rec
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: list[dict] = []
 
@@ -81,23 +87,31 @@ def main() -> int:
                 record(rec)
             for rec in pool.map(lambda p: run(*p), [p for p in plan if p not in first]):
                 record(rec)
+    return summarize(runs, temps, out)
+
+
+def summarize(runs: list[dict], temps: list[float], out: Path) -> int:
     rows = []
     for t in temps:
         results = [r for r in runs if r["T"] == t]
+        if not results:
+            continue
         aucs, accs = [r["auc"] for r in results], [r["accuracy"] for r in results]
-        rows.append({"T": t, "alpha": args.alpha, "seeds": len(results),
+        sens = [r["sens_at_spec80"] for r in results]
+        rows.append({"T": t, "alpha": results[0]["alpha"], "seeds": len(results),
                      "auc_mean": round(statistics.mean(aucs), 4),
                      "auc_sd": round(statistics.stdev(aucs), 4) if len(aucs) > 1 else 0.0,
                      "accuracy_mean": round(statistics.mean(accs), 4),
                      "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-                     "sens_at_spec80_mean": round(statistics.mean(r["sens_at_spec80"] for r in results), 4)})
+                     "sens_at_spec80_mean": round(statistics.mean(sens), 4),
+                     "sens_at_spec80_sd": round(statistics.stdev(sens), 4) if len(sens) > 1 else 0.0})
     out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("\n| T | alpha | seeds | AUC mean ± sd | accuracy mean ± sd | sens@spec80 |\n|---|---|---|---|---|---|")
+    print("| T | alpha | seeds | AUC mean ± sd | accuracy mean ± sd | sens@spec80 mean ± sd |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['T']:g} | {r['alpha']:g} | {r['seeds']} | {r['auc_mean']:.4f} ± {r['auc_sd']:.4f} | "
-              f"{r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f} | {r['sens_at_spec80_mean']:.4f} |")
+              f"{r['accuracy_mean']:.4f} ± {r['accuracy_sd']:.4f} | "
+              f"{r['sens_at_spec80_mean']:.4f} ± {r['sens_at_spec80_sd']:.4f} |")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
