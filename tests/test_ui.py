@@ -123,6 +123,24 @@ def test_models_page(env):
     assert len(at.get("plotly_chart")) >= 2  # ROC + reliability
 
 
+def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypatch):
+    import json
+
+    from skinapp.ui import models
+
+    sweep, controls = tmp_path / "temperature_sweep.json", tmp_path / "controls.json"
+    sweep.write_text(json.dumps([{"T": t, "alpha": 0.5, "seeds": 2, "auc_mean": 0.8 + t / 1000, "auc_sd": 0.01}
+                                 for t in (1, 10, 100)]))
+    controls.write_text(json.dumps([{"name": "dsnet-nokd", "description": "hard labels only.", "seeds": 2,
+                                     "auc_mean": 0.79, "auc_sd": 0.02}]))
+    monkeypatch.setattr(models, "SWEEP_FILE", sweep)
+    monkeypatch.setattr(models, "CONTROLS_FILE", controls)
+    at = page("models").run()
+    assert_clean(at)
+    assert any(list(d.value["T"]) == [1, 10, 100] for d in at.dataframe if "T" in d.value)
+    assert any("dsnet-nokd: hard labels only. AUC 0.7900 ± 0.0200 over 2 seed(s)" in c.value for c in at.caption)
+
+
 def test_train_page_refuses_bad_folder(env, tmp_path):
     at = page("train").run()
     assert_clean(at)

@@ -13,6 +13,7 @@ from skinapp.registry import model_summary
 from skinapp.ui import common
 
 SWEEP_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "temperature_sweep.json"
+CONTROLS_FILE = SWEEP_FILE.with_name("controls.json")  # the same dsnet without distillation, for reference
 
 
 def _roc_figure(cards) -> go.Figure:
@@ -55,6 +56,13 @@ def _sweep() -> None:
     if {"T", "auc_mean"} <= set(df.columns):
         fig = go.Figure(go.Scatter(x=df["T"], y=df["auc_mean"], mode="lines+markers",
                                    error_y=dict(array=df.get("auc_sd")), name="AUC"))
+        controls = json.loads(CONTROLS_FILE.read_text()) if CONTROLS_FILE.exists() else []
+        for c in controls:
+            fig.add_hline(y=c["auc_mean"], line_dash="dash", annotation_text=f"{c['name']} (no KD)")
+        if controls:
+            st.caption("Dashed: the same DSNet trained without distillation. " + " ".join(
+                f"{c['name']}: {c['description']} AUC {c['auc_mean']:.4f} ± {c['auc_sd']:.4f} "
+                f"over {c['seeds']} seed(s)." for c in controls))
         fig.update_layout(height=320, xaxis_type="log", xaxis_title="T", yaxis_title="validation AUC",
                           margin=dict(l=10, r=10, t=10, b=10))
         st.plotly_chart(fig, width="stretch", key="models_sweep")
