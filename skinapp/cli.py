@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
-from .distill import AUGMENT, DEVICES, HEADS, TrainConfig, TrainingError, train
+from .distill import AUGMENT, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
 from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, "dsnet", 30, 3e-3, None)
     p.add_argument("--teacher", help="registered teacher (default: the default teacher)")
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
-    p.add_argument("-T", "--temperature", type=float, default=4.0)
+    p.add_argument("-T", "--temperature", type=float, default=DEFAULT_TEMPERATURE)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--teacher-views", dest="teacher_views", type=int, default=4,
                    help="precompute teacher logits on this many augmented views per image (0: teacher every step)")

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 HEADS = ("auto", "binary", "diagnosis")
 AUGMENT = ("none", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_TEMPERATURE = 20.0  # best mean AUC in the temperature sweep (docs/experiments.md); the paper's was 10
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None,
@@ -66,7 +67,7 @@ class TrainConfig:
     task: str = "malignant"
     label_map: str | None = None
     head: str = "auto"  # binary, diagnosis (one output per diagnosis folder), auto = the teacher's, else binary
-    temperature: float = 4.0
+    temperature: float = DEFAULT_TEMPERATURE
     alpha: float = 0.5
     epochs: int = 10
     lr: float = 1e-3

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from skinapp.data import scan_dataset
-from skinapp.distill import TrainConfig, TrainingError, grouped_teacher_logits, kd_loss, train
+from skinapp.distill import (DEFAULT_TEMPERATURE, TrainConfig, TrainingError, grouped_teacher_logits, kd_loss,
+                             train)
 from skinapp.inference import Predictor, evaluate_dataset
 from skinapp.models import UnknownArchitectureError, count_params, create_model
 from skinapp.registry import Registry, sha256_file
@@ -112,7 +113,7 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
     assert teacher.role == "teacher" and teacher.teacher is None and teacher.kd is None and teacher.default
     assert teacher.label_names == DIAGNOSES and teacher.groups == DX_GROUPS
     assert student.role == "student" and student.teacher == "tiny-teacher" and student.default
-    assert student.kd == {"temperature": 4.0, "alpha": 0.5, "head": "diagnosis"}
+    assert student.kd == {"temperature": DEFAULT_TEMPERATURE, "alpha": 0.5, "head": "diagnosis"}
     assert student.label_names == DIAGNOSES and student.groups == DX_GROUPS  # head "auto" follows the teacher
     assert nokd.teacher is None and nokd.kd is None and not nokd.default
     assert nokd.label_names == ("benign", "malignant") and nokd.groups == ("benign", "malignant")

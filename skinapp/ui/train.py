@@ -9,6 +9,7 @@ import streamlit as st
 
 from skinapp import jobs
 from skinapp.data import DatasetError, resize_square, scan_dataset
+from skinapp.distill import DEFAULT_TEMPERATURE
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -58,7 +59,7 @@ def _form(reg) -> dict | None:
         teacher = c1.selectbox("Teacher", teachers + ["(none: train without distillation)"], key="train_teacher")
         students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
         arch = c1.selectbox("Student architecture", students, index=students.index("dsnet"))
-        temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, 4.0, 0.5)
+        temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, DEFAULT_TEMPERATURE, 0.5)
         alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
         epochs = c2.number_input("Epochs", 1, 200, 30)
         lr = c3.number_input("Learning rate", 1e-5, 1e-1, 3e-3, format="%.5f")
