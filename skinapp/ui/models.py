@@ -58,7 +58,7 @@ def _sweep() -> None:
                                    error_y=dict(array=df.get("auc_sd")), name="AUC"))
         controls = json.loads(CONTROLS_FILE.read_text()) if CONTROLS_FILE.exists() else []
         for c in controls:
-            fig.add_hline(y=c["auc_mean"], line_dash="dash", annotation_text=f"{c['name']} (no KD)")
+            fig.add_hline(y=c["auc_mean"], line_dash="dash", annotation_text=c["name"])
         if controls:
             st.caption("Dashed: the same DSNet trained without distillation. " + " ".join(
                 f"{c['name']}: {c['description']} AUC {c['auc_mean']:.4f} ± {c['auc_sd']:.4f} "
