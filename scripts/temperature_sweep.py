@@ -35,13 +35,20 @@ def main() -> int:
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "sweep"), help="scratch registry for sweep models")
     ap.add_argument("--out", default=str(ROOT / "docs" / "results" / "temperature_sweep.json"))
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (a GPU has room for several)")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the runs already recorded in the --out records and run only the missing (T, seed)")
     ap.add_argument("--summarize", action="store_true",
                     help="run nothing: rebuild the table from the per-run records of an earlier (maybe cut) sweep")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="with --summarize: score every recorded model again with `evaluate` (one decoding for all runs)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more distill arguments after --")
     args = ap.parse_args()
     out = Path(args.out)
     if args.summarize:
         runs = json.loads(out.with_name(out.stem + "_runs.json").read_text())
+        if args.reevaluate:
+            reevaluate(runs, Path(args.scratch), args.data)
+            out.with_name(out.stem + "_runs.json").write_text(json.dumps(runs, indent=2) + "\n")
         temps = sorted({r["T"] for r in runs})
         return summarize(runs, temps, out)
     scratch = Path(args.scratch)
@@ -69,25 +76,39 @@ def main() -> int:
         return rec
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    runs: list[dict] = []
+    records = out.with_name(out.stem + "_runs.json")
+    runs: list[dict] = json.loads(records.read_text()) if args.resume and records.exists() else []
+    done = {(r["T"], r["alpha"], r["seed"]) for r in runs}
 
     def record(rec: dict) -> None:  # after every run, so a sweep cut short still leaves what it measured
         runs.append(rec)
-        out.with_name(out.stem + "_runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+        records.write_text(json.dumps(runs, indent=2) + "\n")
 
     # seed-major: a sweep stopped early still has whole seeds; the first run of each seed builds its cache
-    plan = [(t, seed) for seed in seeds for t in temps]
+    plan = [(t, seed) for seed in seeds for t in temps if (t, args.alpha, seed) not in done]
     if args.jobs <= 1:
         for t, seed in plan:
             record(run(t, seed))
     else:
-        first = [(temps[0], seed) for seed in seeds]
+        first = list({seed: (t, seed) for t, seed in reversed(plan)}.values())
         with cf.ThreadPoolExecutor(args.jobs) as pool:
             for rec in pool.map(lambda p: run(*p), first):
                 record(rec)
             for rec in pool.map(lambda p: run(*p), [p for p in plan if p not in first]):
                 record(rec)
-    return summarize(runs, temps, out)
+    return summarize(runs, sorted({r["T"] for r in runs}), out)
+
+
+def reevaluate(runs: list[dict], scratch: Path, data: str) -> None:
+    """Runs recorded by older code may have scored validation images decoded differently; score all alike."""
+    from skinapp.data import scan_dataset
+    from skinapp.inference import Predictor, evaluate_dataset
+
+    reg = Registry(scratch)
+    for rec in runs:
+        pred = Predictor(*reg.load(f"sweep-T{rec['T']:g}-a{rec['alpha']:g}-s{rec['seed']}"))
+        m = evaluate_dataset(pred, scan_dataset(data, pred.card.task), "val")
+        rec.update(auc=m["auc"], accuracy=m["accuracy"], sens_at_spec80=m["sens_at_spec80"], scored_by="evaluate")
 
 
 def summarize(runs: list[dict], temps: list[float], out: Path) -> int:

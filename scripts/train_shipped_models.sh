@@ -18,10 +18,15 @@ $SK distill --data "$DATA" --name dsnet-kd --teacher teacher-lite0 -T "${T_DEFAU
 # 3. The control: the same dsnet, same head and schedule, hard labels only.
 $SK distill --data "$DATA" --name dsnet-nokd --no-kd --head diagnosis "${STUDENT[@]}" \
     --description "DSNet trained without distillation (control)"
-# 4. A pretrained-architecture student (the paper's Table 2 idea).
+# 4. Pretrained-architecture students (the paper's Table 2 idea). EfficientNet-Lite0 starts from the offline
+#    ImageNet package and sees 112 px (a quarter of the teacher's pixels); MobileNetV3-Small has no offline
+#    ImageNet weights here, so it starts from random weights.
+$SK distill --data "$DATA" --name lite0-kd --arch efficientnet_lite0 --image-size 112 --pretrained package \
+    --teacher teacher-lite0 -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" --epochs 15 --lr 1e-3 --batch-size 32 \
+    --threads 2 --description "EfficientNet-Lite0 at 112 px, ImageNet init (offline package), distilled from teacher-lite0 (T=20)"
 $SK distill --data "$DATA" --name mobilenetv3-kd --arch mobilenetv3_small_100 --teacher teacher-lite0 \
-    -T "${T:-4}" --alpha "${ALPHA:-0.5}" --image-size 160 "${STUDENT[@]}" \
-    --description "MobileNetV3-Small distilled from teacher-lite0"
+    -T "${T:-4}" --alpha "${ALPHA:-0.5}" --image-size 112 "${STUDENT[@]}" \
+    --description "MobileNetV3-Small distilled from teacher-lite0 (T=4, 112 px); random init: no offline ImageNet weights exist for it here"
 # 5. Half-precision copy of the default student (Karim et al. 2024).
 $SK compress --model dsnet-kd --name dsnet-kd-fp16 --data "$DATA"
 $SK models

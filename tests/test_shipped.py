@@ -1,0 +1,50 @@
+"""The models committed in weights/: they load strictly, their cards carry the validation protocol, and the
+numbers in their cards are what `evaluate` measures on the shared ISIC data today (when that data is present)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_ISIC, lesion
+from skinapp.data import scan_dataset
+from skinapp.inference import Predictor, evaluate_dataset
+from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
+
+REG = Registry(DEFAULT_WEIGHTS_DIR)
+CARDS = REG.cards()
+pytestmark = pytest.mark.skipif(not CARDS, reason="no shipped models in weights/")
+
+
+def test_defaults_and_size_budget():
+    student, teacher = REG.default("student"), REG.default("teacher")
+    assert student.teacher == teacher.name and student.params <= 300_000  # the product's bar for the default
+    total = sum(p.stat().st_size for p in DEFAULT_WEIGHTS_DIR.iterdir())
+    assert total < 60 * 2**20, f"weights/ holds {total / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("name", [c.name for c in CARDS])
+def test_card_protocol_and_prediction(name):
+    pred = Predictor(*REG.load(name))  # strict keys and sha256 are checked by load
+    card = pred.card
+    assert card.split_seed is not None and card.data["val_frac"] > 0 and len(card.data["split_digest"]) == 40
+    assert card.temperature > 0 and 0.5 <= card.metrics["auc"] <= 1.0
+    assert card.metrics["ece_null"]["mean"] > 0 and card.metrics["n"] == card.data["n_val"]
+    if card.teacher:
+        assert card.teacher in REG.names()
+    p = pred.predict_image(lesion(3, True, size=200))
+    assert math.isclose(sum(p.probabilities.values()), 1.0, rel_tol=1e-5) and 0.0 <= p.p_positive <= 1.0
+
+
+@pytest.mark.skipif(not SHARED_ISIC.is_dir(), reason=f"shared ISIC data not present at {SHARED_ISIC}")
+@pytest.mark.parametrize("name", [c.name for c in CARDS])
+def test_card_metrics_are_reproduced_by_evaluate(name):
+    torch.set_num_threads(2)
+    pred = Predictor(*REG.load(name))
+    m = evaluate_dataset(pred, scan_dataset(SHARED_ISIC, pred.card.task), "val")
+    card = pred.card.metrics
+    assert m["n"] == card["n"]
+    np.testing.assert_allclose([m["auc"], m["accuracy"], m["sens_at_spec80"]],
+                               [card["auc"], card["accuracy"], card["sens_at_spec80"]], atol=2e-3)
