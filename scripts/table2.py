@@ -48,7 +48,8 @@ def main() -> int:
     Path(args.out_json).write_text(json.dumps(rows, indent=2) + "\n")
     cpu = platform.processor() or platform.machine()
     print(f"Machine: {cpu}, {args.threads} torch threads; latency = preprocess + forward of one 600x450 image, "
-          f"p50 over {args.runs} runs; throughput = forward on batches of 32; validation split n = "
+          f"p50 over {args.runs} runs, the models timed in turn (interleaved), each warm; "
+          "throughput = forward on batches of 32; validation split n = "
           f"{rows[0]['n_val'] if rows else 0}.\n")
     print("| model | role | params | MFLOPs | size | train s | p50 ms | p95 ms | img/s | Grad-CAM ms | AUC | acc | "
           "bal. acc | benign P/R/F1 | malignant P/R/F1 |")

@@ -36,16 +36,34 @@ def _percentiles(times_ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(times_ms, 50)), float(np.percentile(times_ms, 95))
 
 
+def interleaved_latencies(predictors: Sequence[Predictor], img: Image.Image, runs: int = 50,
+                          warmup: int = 5) -> list[list[float]]:
+    """Single-image latency (preprocess + forward) of several models, one call of each per round, in rotating order.
+
+    On a shared machine speed drifts over seconds; timing the models one after another turns that drift into a
+    difference between models (the teacher-to-student ratio swung 6x-11x between runs here). Interleaved, a slow
+    spell falls on every model alike. Each timed call follows an untimed one of the same model, so every model is
+    timed warm (caches holding its own weights), as a user who keeps one model selected sees it.
+    """
+    for predictor in predictors:
+        for _ in range(warmup):
+            predictor.predict_image(img)
+    times: list[list[float]] = [[] for _ in predictors]
+    for r in range(runs):
+        for k in range(len(predictors)):
+            i = (r + k) % len(predictors)
+            predictors[i].predict_image(img)
+            t0 = time.perf_counter()
+            predictors[i].predict_image(img)
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return times
+
+
 def benchmark_predictor(predictor: Predictor, img: Image.Image, runs: int = 50, warmup: int = 5,
-                        batch: int = 32, cam_runs: int = 10) -> dict:
-    """Single-image latency (preprocess + forward), forward throughput on a batch, Grad-CAM latency."""
-    for _ in range(warmup):
-        predictor.predict_image(img)
-    single = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        predictor.predict_image(img)
-        single.append((time.perf_counter() - t0) * 1000)
+                        batch: int = 32, cam_runs: int = 10, single: list[float] | None = None) -> dict:
+    """Single-image latency (unless ``single`` brings it), forward throughput on a batch, Grad-CAM latency."""
+    if single is None:
+        single = interleaved_latencies([predictor], img, runs, warmup)[0]
     x = predictor.preprocess(img).repeat(batch, 1, 1, 1)
     predictor.logits(x)
     reps, t0 = 0, time.perf_counter()
@@ -73,8 +91,6 @@ def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None 
     img = image or synthetic_lesion()
     log.info("benchmark on %s, %d torch threads, image %dx%d", platform.processor() or platform.machine(),
              torch.get_num_threads(), img.width, img.height)
-    rows = []
-    for name in names:
-        predictor = Predictor(*registry.load(name))
-        rows.append(benchmark_predictor(predictor, img, runs=runs))
-    return rows
+    predictors = [Predictor(*registry.load(name)) for name in names]
+    single = interleaved_latencies(predictors, img, runs)
+    return [benchmark_predictor(p, img, runs=runs, single=t) for p, t in zip(predictors, single)]

@@ -224,3 +224,22 @@ def test_run_benchmark(tiny_registry):
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"]
     assert r["throughput_ips"] > 0 and r["cam_ms_p50"] > 0
     assert (r["params"], r["mflops"], r["file_bytes"]) == (card.params, card.mflops, card.file_bytes)
+
+
+def test_latencies_are_interleaved_in_rotating_order():
+    """A slow spell of a shared machine must fall on every model alike, not on whichever model ran then."""
+    from skinapp.benchmark import interleaved_latencies
+
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def predict_image(self, img):
+            calls.append(self.name)
+
+    times = interleaved_latencies([Fake("a"), Fake("b"), Fake("c")], None, runs=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up, one each
+    assert calls[3:] == [m for m in "aabbccbbccaaccaabb"]  # each timed call right after an untimed one
+    assert [len(t) for t in times] == [3, 3, 3] and all(x >= 0 for t in times for x in t)
