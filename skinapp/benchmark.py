@@ -59,11 +59,10 @@ def interleaved_latencies(predictors: Sequence[Predictor], img: Image.Image, run
     return times
 
 
-def benchmark_predictor(predictor: Predictor, img: Image.Image, runs: int = 50, warmup: int = 5,
-                        batch: int = 32, cam_runs: int = 10, single: list[float] | None = None) -> dict:
-    """Single-image latency (unless ``single`` brings it), forward throughput on a batch, Grad-CAM latency."""
-    if single is None:
-        single = interleaved_latencies([predictor], img, runs, warmup)[0]
+def benchmark_predictor(predictor: Predictor, img: Image.Image, single: list[float], batch: int = 32,
+                        cam_runs: int = 10) -> dict:
+    """One model's row: its single-image latencies (timed interleaved with the others), forward throughput on a
+    batch, Grad-CAM latency."""
     x = predictor.preprocess(img).repeat(batch, 1, 1, 1)
     predictor.logits(x)
     reps, t0 = 0, time.perf_counter()
@@ -79,7 +78,7 @@ def benchmark_predictor(predictor: Predictor, img: Image.Image, runs: int = 50, 
             "latency_ms_p50": round(p50, 3), "latency_ms_p95": round(p95, 3),
             "throughput_ips": round(throughput, 1), "batch": batch,
             "cam_ms_p50": round(_percentiles(cams)[0], 3), "params": card.params, "mflops": card.mflops,
-            "file_bytes": card.file_bytes, "dtype": card.dtype, "threads": torch.get_num_threads(), "runs": runs}
+            "file_bytes": card.file_bytes, "dtype": card.dtype, "threads": torch.get_num_threads(), "runs": len(single)}
 
 
 def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None = None, threads: int | None = None,
@@ -93,4 +92,4 @@ def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None 
              torch.get_num_threads(), img.width, img.height)
     predictors = [Predictor(*registry.load(name)) for name in names]
     single = interleaved_latencies(predictors, img, runs)
-    return [benchmark_predictor(p, img, runs=runs, single=t) for p, t in zip(predictors, single)]
+    return [benchmark_predictor(p, img, t) for p, t in zip(predictors, single)]
