@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from skinapp.registry import Registry  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from temperature_sweep import ROOT, distill_run, mean_sd  # noqa: E402
 
 FRESH = ("no-KD, fresh augmentation",
          "the shipped control's recipe: hard labels, a fresh augmentation of every image at every step, no teacher.")
@@ -55,22 +51,13 @@ def main() -> int:
 
 def run_fresh(data: str, scratch: Path, seed: int, extra: list[str]) -> dict:
     name = f"control-nokd-s{seed}"
-    cmd = [sys.executable, "-m", "skinapp", "--weights", str(scratch), "distill", "--data", data, "--name", name,
-           "--no-kd", "--head", "diagnosis", "--seed", str(seed), "--overwrite", *extra]
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    m = Registry(scratch).get(name).metrics
-    return {"seed": seed, "auc": m["auc"], "accuracy": m["accuracy"], "sens_at_spec80": m["sens_at_spec80"],
-            "seconds": round(time.time() - t0, 1), "command": " ".join(["python", "-m", "skinapp", *cmd[5:]])}
+    return {"seed": seed, **distill_run(scratch, name, ["--data", data, "--name", name, "--no-kd", "--head",
+                                                        "diagnosis", "--seed", str(seed), "--overwrite", *extra])}
 
 
 def summary(name: str, description: str, runs: list[dict]) -> dict:
-    row = {"name": name, "description": description, "seeds": len(runs)}
-    for key in ("auc", "accuracy", "sens_at_spec80"):
-        vals = [r[key] for r in runs]
-        row[f"{key}_mean"] = round(statistics.mean(vals), 4)
-        row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0
-    return {**row, "runs": sorted(runs, key=lambda r: r["seed"])}
+    return {"name": name, "description": description, "seeds": len(runs), **mean_sd(runs),
+            "runs": sorted(runs, key=lambda r: r["seed"])}
 
 
 def write(out: Path, fresh: list[dict], same_views: str) -> None:

@@ -40,15 +40,16 @@ def main() -> int:
     ap.add_argument("--summarize", action="store_true",
                     help="run nothing: rebuild the table from the per-run records of an earlier (maybe cut) sweep")
     ap.add_argument("--reevaluate", action="store_true",
-                    help="with --summarize: score every recorded model again with `evaluate` (one decoding for all runs)")
+                    help="with --summarize: score every recorded model again with `evaluate` (the decoding inference uses)")
     ap.add_argument("extra", nargs=argparse.REMAINDER, help="more distill arguments after --")
     args = ap.parse_args()
     out = Path(args.out)
+    records = out.with_name(out.stem + "_runs.json")
     if args.summarize:
-        runs = json.loads(out.with_name(out.stem + "_runs.json").read_text())
+        runs = json.loads(records.read_text())
         if args.reevaluate:
             reevaluate(runs, Path(args.scratch), args.data)
-            out.with_name(out.stem + "_runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+            records.write_text(json.dumps(runs, indent=2) + "\n")
         temps = sorted({r["T"] for r in runs})
         return summarize(runs, temps, out)
     scratch = Path(args.scratch)
@@ -63,20 +64,13 @@ def main() -> int:
 
     def run(t: float, seed: int) -> dict:
         name = f"sweep-T{t:g}-a{args.alpha:g}-s{seed}"
-        cmd = [sys.executable, "-m", "skinapp", "--weights", str(scratch), "distill", "--data", args.data,
-               "--name", name, "--teacher", args.teacher, "-T", str(t), "--alpha", str(args.alpha),
-               "--seed", str(seed), "--overwrite", *extra]
-        t0 = time.time()
-        subprocess.run(cmd, check=True, cwd=ROOT)
-        m = Registry(scratch).get(name).metrics
-        rec = {"T": t, "alpha": args.alpha, "seed": seed, "auc": m["auc"], "accuracy": m["accuracy"],
-               "sens_at_spec80": m["sens_at_spec80"], "seconds": round(time.time() - t0, 1),
-               "command": " ".join(["python", "-m", "skinapp", "distill", *cmd[6:]])}
+        rec = {"T": t, "alpha": args.alpha, "seed": seed, **distill_run(scratch, name, [
+            "--data", args.data, "--name", name, "--teacher", args.teacher, "-T", str(t), "--alpha", str(args.alpha),
+            "--seed", str(seed), "--overwrite", *extra])}
         print(json.dumps(rec), flush=True)
         return rec
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    records = out.with_name(out.stem + "_runs.json")
     runs: list[dict] = json.loads(records.read_text()) if args.resume and records.exists() else []
     done = {(r["T"], r["alpha"], r["seed"]) for r in runs}
 
@@ -99,15 +93,40 @@ def main() -> int:
     return summarize(runs, sorted({r["T"] for r in runs}), out)
 
 
+METRICS = ("auc", "accuracy", "sens_at_spec80")
+
+
+def distill_run(scratch: Path, name: str, distill_args: list[str]) -> dict:
+    """One `python -m skinapp distill` into the scratch registry: its card's validation metrics and exact command."""
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "skinapp", "--weights", str(scratch), "distill", *distill_args],
+                   check=True, cwd=ROOT)
+    m = Registry(scratch).get(name).metrics
+    return {**{k: m[k] for k in METRICS}, "seconds": round(time.time() - t0, 1),
+            "command": " ".join(["python", "-m", "skinapp", "distill", *distill_args])}
+
+
+def mean_sd(results: list[dict]) -> dict:
+    """Mean and sample sd of each metric over runs (sd 0 for a single run)."""
+    row = {}
+    for key in METRICS:
+        vals = [r[key] for r in results]
+        row[f"{key}_mean"] = round(statistics.mean(vals), 4)
+        row[f"{key}_sd"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0
+    return row
+
+
 def reevaluate(runs: list[dict], scratch: Path, data: str) -> None:
     """Runs recorded by older code may have scored validation images decoded differently; score all alike."""
     from skinapp.data import scan_dataset
     from skinapp.inference import Predictor, evaluate_dataset
 
-    reg = Registry(scratch)
+    reg, datasets = Registry(scratch), {}
     for rec in runs:
         pred = Predictor(*reg.load(f"sweep-T{rec['T']:g}-a{rec['alpha']:g}-s{rec['seed']}"))
-        m = evaluate_dataset(pred, scan_dataset(data, pred.card.task), "val")
+        task = pred.card.task
+        ds = datasets[task] = datasets.get(task) or scan_dataset(data, task)
+        m = evaluate_dataset(pred, ds, "val")
         rec.update(auc=m["auc"], accuracy=m["accuracy"], sens_at_spec80=m["sens_at_spec80"], scored_by="evaluate")
 
 
@@ -117,15 +136,7 @@ def summarize(runs: list[dict], temps: list[float], out: Path) -> int:
         results = [r for r in runs if r["T"] == t]
         if not results:
             continue
-        aucs, accs = [r["auc"] for r in results], [r["accuracy"] for r in results]
-        sens = [r["sens_at_spec80"] for r in results]
-        rows.append({"T": t, "alpha": results[0]["alpha"], "seeds": len(results),
-                     "auc_mean": round(statistics.mean(aucs), 4),
-                     "auc_sd": round(statistics.stdev(aucs), 4) if len(aucs) > 1 else 0.0,
-                     "accuracy_mean": round(statistics.mean(accs), 4),
-                     "accuracy_sd": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0,
-                     "sens_at_spec80_mean": round(statistics.mean(sens), 4),
-                     "sens_at_spec80_sd": round(statistics.stdev(sens), 4) if len(sens) > 1 else 0.0})
+        rows.append({"T": t, "alpha": results[0]["alpha"], "seeds": len(results), **mean_sd(results)})
     out.write_text(json.dumps(rows, indent=2) + "\n")
     print("| T | alpha | seeds | AUC mean ± sd | accuracy mean ± sd | sens@spec80 mean ± sd |\n|---|---|---|---|---|---|")
     for r in rows:
