@@ -3,7 +3,7 @@
 # batch (no cache), so over 300 epochs teacher and student agree on 300 fresh augmentations of each image.
 # The no-KD controls get the very same schedule and augmentation. Needs a teacher, e.g. from
 # train_fused_teacher.sh. Too slow for a 2-core CPU (the teacher's forward pass on every batch).
-# Usage: DATA=... REG=weights TEACHER=teacher-fused scripts/distill_patient.sh
+# Usage: DATA=... REG=weights TEACHER=teacher-lite012 scripts/distill_patient.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/isic9}

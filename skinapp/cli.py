@@ -91,18 +91,12 @@ def cmd_evaluate(args, reg: Registry) -> int:
 
 
 def cmd_calibrate(args, reg: Registry) -> int:
-    import torch
-
-    from .data import decode_dataset
-    from .inference import Predictor, dataset_logits, select_split
+    from .inference import Predictor, split_logits
 
     pred = Predictor(*reg.load(args.model))
     card = pred.card
     ds = scan_dataset(args.data, card.task, args.label_map)
-    decoded = decode_dataset(ds, card.input_size)
-    index = select_split(decoded, args.split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
-    logits = dataset_logits(pred, decoded, index)
-    y = decoded.targets[torch.as_tensor(index)].numpy()
+    logits, y, _ = split_logits(pred, ds, args.split)
     t, metrics = calibrated_metrics(logits, y, pred.positive, ds.labels)
     before = metrics["ece_before"]
     out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
@@ -140,6 +134,20 @@ def cmd_compress(args, reg: Registry) -> int:
     _emit(model_summary(card) | {"compression": c}, args.json,
           f"registered {card.name}: {c['source_bytes']:,} -> {c['bytes']:,} bytes ({c['ratio']}x); change on the "
           f"validation split: " + ", ".join(f"{k} {v:+.4f}" for k, v in c["change"].items()))
+    return 0
+
+
+def cmd_fuse(args, reg: Registry) -> int:
+    from .fuse import fuse_models
+
+    members = [m.strip() for m in args.members.split(",") if m.strip()]
+    card = fuse_models(reg, members, args.name, args.data, args.views, args.dtype, args.label_map, args.overwrite,
+                       args.default, args.description)
+    m = card.metrics
+    _emit(model_summary(card) | {"fused_from": members, "views": args.views}, args.json,
+          f"registered {card.name} (fused from {', '.join(members)}, views: {args.views}): val AUC {m['auc']:.4f}, "
+          f"sens@spec80 {m['sens_at_spec80']:.4f}, T={card.temperature:.3f}, ECE {m['ece']:.4f}, "
+          f"{card.params:,} params, {card.mflops:,.0f} MFLOPs")
     return 0
 
 
@@ -247,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", dest="label_map")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("fuse", help="register a teacher fused from registered models (mean probability)")
+    p.add_argument("--members", required=True, help="comma-separated registered models, trained on one split")
+    p.add_argument("--name", required=True)
+    p.add_argument("--data", required=True, help="the members' dataset (its validation split calibrates the fusion)")
+    p.add_argument("--views", default="flips", choices=("none", "flips"),
+                   help="flips: also average over the horizontally, vertically and doubly flipped image")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                   help="float16 halves the file; computation stays float32")
+    p.add_argument("--label-map", dest="label_map")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--default", action="store_true", help="mark as the default teacher")
+    p.add_argument("--description", default="")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("benchmark", help="latency, throughput, Grad-CAM time and size per model")
     p.add_argument("--models", help="comma-separated names (default: all)")
     p.add_argument("--threads", type=int)
@@ -263,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reg = Registry(args.weights)
     handlers = {"models": cmd_models, "predict": cmd_predict, "evaluate": cmd_evaluate,
                 "calibrate": cmd_calibrate, "benchmark": cmd_benchmark, "compress": cmd_compress,
+                "fuse": cmd_fuse,
                 "train-teacher": lambda a, r: cmd_train(a, r, "teacher"),
                 "distill": lambda a, r: cmd_train(a, r, "student")}
     try:

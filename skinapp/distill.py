@@ -27,7 +27,7 @@ from torch import nn
 from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
                    scan_dataset, split_indices)
 from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
-from .models import FusedNet, create_model, get_arch
+from .models import FusedNet, create_model, flip_invariant, get_arch
 from .registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ class _Setup:
     teacher: nn.Module | None
     teacher_card: ModelCard | None
     teacher_positive: list[int] | None = None  # set when a diagnosis teacher teaches a binary student
+    teacher_flips: bool = False  # the teacher's output is the same for all four flips of an image
 
 
 def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _Setup:
@@ -196,7 +197,8 @@ def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _
                 f"{list(names)}; pick a teacher trained with the same head on the same diagnoses")
         if tcard.task != cfg.task and head == "binary":
             raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
-    return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive)
+    return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive,
+                  teacher is not None and flip_invariant(teacher))
 
 
 def grouped_teacher_logits(teacher_logits: torch.Tensor, positive: list[int], temperature: float) -> torch.Tensor:
@@ -253,6 +255,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SKINAPP_CACHE") or Path(__file__).resolve().parent.parent / "runs" / "cache")
 
 
+def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
+    """Augmentations the teacher must see for ``teacher_views`` views per image. A flip-invariant teacher (a
+    fused model averaging over the four flips) gives the four flips of a view one and the same soft target,
+    so one cached augmentation serves four views: the student gets a random flip of it at every step."""
+    return -(-teacher_views // 4) if teacher_flips else teacher_views
+
+
 def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, hashes: list[str], size: int,
                   progress: ProgressLog, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """K augmented views of every training image at the student's size, with the teacher's logits on each.
@@ -264,20 +273,21 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
     from safetensors.torch import load_file, save_file
 
     tc = st.teacher_card
-    key = hashlib.sha1(json.dumps([tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size,
-                                   tc.input_size, images.shape[-1]]).encode()).hexdigest()[:20]
+    n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
+    parts = [tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size, tc.input_size, images.shape[-1]]
+    key = hashlib.sha1(json.dumps(parts + (["flips", n_aug] if st.teacher_flips else [])).encode()).hexdigest()[:20]
     path = cache_dir() / f"teacher-views-{key}.safetensors"
     if path.exists():
         d = load_file(str(path))
-        progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=cfg.teacher_views)
+        progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=n_aug)
         return d["views"], d["logits"]
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
     big = max(size, tc.input_size)
-    views = torch.empty(cfg.teacher_views, len(images), 3, size, size, dtype=torch.uint8)
-    logits = torch.empty(cfg.teacher_views, len(images), len(tc.label_names))
+    views = torch.empty(n_aug, len(images), 3, size, size, dtype=torch.uint8)
+    logits = torch.empty(n_aug, len(images), len(tc.label_names))
     t0 = time.time()
     dev = next(st.teacher.parameters()).device
-    for k in range(cfg.teacher_views):
+    for k in range(n_aug):
         for i in range(0, len(images), 64):
             x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
             logits[k, i:i + 64] = teacher_logits(st, x01).cpu()
@@ -285,7 +295,7 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
             views[k, i:i + 64] = (F.interpolate(x01, size=(size, size), mode="bilinear", antialias=True,
                                                 align_corners=False) * 255).round().clamp(0, 255).to(torch.uint8) \
                 if big != size else (x01 * 255).round().clamp(0, 255).to(torch.uint8)
-        progress.emit("cache", message="computing teacher logits", view=k + 1, views=cfg.teacher_views,
+        progress.emit("cache", message="computing teacher logits", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -427,12 +437,30 @@ def _batch_inputs(cfg: TrainConfig, st: _Setup, cached, train_x: torch.Tensor, t
                   bi: torch.Tensor, big: int, gen: torch.Generator, dev: torch.device):
     """A batch's [0,1] pixels, hard labels and (from the cache, if any) teacher logits, on the device."""
     if cached is not None:
-        v = torch.randint(0, cfg.teacher_views, (len(bi),), generator=gen)
+        v = torch.randint(0, cached[0].shape[0], (len(bi),), generator=gen)
         x01 = cached[0][v, bi].to(dev).float() / 255.0
         t_logits = cached[1][v, bi].to(dev)
+        if st.teacher_flips:
+            x01 = random_flips(x01, gen)
     else:
         x01, t_logits = augment_batch(train_x[bi.to(train_x.device)], big, gen, cfg.augment), None
     return x01, train_y[bi.to(train_y.device)], t_logits
+
+
+def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of a batch flipped horizontally and/or vertically, each with probability 1/2."""
+    h, v = (torch.rand(2, len(x), generator=gen) < 0.5).to(x.device).view(2, -1, 1, 1, 1)
+    x = torch.where(h, x.flip(3), x)
+    return torch.where(v, x.flip(2), x)
+
+
+def _kd_record(cfg: TrainConfig, st: _Setup) -> dict[str, Any] | None:
+    if not cfg.teacher:
+        return None
+    kd = {"temperature": cfg.temperature, "alpha": cfg.alpha, "head": st.head}
+    if st.teacher_flips and cfg.teacher_views:  # views = random flips of fewer cached augmentations
+        kd |= {"cached_augmentations": cached_augmentations(cfg.teacher_views, True), "flipped_views": True}
+    return kd
 
 
 def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx, size, spec, history, best,
@@ -450,7 +478,7 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx
         name=cfg.name, role=cfg.role, arch=cfg.arch, label_names=st.label_names, groups=st.groups, task=cfg.task,
         task_labels=ds.labels, input_size=size, mean=spec.mean, std=spec.std, cam_layer=spec.cam_layer,
         temperature=temp, teacher=cfg.teacher,
-        kd={"temperature": cfg.temperature, "alpha": cfg.alpha, "head": st.head} if cfg.teacher else None,
+        kd=_kd_record(cfg, st),
         split_seed=cfg.split_seed,
         data={"root": str(ds.root), "task": cfg.task, "counts": counts, "class_counts": ds.class_counts(),
               "n_train": len(train_idx), "n_val": len(val_idx), "val_frac": cfg.val_frac,

@@ -128,16 +128,24 @@ def dataset_logits(predictor: Predictor, decoded: DecodedData, index: np.ndarray
     return predictor.batch_logits(decoded.images[torch.as_tensor(index)].float() / 255.0)
 
 
+def split_logits(predictor: Predictor, ds: LesionDataset,
+                 split: str = "all") -> tuple[torch.Tensor, np.ndarray, int]:
+    """Logits, task targets and the number of unreadable files skipped, on the card's own train/val split
+    (same seed and fraction) of a dataset folder."""
+    card = predictor.card
+    decoded = decode_dataset(ds, card.input_size)
+    index = select_split(decoded, split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
+    y = decoded.targets[torch.as_tensor(index)].numpy()
+    return dataset_logits(predictor, decoded, index), y, len(decoded.skipped)
+
+
 def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "all", threshold: float = 0.5,
                      temperature: float | None = None) -> dict:
     """Metrics on a dataset folder; ``split`` selects the card's own train/val split (same seed and fraction)."""
-    decoded = decode_dataset(ds, predictor.card.input_size)
     card = predictor.card
-    index = select_split(decoded, split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
-    logits = dataset_logits(predictor, decoded, index)
-    y = decoded.targets[torch.as_tensor(index)].numpy()
+    logits, y, skipped = split_logits(predictor, ds, split)
     p = predictor.probabilities(logits, temperature).numpy()
     metrics = binary_metrics(y, p, threshold, ds.labels)
-    metrics.update(model=card.name, split=split, skipped=len(decoded.skipped), data=str(ds.root), ece_null=ece_null(p),
+    metrics.update(model=card.name, split=split, skipped=skipped, data=str(ds.root), ece_null=ece_null(p),
                    temperature=card.temperature if temperature is None else temperature)
     return metrics

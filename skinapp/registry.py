@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import count_mflops, count_params, create_model, get_arch
+from .models import build_fused, count_mflops, count_params, create_model, get_arch
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class ModelCard:
     created: str = ""
     default: bool = False
     description: str = ""
+    fusion: dict[str, Any] | None = None  # a model fused from registered ones: members, sizes, views
 
     @property
     def positive_indices(self) -> list[int]:
@@ -129,6 +130,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def build_network(card: ModelCard) -> nn.Module:
+    if card.fusion:
+        return build_fused(card.fusion, len(card.label_names))
     return create_model(card.arch, num_classes=len(card.label_names), pretrained="none")
 
 
@@ -212,7 +215,8 @@ class Registry:
     def register(self, model: nn.Module, card: ModelCard, overwrite: bool = False,
                  dtype: str = "float32") -> ModelCard:
         """Save weights then card atomically; the card is written last, so a crash never leaves a broken entry."""
-        get_arch(card.arch)
+        if not card.fusion:
+            get_arch(card.arch)
         if card.role not in ROLES:
             raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
         if not card.name or not all(ch.isalnum() or ch in "-_." for ch in card.name) or card.name.startswith("."):

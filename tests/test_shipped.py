@@ -48,3 +48,15 @@ def test_card_metrics_are_reproduced_by_evaluate(name):
     assert m["n"] == card["n"]
     np.testing.assert_allclose([m["auc"], m["accuracy"], m["sens_at_spec80"]],
                                [card["auc"], card["accuracy"], card["sens_at_spec80"]], atol=2e-3)
+
+
+@pytest.mark.parametrize("name", [c.name for c in CARDS if c.fusion])
+def test_fused_models_hold_exactly_their_registered_members(name):
+    fused, card = REG.load(name)
+    for spec in card.fusion["members"]:
+        member, mcard = REG.load(spec["name"])
+        assert mcard.sha256 == spec["sha256"] and mcard.input_size == spec["input_size"]
+        own = fused.members[spec["key"]].state_dict()
+        for key, value in member.state_dict().items():
+            half = card.dtype == "float16" and value.is_floating_point()
+            assert torch.equal(own[key], value.half().float() if half else value), f"{spec['name']}: {key}"

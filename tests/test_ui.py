@@ -123,6 +123,22 @@ def test_models_page(env):
     assert len(at.get("plotly_chart")) >= 2  # ROC + reliability
 
 
+def test_a_fused_teacher_on_the_models_and_compare_pages(env, tiny_data):
+    from skinapp.fuse import fuse_models
+    from skinapp.registry import Registry
+
+    fuse_models(Registry(env), ["tiny-teacher", "tiny-student"], "tiny-fused", str(tiny_data), default=True)
+    at = page("models").run()
+    at.selectbox(key="models_card").set_value("tiny-fused").run()
+    assert_clean(at)
+    assert any("Fused from tiny-teacher (48px), tiny-student (48px)" in m.value for m in at.markdown)
+    at = page("compare").run()
+    assert "tiny-fused" in at.multiselect(key="cmp_models").value
+    at.file_uploader(key="cmp_file").set_value(("c.png", png(5), "image/png")).run()
+    assert_clean(at)
+    assert not at.error
+
+
 def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypatch):
     import json
 

@@ -50,6 +50,8 @@ def _sweep() -> None:
     if not SWEEP_FILE.exists():
         return
     st.subheader("Temperature sweep (distilling dsnet at different T)")
+    st.caption("dsnet at 112 px distilled from teacher-lite0, validation split of its cards; "
+               "docs/experiments.md has the commands.")
     rows = json.loads(SWEEP_FILE.read_text())
     df = pd.DataFrame(rows)
     st.dataframe(df, width="stretch", hide_index=True)
@@ -105,6 +107,11 @@ def render() -> None:
                     f"Input {card.input_size}px, mean {card.mean}, std {card.std} · Grad-CAM layer `{card.cam_layer}`"
                     f"  \nSplit seed {card.split_seed}, data: {card.data.get('n_train')} train / "
                     f"{card.data.get('n_val')} validation images · created {card.created}")
+        if card.fusion:
+            members = ", ".join(f"{m['name']} ({m['input_size']}px)" for m in card.fusion["members"])
+            st.markdown(f"Fused from {members}: mean probability over the members and over "
+                        f"{len(card.fusion['views'])} view(s) of the photo ({', '.join(card.fusion['views'])}). "
+                        "No weights of its own were trained.")
     with st.expander("Full model card (JSON)"):
         d = dataclasses.asdict(card)
         d["metrics"] = {k: v for k, v in d["metrics"].items() if k not in ("roc", "reliability", "reliability_before")}

@@ -1,0 +1,89 @@
+"""A teacher fused from registered models (Karim et al. 2024 fuse three networks), with flipped test-time views.
+
+Nothing is trained: the fused network averages its members' probabilities over the members and the views, and
+its temperature is fitted on the validation split its members share. That is also the split the members chose
+their best epochs on, so the card's numbers are as optimistic as the members' own.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from .data import scan_dataset
+from .evaluation import calibrated_metrics
+from .inference import Predictor, split_logits
+from .models import build_fused
+from .registry import ModelCard, Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+VIEW_SETS: dict[str, tuple[str, ...]] = {
+    "none": ("identity",),
+    "flips": ("identity", "hflip", "vflip", "rot180"),
+}
+#: Fields every member must share: same outputs, same preprocessing scale, same validation split.
+SHARED = ("label_names", "groups", "task", "task_labels", "mean", "std", "split_seed")
+
+
+class FusionError(RegistryError):
+    pass
+
+
+def check_members(cards: Sequence[ModelCard]) -> None:
+    if len(cards) < 2:
+        raise FusionError(f"a fused model needs at least two members; got {len(cards)}")
+    names = [c.name for c in cards]
+    if len(set(names)) != len(names):
+        raise FusionError(f"members must be different models; got {', '.join(names)}")
+    for c in cards:
+        if c.fusion:
+            raise FusionError(f"member {c.name!r} is itself fused; fuse its members instead")
+    first = cards[0]
+    for c in cards[1:]:
+        for f in SHARED:
+            if getattr(c, f) != getattr(first, f):
+                raise FusionError(f"members {first.name!r} and {c.name!r} differ in {f}: "
+                                  f"{getattr(first, f)!r} vs {getattr(c, f)!r}")
+        a, b = first.data.get("split_digest"), c.data.get("split_digest")
+        if a != b:
+            raise FusionError(f"members {first.name!r} and {c.name!r} were validated on different splits "
+                              f"(split digest {a} vs {b})")
+
+
+def _key(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str, views: str = "flips",
+                dtype: str = "float32", label_map: str | None = None, overwrite: bool = False,
+                default: bool = False, description: str = "") -> ModelCard:
+    """Register a teacher fused from ``members``, calibrated and measured on their validation split."""
+    if views not in VIEW_SETS:
+        raise FusionError(f"unknown views {views!r}; choose one of: {', '.join(VIEW_SETS)}")
+    loaded = [registry.load(m) for m in members]
+    cards = [c for _, c in loaded]
+    check_members(cards)
+    fusion = {"members": [{"key": _key(c.name), "name": c.name, "arch": c.arch, "input_size": c.input_size,
+                           "sha256": c.sha256} for c in cards],
+              "views": list(VIEW_SETS[views])}
+    model = build_fused(fusion, len(cards[0].label_names))
+    for (net, _), spec in zip(loaded, fusion["members"]):
+        model.members[spec["key"]].load_state_dict(net.state_dict(), strict=True)
+    first = cards[0]
+    card = ModelCard(
+        name=name, role="teacher", arch="fused", label_names=first.label_names, groups=first.groups,
+        task=first.task, task_labels=first.task_labels, input_size=max(c.input_size for c in cards),
+        mean=first.mean, std=first.std, split_seed=first.split_seed, data=first.data, fusion=fusion,
+        cam_layer=",".join(f"members.{_key(c.name)}.{c.cam_layer}" for c in cards),
+        train={"fused_from": list(members), "views": views,
+               "train_time_s": round(sum(float(c.train.get("train_time_s", 0.0)) for c in cards), 1)},
+        description=description or f"Fused from {', '.join(members)}: mean probability over members and "
+                                   f"{len(VIEW_SETS[views])} view(s)")
+    registry.register(model, card, overwrite=overwrite, dtype=dtype)
+    pred = Predictor(*registry.load(name))
+    ds = scan_dataset(data, first.task, label_map)
+    logits, y, _ = split_logits(pred, ds, "val")
+    temp, metrics = calibrated_metrics(logits, y, pred.positive, ds.labels)
+    log.info("fused %s: val AUC %.4f at T = %.3f", name, metrics["auc"], temp)
+    registry.update(name, temperature=temp, metrics=metrics)
+    return registry.set_default(name) if default else registry.get(name)
