@@ -104,7 +104,7 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 def _preparing(events: list[dict[str, Any]]) -> str:
     cache = [e for e in events if e.get("event") == "cache"]
     if cache and "view" in cache[-1]:
-        return f"teacher logits: view {cache[-1]['view']} of {cache[-1]['views']} done"
+        return f"teacher logits: augmented pass {cache[-1]['view']} of {cache[-1]['views']} done"
     return "loading the teacher's logits" if cache else "loading data"
 
 

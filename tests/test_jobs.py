@@ -57,3 +57,19 @@ def test_failed_job_reports_reason(tmp_path, weights):
 def test_build_command_flags():
     cmd = jobs.build_command({"name": "a", "no_kd": True, "teacher": None, "batch_size": 8}, "/w")
     assert cmd[1:] == ["-m", "skinapp", "--weights", "/w", "distill", "--name", "a", "--no-kd", "--batch-size", "8"]
+
+
+def test_a_running_job_says_how_far_the_teacher_cache_is(tmp_path):
+    import json
+    import os
+
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text(json.dumps({"pid": os.getpid(), "started": 0.0}))
+    progress = job / "progress.jsonl"
+    progress.write_text("")
+    assert jobs.job_state(job).message == "loading data"
+    progress.write_text(json.dumps({"event": "cache", "view": 1, "views": 2}) + "\n")
+    assert jobs.job_state(job).message == "teacher logits: augmented pass 1 of 2 done"
+    progress.write_text(json.dumps({"event": "cache", "message": "teacher logits loaded", "views": 1}) + "\n")
+    assert jobs.job_state(job).message == "loading the teacher's logits"
