@@ -81,6 +81,8 @@ class FusedNet(nn.Module):
         unknown = [v for v in views if v not in VIEWS]
         if unknown or not views:
             raise ValueError(f"unknown view(s) {unknown or list(views)}; choose from: {', '.join(VIEWS)}")
+        if views[0] != "identity":  # Grad-CAM shows the first view's map: it must be the photo as it is
+            raise ValueError(f"the first view must be 'identity', got {views[0]!r}")
         self.members = nn.ModuleDict(members)
         self.sizes = dict(sizes or {})
         self.views = tuple(views)

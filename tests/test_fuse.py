@@ -134,3 +134,13 @@ def test_random_flips_draws_every_flip_of_every_image():
     out = random_flips(x, torch.Generator().manual_seed(0))
     seen = {tuple(o[0].flatten().tolist()) for o in out}
     assert seen == {tuple(VIEWS[v](x[:1])[0, 0].flatten().tolist()) for v in VIEWS}
+
+
+def test_views_must_be_known_and_start_with_the_photo_itself():
+    from skinapp.models import FusedNet
+
+    nets = {"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 2)}
+    with pytest.raises(ValueError, match="choose from: identity, hflip, vflip, rot180"):
+        FusedNet(nets, views=("identity", "rot90"))
+    with pytest.raises(ValueError, match="first view must be 'identity'"):
+        FusedNet(nets, views=("hflip", "identity"))
