@@ -240,7 +240,7 @@ def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength
     """
     x = x.float() / 255.0
     if strength == "none":
-        return _resize(x, out_size)
+        return resize_batch(x, out_size)
     b, _, s, _ = x.shape
     out = torch.empty(b, 3, out_size, out_size, device=x.device)
     r = torch.rand(b, 8, generator=gen)
@@ -253,7 +253,7 @@ def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength
         top = int(r[i, 2] * (s - ch + 1))
         left = int(r[i, 3] * (s - cw + 1))
         crop = x[i:i + 1, :, top:top + ch, left:left + cw]
-        img = _resize(crop, out_size)[0]
+        img = resize_batch(crop, out_size)[0]
         k = int(r[i, 4] * 4) % 4
         img = torch.rot90(img, k, (1, 2))
         if r[i, 5] < 0.5:
@@ -269,7 +269,8 @@ def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength
     return out.clamp_(0, 1)
 
 
-def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A float NCHW batch resized to size x size (antialiased bilinear): the one tensor resize everywhere."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
@@ -277,4 +278,4 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def model_input(x01: torch.Tensor, size: int, mean, std) -> torch.Tensor:
     """Float [0,1] batch -> a model's own input size and normalisation."""
-    return normalize(_resize(x01, size), mean, std)
+    return normalize(resize_batch(x01, size), mean, std)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
-                   scan_dataset, split_indices)
+                   resize_batch, scan_dataset, split_indices)
 from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
 from .models import FusedNet, create_model, flip_invariant, get_arch
 from .registry import ModelCard, Registry
@@ -292,9 +292,7 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
             x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
             logits[k, i:i + 64] = teacher_logits(st, x01).cpu()
             x01 = x01.cpu()
-            views[k, i:i + 64] = (F.interpolate(x01, size=(size, size), mode="bilinear", antialias=True,
-                                                align_corners=False) * 255).round().clamp(0, 255).to(torch.uint8) \
-                if big != size else (x01 * 255).round().clamp(0, 255).to(torch.uint8)
+            views[k, i:i + 64] = (resize_batch(x01, size) * 255).round().clamp(0, 255).to(torch.uint8)
         progress.emit("cache", message="computing teacher logits", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))
     if rank == 0:

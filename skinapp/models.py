@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import resize_batch
+
 log = logging.getLogger(__name__)
 
 
@@ -89,9 +91,7 @@ class FusedNet(nn.Module):
 
     def _member(self, key: str, x: torch.Tensor) -> torch.Tensor:
         size = self.sizes.get(key)
-        if size and x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return self.members[key](x)
+        return self.members[key](resize_batch(x, size) if size else x)
 
     def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
         n, v = x.shape[0], len(self.views)
