@@ -189,10 +189,11 @@ def test_gradcam_from_four_threads_on_one_model(student, tiny_data):
     assert_no_hooks(student.model)
 
 
-@pytest.mark.parametrize("arch", ["efficientnet_lite0", "mobilenetv3_small_100", "resnet50"])
+@pytest.mark.parametrize("arch", ["efficientnet_lite0", "mobilenetv3_small_100", "resnet50", "lite0_tiny"])
 def test_gradcam_on_timm_architectures(arch):
     pred = untrained_predictor(arch, 64)
-    assert pred.card.cam_layer == {"resnet50": "layer4", "efficientnet_lite0": "bn2"}.get(arch, "blocks.5")
+    assert pred.card.cam_layer == {"resnet50": "layer4", "efficientnet_lite0": "bn2",
+                                   "lite0_tiny": "blocks.3"}.get(arch, "blocks.5")
     img = synthetic_lesion(120, 90)
     check_cam(pred, img)
 
@@ -208,6 +209,22 @@ def test_gradcam_with_a_missing_layer():
     bad = Predictor(pred.model, ModelCard(**{**pred.card.__dict__, "cam_layer": "block9"}))
     with pytest.raises(ExplainError, match="block9"):
         explain(bad, synthetic_lesion(64, 64))
+
+
+@pytest.mark.parametrize("arch", ["lite0_tiny", "fused_lite012"])
+def test_predictor_folds_batchnorm_without_changing_the_answer(arch):
+    torch.manual_seed(0)
+    model = create_model(arch, 2).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    pred = untrained_predictor(arch, 64)
+    pred = Predictor(model, pred.card)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in pred.model.modules())
+    x = pred.preprocess(synthetic_lesion(120, 90))
+    with torch.no_grad():
+        assert torch.allclose(pred.logits(x), model(x), atol=1e-4)
 
 
 # ---------------------------------------------------------------- benchmark

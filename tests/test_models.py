@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from skinapp.models import (ARCHITECTURES, DSNet, PretrainedWeightsError, UnknownArchitectureError, count_mflops,
+                            cut_stages, fold_batchnorm,
                             count_params, create_model, get_arch)
 
 
@@ -153,3 +154,65 @@ def test_local_checkpoint_initialises_the_backbone(tmp_path, suffix):
     torch.manual_seed(2)
     ref2 = create_model("dsnet", num_classes=2, pretrained="none")
     assert torch.equal(two.fc.weight, ref2.fc.weight)
+
+
+def test_lite0_tiny_is_a_small_imagenet_initialised_cut_of_lite0():
+    source = _package_state(get_arch("efficientnet_lite0").lite_package)
+    tiny = create_model("lite0_tiny", 9, pretrained="package")
+    assert count_params(tiny) <= 300_000
+    assert len(tiny.blocks) == 4 and tiny.classifier.weight.shape == (9, 80)
+    assert torch.equal(tiny.conv_stem.weight, source["_conv_stem.weight"])
+    # the last kept layer is ImageNet's too, not only the stem
+    full = create_model("efficientnet_lite0", 9, pretrained="package")
+    assert torch.equal(tiny.blocks[3][2].conv_pwl.weight, full.blocks[3][2].conv_pwl.weight)
+    # random init and the registry's strict reload see the same keys
+    assert sorted(create_model("lite0_tiny", 9).state_dict()) == sorted(tiny.state_dict())
+    assert count_mflops(tiny, 96) < count_mflops(create_model("dsnet", 9), 96)
+
+
+def test_cutting_more_stages_than_a_network_has_is_a_clear_error():
+    with pytest.raises(UnknownArchitectureError, match="cannot keep 9 stages.*has 7"):
+        cut_stages(create_model("efficientnet_lite0", 2), 9, 2)
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["dsnet", "lite0_tiny", "efficientnet_lite0"])
+def test_folding_batchnorm_keeps_outputs_and_layer_names(arch):
+    model = _randomise_batchnorm(create_model(arch, 3))
+    x = torch.rand(2, 3, 64, 64)
+    folded = fold_batchnorm(model, x[:1])
+    assert folded is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4)
+    folded.get_submodule(get_arch(arch).cam_layer)  # Grad-CAM still finds its layer
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+class _NormFirst(torch.nn.Module):
+    """Registers conv then norm, but calls them the other way round: folding by order would be wrong."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.conv(self.norm(x))
+
+
+def test_folding_is_refused_when_it_would_change_the_output(caplog):
+    model = _randomise_batchnorm(_NormFirst())
+    with caplog.at_level("WARNING"):
+        assert fold_batchnorm(model, torch.rand(1, 3, 16, 16)) is model
+    assert "keeping it unfolded" in caplog.text
