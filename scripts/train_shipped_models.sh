@@ -21,18 +21,28 @@ $SK distill --data "$DATA" --name lite0-kd --arch efficientnet_lite0 --image-siz
 #    float16 (computed in float32) to keep weights/ under 60 MB. Nothing is trained here.
 $SK fuse --members teacher-lite0,lite0-kd --name teacher-fused --data "$DATA" --views flips --dtype float16 \
     --default --description "teacher-lite0 and lite0-kd fused: mean probability over both and four flips of the photo"
-# 4. Default student: dsnet (96 px, the architecture's default) distilled from the fused teacher's
+# 4. The paper's student: dsnet (96 px, the architecture's default) distilled from the fused teacher's
 #    per-diagnosis soft targets.
 $SK distill --data "$DATA" --name dsnet-kd --teacher teacher-fused -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
-    "${STUDENT[@]}" --default --description "DSNet at 96 px distilled from teacher-fused (diagnosis head, T=20)"
-# 5. The control: the same dsnet, same head, size and schedule, hard labels only.
+    "${STUDENT[@]}" --description "DSNet at 96 px distilled from teacher-fused (diagnosis head, T=20)"
+# 5. Its control: the same dsnet, same head, size and schedule, hard labels only.
 $SK distill --data "$DATA" --name dsnet-nokd --no-kd --head diagnosis "${STUDENT[@]}" \
     --description "DSNet at 96 px trained without distillation (control)"
-# 6. A second Table 2 student, distilled from the same teacher as dsnet-kd, at 112 px and T = 4. MobileNetV3-Small
-#    has no offline ImageNet weights here, so it starts from random weights.
+# 6. Default student: EfficientNet-Lite0 cut after its fourth stage (0.25M parameters, ImageNet init from the
+#    offline package) at 96 px, distilled from the same teacher at the same T.
+TINY=(--arch lite0_tiny --pretrained package --epochs "${TINY_EPOCHS:-20}" --lr 2e-3 --batch-size 32 --threads 2)
+$SK distill --data "$DATA" --name lite0-tiny-kd --teacher teacher-fused -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
+    "${TINY[@]}" --default \
+    --description "EfficientNet-Lite0's ImageNet stem and first four stages at 96 px, distilled from teacher-fused (T=20)"
+# 7. Its control: the same network, init, head and schedule, hard labels only.
+$SK distill --data "$DATA" --name lite0-tiny-nokd --no-kd --head diagnosis "${TINY[@]}" \
+    --description "lite0_tiny at 96 px trained without distillation (control for lite0-tiny-kd)"
+# 8. A Table 2 student from random weights, distilled from the same teacher at 112 px and T = 4. MobileNetV3-Small
+#    has no offline ImageNet weights here.
 $SK distill --data "$DATA" --name mobilenetv3-kd --arch mobilenetv3_small_100 --teacher teacher-fused \
     -T "${T:-4}" --alpha "${ALPHA:-0.5}" --image-size 112 "${STUDENT[@]}" \
     --description "MobileNetV3-Small distilled from teacher-fused (T=4, 112 px); random init: no offline ImageNet weights exist for it here"
-# 7. Half-precision copy of the default student (Karim et al. 2024).
+# 9. Half-precision copies of the default student and of the paper's student (Karim et al. 2024).
+$SK compress --model lite0-tiny-kd --name lite0-tiny-kd-fp16 --data "$DATA"
 $SK compress --model dsnet-kd --name dsnet-kd-fp16 --data "$DATA"
 $SK models
