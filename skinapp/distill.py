@@ -27,7 +27,7 @@ from torch import nn
 from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
                    resize_batch, scan_dataset, split_indices)
 from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
-from .models import FusedNet, create_model, flip_invariant, get_arch
+from .models import FusedNet, create_model, flip_invariant, fold_batchnorm, get_arch
 from .registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,10 @@ def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _
     teacher = tcard = None
     if cfg.teacher:
         teacher, tcard = registry.load(cfg.teacher)
+        # frozen, so folding its BatchNorms is exact; with channels-last, oneDNN's fast kernels: the fused
+        # teacher's pass over a batch of 64 went from 18.6 s to 5.4 s on 2 CPU threads (docs/experiments.md)
+        probe = torch.rand(1, 3, tcard.input_size, tcard.input_size, generator=torch.Generator().manual_seed(0))
+        teacher = fold_batchnorm(teacher, probe).to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
     head = cfg.head
@@ -346,7 +350,9 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if st.teacher is not None:
         st.teacher.to(dev)
-    model = create_model(cfg.arch, len(st.label_names), cfg.pretrained, cfg.drop_rate).to(dev)
+    # channels-last: about 30% less time per training step on the CPU (measured for dsnet and lite0_tiny)
+    model = create_model(cfg.arch, len(st.label_names), cfg.pretrained, cfg.drop_rate).to(
+        dev, memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_batches(len(train_idx), max(2, cfg.batch_size // world), 0, cfg.seed, rank, world))
@@ -379,7 +385,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                 t_logits = teacher_logits(st, x01)
             if t_logits is not None and st.teacher_positive is not None:
                 t_logits = grouped_teacher_logits(t_logits, st.teacher_positive, cfg.temperature)
-            xin = model_input(x01, size, spec.mean, spec.std)
+            xin = model_input(x01, size, spec.mean, spec.std).contiguous(memory_format=torch.channels_last)
             # a fused model trains each member on its own loss; any other model is a fusion of one
             outs = net(xin, members=True) if isinstance(model, FusedNet) else net(xin)[None]
             loss = sum(_mixed_loss(o, y, y2, lam, t_logits, cfg) for o in outs)
@@ -419,7 +425,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
 def teacher_logits(st: _Setup, x01: torch.Tensor) -> torch.Tensor:
     """The frozen teacher on a [0,1] batch; on a GPU in bfloat16, which halves the cost of patient KD there."""
     tc = st.teacher_card
-    x = model_input(x01, tc.input_size, tc.mean, tc.std)
+    x = model_input(x01, tc.input_size, tc.mean, tc.std).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
         return st.teacher(x).float()
 

@@ -342,3 +342,19 @@ def test_mixup_with_an_online_teacher(registry_copy, tiny_data, tmp_path):
                              mixup=0.4, **TINY | {"epochs": 3}), reg)
     assert card.train["mixup"] == 0.4 and card.train["teacher_views"] == 0
     assert card.metrics["auc"] > 0.5
+
+
+def test_the_frozen_teacher_runs_folded_and_gives_the_registered_models_logits(tiny_registry, tiny_data):
+    from skinapp.distill import _resolve_heads, teacher_logits
+
+    reg = Registry(tiny_registry)
+    cfg = TrainConfig(data=str(tiny_data), name="x", teacher="tiny-teacher", **TINY)
+    st = _resolve_heads(cfg, scan_dataset(tiny_data, "malignant"), reg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in st.teacher.modules())
+    assert not any(p.requires_grad for p in st.teacher.parameters())
+    registered, card = reg.load("tiny-teacher")
+    x01 = torch.rand(3, 3, 64, 64)
+    from skinapp.data import model_input
+    with torch.no_grad():
+        want = registered.eval()(model_input(x01, card.input_size, card.mean, card.std))
+    assert torch.allclose(teacher_logits(st, x01), want, atol=1e-4)
