@@ -142,7 +142,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                       IMAGENET_STD),
     "efficientnet_b0": ArchSpec("efficientnet_b0", "timm", "bn2", 224, IMAGENET_MEAN, IMAGENET_STD),
     # EfficientNet-Lite0 cut after its fourth stage (stride 16, 80 channels): 0.25M parameters that start from
-    # ImageNet features, where dsnet starts from noise (docs/experiments.md, "A pretrained 0.3M student")
+    # ImageNet features, where dsnet starts from noise (docs/experiments.md, "The default student")
     "lite0_tiny": ArchSpec("lite0_tiny", "timm", "blocks.3", 96, HALF, HALF, base="efficientnet_lite0", stages=4),
     # three EfficientNet-Lites at one input size; every member uses the same [-1, 1] scaling
     "fused_lite012": ArchSpec("fused_lite012", "fused", "members.lite0.bn2,members.lite1.bn2,members.lite2.bn2",
@@ -278,14 +278,16 @@ _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKey
 _LOCKS_GUARD = threading.Lock()
 
 
-def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
+def fold_batchnorm(model: nn.Module, input_size: int) -> nn.Module:
     """An eval-mode copy of ``model`` with each BatchNorm folded into the convolution just before it.
 
     On a CPU a small network's latency is mostly per-layer overhead, and a folded BatchNorm is a layer fewer
-    (measured: lite0_tiny forward 5.1 -> 3.6 ms, 2 threads). A timm BatchNormAct2d leaves its activation in
-    place, so layer names (and Grad-CAM targets) do not change. Folding pairs modules by registration order,
-    which is not always call order, so the copy is kept only if it gives the same output on ``probe``.
+    (measured, 2 threads, interleaved: lite0-tiny-kd forward 3.23 -> 2.45 ms; docs/experiments.md). A timm
+    BatchNormAct2d leaves its activation in place, so layer names (and Grad-CAM targets) do not change. Folding
+    pairs modules by registration order, which is not always call order, so the copy is kept only if it gives
+    the same output on a fixed random probe image of ``input_size`` pixels.
     """
+    probe = torch.rand(1, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
     folded = copy.deepcopy(model).eval()
     for parent in folded.modules():
         names = list(parent._modules)
