@@ -142,7 +142,7 @@ def cmd_fuse(args, reg: Registry) -> int:
 
     members = [m.strip() for m in args.members.split(",") if m.strip()]
     card = fuse_models(reg, members, args.name, args.data, args.views, args.dtype, args.label_map, args.overwrite,
-                       args.default, args.description)
+                       args.default, args.description, args.crossfit)
     m = card.metrics
     _emit(model_summary(card) | {"fused_from": members, "views": args.views}, args.json,
           f"registered {card.name} (fused from {', '.join(members)}, views: {args.views}): val AUC {m['auc']:.4f}, "
@@ -193,6 +193,9 @@ def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int, lr: floa
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
     p.add_argument("--val-frac", dest="val_frac", type=float, default=0.2)
+    p.add_argument("--folds", type=int, default=0,
+                   help="K >= 2: leave fold --fold of the training split out (a member of a cross-fitted teacher)")
+    p.add_argument("--fold", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--pretrained", default="auto", help="none, auto, package, hub, or a checkpoint path")
     p.add_argument("--drop-rate", dest="drop_rate", type=float)
@@ -266,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", dest="label_map")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--default", action="store_true", help="mark as the default teacher")
+    p.add_argument("--crossfit", action="store_true",
+                   help="members are fold teachers (train-teacher --folds K --fold k): distillation scores each "
+                        "training image with the member that never saw it")
     p.add_argument("--description", default="")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("benchmark", help="latency, throughput, Grad-CAM time and size per model")

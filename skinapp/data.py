@@ -231,6 +231,32 @@ def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,
     return train, sorted(val)
 
 
+def fold_ids(strata: list[int], hashes: list[str], folds: int, seed: int = 0) -> list[int]:
+    """A fold (0..folds-1) per item, stratified, identical images always in one fold.
+
+    It depends only on the items' (hash, stratum) pairs and the seed, so fold teachers trained on the training
+    split and a later distillation run on the same split agree on which member never saw which image.
+    """
+    if not 2 <= folds <= 20:
+        raise DatasetError(f"number of folds {folds} must be between 2 and 20")
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, h in enumerate(hashes):
+        by_hash[h].append(i)
+    by_stratum: dict[int, list[str]] = defaultdict(list)
+    for h in sorted(by_hash):
+        by_stratum[strata[by_hash[h][0]]].append(h)
+    rng = random.Random(seed * 7919 + folds)
+    out, dealt = [0] * len(hashes), 0
+    for stratum in sorted(by_stratum):
+        hs = by_stratum[stratum]
+        rng.shuffle(hs)
+        for h in hs:  # dealt round-robin across strata, so small diagnoses do not all land in fold 0
+            for i in by_hash[h]:
+                out[i] = dealt % folds
+            dealt += 1
+    return out
+
+
 # ---------------------------------------------------------------- augmentation (on batches, in memory)
 
 def augment_batch(x: torch.Tensor, out_size: int, gen: torch.Generator, strength: str = "standard") -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, model_input,
+from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, fold_ids, model_input,
                    resize_batch, scan_dataset, split_indices)
 from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
 from .models import FusedNet, create_model, flip_invariant, fold_batchnorm, get_arch
@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     split_seed: int = 0
     val_frac: float = 0.2
+    folds: int = 0  # >= 2: train on the training split less fold ``fold`` (a cross-fitted teacher's member)
+    fold: int = 0
     threads: int | None = None
     teacher_views: int = 4  # >0: teacher logits precomputed on this many augmented views per image (cached)
     mixup: float = 0.0  # >0: Beta(mixup, mixup) mixup of each batch; with a teacher it needs teacher_views=0
@@ -105,6 +107,8 @@ class TrainConfig:
             (self.image_size is None or 32 <= self.image_size <= 1024,
              f"image size {self.image_size} must be between 32 and 1024"),
             (0.0 < self.val_frac < 1.0, f"validation fraction {self.val_frac} must be between 0 and 1"),
+            (self.folds == 0 or 2 <= self.folds <= 20, f"folds {self.folds} must be 0 (off) or between 2 and 20"),
+            (self.folds == 0 or 0 <= self.fold < self.folds, f"fold {self.fold} must be between 0 and {self.folds - 1}"),
             (0 <= self.teacher_views <= 64, f"teacher views {self.teacher_views} must be between 0 and 64"),
             (self.mixup >= 0, f"mixup {self.mixup} must be >= 0"),
             (not (self.mixup > 0 and self.teacher and self.teacher_views > 0),
@@ -170,6 +174,7 @@ class _Setup:
     teacher_card: ModelCard | None
     teacher_positive: list[int] | None = None  # set when a diagnosis teacher teaches a binary student
     teacher_flips: bool = False  # the teacher's output is the same for all four flips of an image
+    crossfit: dict[str, Any] | None = None  # a cross-fitted teacher: which member never saw which fold
 
 
 def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _Setup:
@@ -200,8 +205,12 @@ def _resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> _
                 f"{list(names)}; pick a teacher trained with the same head on the same diagnoses")
         if tcard.task != cfg.task and head == "binary":
             raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
+    crossfit = (tcard.fusion or {}).get("crossfit") if tcard is not None else None
+    if crossfit and cfg.mixup > 0:
+        raise TrainingError(f"teacher {tcard.name!r} is cross-fitted: each image is scored by the member that "
+                            f"never saw it, which a mixed image does not have; set mixup to 0")
     return _Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive,
-                  teacher is not None and flip_invariant(teacher))
+                  teacher is not None and flip_invariant(teacher), crossfit)
 
 
 def grouped_teacher_logits(teacher_logits: torch.Tensor, positive: list[int], temperature: float) -> torch.Tensor:
@@ -266,7 +275,8 @@ def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
 
 
 def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, hashes: list[str], size: int,
-                  progress: ProgressLog, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                        progress: ProgressLog, rank: int = 0,
+                        folds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """K augmented views of every training image at the student's size, with the teacher's logits on each.
 
     The teacher then costs K forward passes per image once, instead of one per image per epoch, and the same
@@ -293,7 +303,7 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
     for k in range(n_aug):
         for i in range(0, len(images), 64):
             x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
-            logits[k, i:i + 64] = teacher_logits(st, x01).cpu()
+            logits[k, i:i + 64] = teacher_logits(st, x01, None if folds is None else folds[i:i + 64]).cpu()
             x01 = x01.cpu()
             views[k, i:i + 64] = (resize_batch(x01, size) * 255).round().clamp(0, 255).to(torch.uint8)
         progress.emit("cache", message="computing teacher logits", view=k + 1, views=n_aug,
@@ -343,6 +353,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     if not val_idx or len(set(decoded.targets[val_idx].tolist())) < 2:
         raise DatasetError(f"dataset folder {ds.root}: the validation split ({len(val_idx)} images) lacks one "
                            f"class; add images or raise the validation fraction")
+    train_idx, train_folds = _fold_split(cfg, st, decoded, train_idx, val_idx)
     dev = resolve_device(cfg.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -365,7 +376,8 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                   world_size=world)
     cached = None
     if st.teacher is not None and cfg.teacher_views > 0:
-        cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank)
+        cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank,
+                                     train_folds)
     train_x, train_y = train_x.to(dev), train_y.to(dev)  # on a GPU, augmentation runs there too
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in val_idx], size), decoded.targets[val_idx].numpy()
@@ -381,7 +393,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
             if cfg.mixup > 0:
                 x01, y2, lam = _mixup(x01, y, cfg.mixup, mix_rng)
             if st.teacher is not None and cached is None:
-                t_logits = teacher_logits(st, x01)
+                t_logits = teacher_logits(st, x01, None if train_folds is None else train_folds[bi])
             if t_logits is not None and st.teacher_positive is not None:
                 t_logits = grouped_teacher_logits(t_logits, st.teacher_positive, cfg.temperature)
             xin = model_input(x01, size, spec.mean, spec.std).contiguous(memory_format=torch.channels_last)
@@ -421,12 +433,53 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     return card
 
 
-def teacher_logits(st: _Setup, x01: torch.Tensor) -> torch.Tensor:
-    """The frozen teacher on a [0,1] batch; on a GPU in bfloat16, which halves the cost of patient KD there."""
+def split_digest(hashes: list[str], val_idx: list[int]) -> str:
+    """Names a validation split by its images' content, so models can be checked to share one."""
+    return hashlib.sha1(",".join(sorted(hashes[i] for i in val_idx)).encode()).hexdigest()
+
+
+def _fold_split(cfg: TrainConfig, st: _Setup, decoded, train_idx: list[int],
+                val_idx: list[int]) -> tuple[list[int], torch.Tensor | None]:
+    """The training images this run uses, and, under a cross-fitted teacher, each one's fold.
+
+    A fold teacher (``folds`` >= 2) leaves its fold out; a student of a cross-fitted teacher must train on
+    exactly the split its members were cut from, or some member would score images it was trained on.
+    """
+    if cfg.folds and st.crossfit:
+        raise TrainingError(f"teacher {st.teacher_card.name!r} is cross-fitted; a fold run (--folds) cannot use it")
+    need = cfg.folds if cfg.folds else (st.crossfit or {}).get("folds", 0)
+    if not need:
+        return train_idx, None
+    ids = fold_ids([int(decoded.diagnosis_idx[i]) for i in train_idx], [decoded.hashes[i] for i in train_idx],
+                   need, cfg.split_seed)
+    if cfg.folds:
+        return [i for i, f in zip(train_idx, ids) if f != cfg.fold], None
+    want = st.teacher_card.data.get("split_digest")
+    if want != split_digest(decoded.hashes, val_idx) or st.teacher_card.split_seed != cfg.split_seed:
+        raise TrainingError(
+            f"teacher {st.teacher_card.name!r} is cross-fitted on another split (seed "
+            f"{st.teacher_card.split_seed}, data {st.teacher_card.data.get('root')}); distil on the same data with "
+            f"split seed {st.teacher_card.split_seed} and validation fraction {st.teacher_card.data.get('val_frac')}")
+    return train_idx, torch.tensor(ids)
+
+
+def teacher_logits(st: _Setup, x01: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:
+    """The frozen teacher on a [0,1] batch; on a GPU in bfloat16, which halves the cost of patient KD there.
+
+    A cross-fitted teacher scores each training image (``folds``: its fold) with the one member trained without
+    that fold, so its soft targets show where it errs on photos it has not seen, not its memory of the labels.
+    """
     tc = st.teacher_card
     x = model_input(x01, tc.input_size, tc.mean, tc.std).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.is_cuda):
-        return st.teacher(x).float()
+        if st.crossfit is None or folds is None:
+            return st.teacher(x).float()
+        out = torch.empty(len(x), len(tc.label_names), device=x.device)
+        folds = folds.to(x.device)
+        for f in folds.unique().tolist():
+            sel = folds == f
+            out[sel] = st.teacher(x[sel], only=[st.crossfit["members"][f]]).float()
+        return out
 
 
 def _mixed_loss(logits: torch.Tensor, y: torch.Tensor, y2: torch.Tensor, lam: float, t_logits, cfg: TrainConfig):
@@ -475,7 +528,6 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx
     y = decoded.targets[val_idx].numpy()
     temp, metrics = calibrated_metrics(logits, y, positive, ds.labels)
     metrics["best_epoch"] = best["epoch"]
-    split_digest = hashlib.sha1(",".join(sorted(decoded.hashes[i] for i in val_idx)).encode()).hexdigest()
     counts = ds.counts()
     card = ModelCard(
         name=cfg.name, role=cfg.role, arch=cfg.arch, label_names=st.label_names, groups=st.groups, task=cfg.task,
@@ -485,7 +537,7 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx
         split_seed=cfg.split_seed,
         data={"root": str(ds.root), "task": cfg.task, "counts": counts, "class_counts": ds.class_counts(),
               "n_train": len(train_idx), "n_val": len(val_idx), "val_frac": cfg.val_frac,
-              "skipped": len(decoded.skipped), "split_digest": split_digest,
+              "skipped": len(decoded.skipped), "split_digest": split_digest(decoded.hashes, val_idx),
               "label_map": cfg.label_map or "default"},
         metrics=metrics,
         train={k: v for k, v in dataclasses.asdict(cfg).items()

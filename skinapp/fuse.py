@@ -7,7 +7,7 @@ their best epochs on, so the card's numbers are as optimistic as the members' ow
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 from .data import scan_dataset
 from .evaluation import calibrated_metrics
@@ -50,14 +50,31 @@ def check_members(cards: Sequence[ModelCard]) -> None:
                               f"(split digest {a} vs {b})")
 
 
+def crossfit_plan(cards: Sequence[ModelCard]) -> dict[str, Any]:
+    """Which member scores which fold of the training split: member i must be the one trained without fold i."""
+    folds = [int(c.train.get("folds") or 0) for c in cards]
+    if folds[0] < 2 or any(f != folds[0] for f in folds) or len(cards) != folds[0]:
+        raise FusionError(f"a cross-fitted fusion needs one member per fold, each trained with the same --folds; "
+                          f"got {len(cards)} member(s) with folds {folds}")
+    by_fold = {int(c.train.get("fold", -1)): c for c in cards}
+    if sorted(by_fold) != list(range(folds[0])):
+        raise FusionError(f"members leave out folds {sorted(int(c.train.get('fold', -1)) for c in cards)}; "
+                          f"each of 0..{folds[0] - 1} must be left out by exactly one member")
+    return {"folds": folds[0], "members": [_key(by_fold[f].name) for f in range(folds[0])]}
+
+
 def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
 
 def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str, views: str = "flips",
                 dtype: str = "float32", label_map: str | None = None, overwrite: bool = False,
-                default: bool = False, description: str = "") -> ModelCard:
-    """Register a teacher fused from ``members``, calibrated and measured on their validation split."""
+                default: bool = False, description: str = "", crossfit: bool = False) -> ModelCard:
+    """Register a teacher fused from ``members``, calibrated and measured on their validation split.
+
+    ``crossfit``: the members are fold teachers (``train-teacher --folds K --fold k``); the fusion of all of them
+    serves new photos, and distillation scores each training image with the member that never saw it.
+    """
     if views not in VIEW_SETS:
         raise FusionError(f"unknown views {views!r}; choose one of: {', '.join(VIEW_SETS)}")
     loaded = [registry.load(m) for m in members]
@@ -66,6 +83,8 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
     fusion = {"members": [{"key": _key(c.name), "name": c.name, "arch": c.arch, "input_size": c.input_size,
                            "sha256": c.sha256} for c in cards],
               "views": list(VIEW_SETS[views])}
+    if crossfit:
+        fusion["crossfit"] = crossfit_plan(cards)
     model = build_fused(fusion, len(cards[0].label_names))
     for (net, _), spec in zip(loaded, fusion["members"]):
         model.members[spec["key"]].load_state_dict(net.state_dict(), strict=True)

@@ -94,13 +94,15 @@ class FusedNet(nn.Module):
         size = self.sizes.get(key)
         return self.members[key](resize_batch(x, size) if size else x)
 
-    def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: bool = False, only: Sequence[str] | None = None) -> torch.Tensor:
+        """``only`` restricts the fusion to some members (a cross-fitted teacher on its training images)."""
         n, v = x.shape[0], len(self.views)
         if members:  # training: each member on the plain input
             return torch.stack([self._member(k, x) for k in self.members])
+        keys = list(self.members) if only is None else list(only)
         xv = torch.cat([VIEWS[name](x) for name in self.views]) if v > 1 else x
-        outs = torch.stack([F.log_softmax(self._member(k, xv), dim=1) for k in self.members])  # M x (V*N) x C
-        outs = outs.view(len(self.members), v, n, -1).flatten(0, 1)  # the views are concatenated view-major
+        outs = torch.stack([F.log_softmax(self._member(k, xv), dim=1) for k in keys])  # M x (V*N) x C
+        outs = outs.view(len(keys), v, n, -1).flatten(0, 1)  # the views are concatenated view-major
         return torch.logsumexp(outs, dim=0) - math.log(outs.shape[0])
 
 
