@@ -52,7 +52,7 @@ def main() -> int:
 def run_fresh(data: str, scratch: Path, seed: int, extra: list[str]) -> dict:
     name = f"control-nokd-s{seed}"
     return {"seed": seed, **distill_run(scratch, name, ["--data", data, "--name", name, "--no-kd", "--head",
-                                                        "diagnosis", "--seed", str(seed), "--overwrite", *extra])}
+                                                        "diagnosis", "--seed", str(seed), "--arch", "dsnet", "--overwrite", *extra])}
 
 
 def summary(name: str, description: str, runs: list[dict]) -> dict:

@@ -11,7 +11,7 @@ PY=${PY:-.venv/bin/python}
 REG=${REG:-weights}
 SK="$PY -m skinapp --weights $REG"
 TEACHER=${TEACHER:-teacher-fused}
-S=(--data "$DATA" --lr 3e-3 --batch-size 64 --device "${DEVICE:-auto}" --threads 2 --overwrite)
+S=(--data "$DATA" --arch dsnet --lr 3e-3 --batch-size 64 --device "${DEVICE:-auto}" --threads 2 --overwrite)
 PATIENT=(--epochs "${PATIENT_EPOCHS:-300}" --teacher-views 0)
 KD=(--teacher "$TEACHER" -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}")
 

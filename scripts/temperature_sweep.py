@@ -66,7 +66,7 @@ def main() -> int:
         name = f"sweep-T{t:g}-a{args.alpha:g}-s{seed}"
         rec = {"T": t, "alpha": args.alpha, "seed": seed, **distill_run(scratch, name, [
             "--data", args.data, "--name", name, "--teacher", args.teacher, "-T", str(t), "--alpha", str(args.alpha),
-            "--seed", str(seed), "--overwrite", *extra])}
+            "--seed", str(seed), "--arch", "dsnet", "--overwrite", *extra])}
         print(json.dumps(rec), flush=True)
         return rec
 

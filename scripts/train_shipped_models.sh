@@ -23,10 +23,10 @@ $SK fuse --members teacher-lite0,lite0-kd --name teacher-fused --data "$DATA" --
     --default --description "teacher-lite0 and lite0-kd fused: mean probability over both and four flips of the photo"
 # 4. The paper's student: dsnet (96 px, the architecture's default) distilled from the fused teacher's
 #    per-diagnosis soft targets.
-$SK distill --data "$DATA" --name dsnet-kd --teacher teacher-fused -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
+$SK distill --data "$DATA" --name dsnet-kd --arch dsnet --teacher teacher-fused -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
     "${STUDENT[@]}" --description "DSNet at 96 px distilled from teacher-fused (diagnosis head, T=20)"
 # 5. Its control: the same dsnet, same head, size and schedule, hard labels only.
-$SK distill --data "$DATA" --name dsnet-nokd --no-kd --head diagnosis "${STUDENT[@]}" \
+$SK distill --data "$DATA" --name dsnet-nokd --arch dsnet --no-kd --head diagnosis "${STUDENT[@]}" \
     --description "DSNet at 96 px trained without distillation (control)"
 # 6. Default student: EfficientNet-Lite0 cut after its fourth stage (0.25M parameters, ImageNet init from the
 #    offline package) at 96 px, distilled from the same teacher at the same T.

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
-from .distill import AUGMENT, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
+from .distill import (AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError,
+                      recipe, train)
 from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
@@ -152,6 +153,10 @@ def cmd_fuse(args, reg: Registry) -> int:
 
 
 def _train_config(args, role: str) -> TrainConfig:
+    defaults = recipe(args.arch)  # a schedule not given on the command line is the architecture's own
+    for key in ("epochs", "lr", "batch_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(defaults, key))
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
     fields["weights_dir"] = args.weights
     fields["role"] = role
@@ -177,18 +182,20 @@ def cmd_train(args, reg: Registry, role: str) -> int:
     return 0
 
 
-def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int, lr: float, image_size: int | None) -> None:
+def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int | None, lr: float | None,
+                    batch_size: int | None) -> None:
     p.add_argument("--data", required=True, help="dataset folder (benign/ + malignant/ or one folder per diagnosis)")
     p.add_argument("--name", required=True, help="name to register the model under")
     p.add_argument("--arch", default=arch, choices=sorted(ARCHITECTURES))
     p.add_argument("--task", default="malignant", choices=list(TASKS))
     p.add_argument("--label-map", dest="label_map", help="JSON file: diagnosis folder -> benign|malignant")
     p.add_argument("--head", default="auto", choices=HEADS)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--lr", type=float, default=lr)
+    own = "" if epochs else " (default: the architecture's own schedule)"
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs" + own)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle)" + own)
     p.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=64)
-    p.add_argument("--image-size", dest="image_size", type=int, default=image_size)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size, help="batch size" + own)
+    p.add_argument("--image-size", dest="image_size", type=int, help="default: the architecture's input size")
     p.add_argument("--augment", default="standard", choices=AUGMENT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
@@ -241,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--split", default="val", choices=("all", "train", "val"))
             p.add_argument("--dry-run", dest="dry_run", action="store_true", help="report without updating the card")
     p = sub.add_parser("train-teacher", help="train a teacher on hard labels")
-    _add_train_args(p, "efficientnet_lite0", 12, 1e-3, None)
+    _add_train_args(p, "efficientnet_lite0", 12, 1e-3, 64)
     p = sub.add_parser("distill", help="train a student, with knowledge distillation from a teacher")
-    _add_train_args(p, "dsnet", 30, 3e-3, None)
+    _add_train_args(p, DEFAULT_STUDENT_ARCH, None, None, None)
     p.add_argument("--teacher", help="registered teacher (default: the default teacher)")
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
     p.add_argument("-T", "--temperature", type=float, default=DEFAULT_TEMPERATURE)

@@ -36,6 +36,30 @@ HEADS = ("auto", "binary", "diagnosis")
 AUGMENT = ("none", "standard", "strong")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_TEMPERATURE = 20.0  # best mean AUC in the temperature sweep (docs/experiments.md); the paper's was 10
+#: what `distill` and the Train page train unless told otherwise: the default student's architecture, the one
+#: small network here that reaches 0.97x the teacher's AUC (docs/experiments.md, "The default student")
+DEFAULT_STUDENT_ARCH = "lite0_tiny"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A student architecture's default schedule: the one its shipped model was trained with."""
+    epochs: int
+    lr: float
+    batch_size: int
+
+
+RECIPES: dict[str, Recipe] = {
+    "dsnet": Recipe(30, 3e-3, 64),  # from scratch: long and fast
+    "lite0_tiny": Recipe(20, 2e-3, 32),  # ImageNet-initialised: shorter, gentler
+    "efficientnet_lite0": Recipe(15, 1e-3, 32),
+    "mobilenetv3_small_100": Recipe(30, 3e-3, 64),
+}
+
+
+def recipe(arch: str) -> Recipe:
+    """The default schedule for ``arch`` (dsnet's for an architecture without its own)."""
+    return RECIPES.get(arch, RECIPES["dsnet"])
 
 
 def kd_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None,
@@ -544,6 +568,7 @@ def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx
                if k not in ("data", "name", "weights_dir", "progress", "stop_file", "overwrite", "default",
                             "description")}
         | {"train_time_s": round(time.time() - t_start, 1), "history": history,
+           "device_used": resolve_device(cfg.device).type,
            "torch_threads": torch.get_num_threads(), "world_size": dist.get_world_size() if dist.is_initialized() else 1},
         default=cfg.default, description=cfg.description)
     card = registry.register(model, card, overwrite=cfg.overwrite)

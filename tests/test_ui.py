@@ -168,10 +168,26 @@ def test_train_page_refuses_bad_folder(env, tmp_path):
     assert not list((tmp_path / "jobs").glob("*/job.json"))
 
 
+def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
+    from skinapp.distill import DEFAULT_STUDENT_ARCH, recipe
+
+    at = page("train").run()
+    assert at.selectbox(key="train_arch").value == DEFAULT_STUDENT_ARCH
+    assert at.selectbox(key="train_teacher").value == "tiny-teacher"  # the registry's default teacher
+    for arch in (DEFAULT_STUDENT_ARCH, "dsnet"):
+        at.selectbox(key="train_arch").set_value(arch).run()
+        plan = recipe(arch)
+        shown = {w.label: w.value for w in at.number_input}
+        assert (shown["Epochs"], shown["Learning rate"], shown["Batch size"]) == (
+            plan.epochs, plan.lr, plan.batch_size)
+    assert recipe("dsnet") != recipe(DEFAULT_STUDENT_ARCH)
+
+
 def test_train_page_runs_a_job(env, tiny_data, tmp_path):
     at = page("train").run()
     at.text_input(key="train_data").set_value(str(tiny_data)).run()
     assert not at.error
+    at.selectbox(key="train_arch").set_value("dsnet").run()  # the quickest network to train in a test
     form_inputs = {w.label: w for w in at.text_input}
     form_inputs["New model name"].set_value("ui-student")
     for w in at.number_input:

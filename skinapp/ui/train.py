@@ -9,7 +9,7 @@ import streamlit as st
 
 from skinapp import jobs
 from skinapp.data import DatasetError, resize_square, scan_dataset
-from skinapp.distill import DEFAULT_TEMPERATURE
+from skinapp.distill import DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, recipe
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -53,18 +53,25 @@ def _dataset_preview(path: str) -> bool:
 
 def _form(reg) -> dict | None:
     teachers = [c.name for c in reg.cards() if c.role == "teacher"]
+    default_teacher = next((c.name for c in reg.cards() if c.role == "teacher" and c.default), None)
+    students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
+    # outside the form, so picking an architecture refills the schedule below with that architecture's own
+    arch = st.selectbox("Student architecture", students, index=students.index(DEFAULT_STUDENT_ARCH), key="train_arch",
+                        help="lite0_tiny: the default student's network (ImageNet-initialised); dsnet: the paper's")
+    plan = recipe(arch)
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("New model name", value="my-dsnet")
-        teacher = c1.selectbox("Teacher", teachers + ["(none: train without distillation)"], key="train_teacher")
-        students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
-        arch = c1.selectbox("Student architecture", students, index=students.index("dsnet"))
+        name = c1.text_input("New model name", value=f"my-{arch.replace('_', '-')}")
+        options = teachers + ["(none: train without distillation)"]
+        teacher = c1.selectbox("Teacher", options, key="train_teacher",
+                               index=teachers.index(default_teacher) if default_teacher in teachers else 0)
         temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, DEFAULT_TEMPERATURE, 0.5)
         alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
-        epochs = c2.number_input("Epochs", 1, 200, 30)
-        lr = c3.number_input("Learning rate", 1e-5, 1e-1, 3e-3, format="%.5f")
-        batch = c3.number_input("Batch size", 2, 512, 64)
-        size = c3.number_input("Image size (pixels)", 32, 512, ARCHITECTURES["dsnet"].input_size)
+        epochs = c2.number_input("Epochs", 1, 200, plan.epochs, key=f"train_epochs_{arch}")
+        lr = c3.number_input("Learning rate", 1e-5, 1e-1, plan.lr, format="%.5f", key=f"train_lr_{arch}")
+        batch = c3.number_input("Batch size", 2, 512, plan.batch_size, key=f"train_batch_{arch}")
+        size = c3.number_input("Image size (pixels)", 32, 512, ARCHITECTURES[arch].input_size,
+                               key=f"train_size_{arch}")
         submitted = st.form_submit_button("Launch training", type="primary")
     if not submitted:
         return None
