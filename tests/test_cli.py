@@ -21,7 +21,7 @@ from skinapp.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_KEYS = {"n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece"}
-TRAIN = ["--epochs", "1", "--batch-size", "8", "--image-size", "48", "--threads", "1", "--pretrained", "none"]
+TRAIN = ["--arch", "dsnet", "--epochs", "1", "--batch-size", "8", "--image-size", "48", "--threads", "1", "--pretrained", "none"]
 
 
 def run(weights: Path, *args: str, timeout: int = 180) -> subprocess.CompletedProcess:
@@ -221,3 +221,23 @@ def test_bad_input_is_one_readable_line(bad_runs, weights, case, needle):
         assert "tiny-student" in lines[0]  # the message lists the registered names
     if case == "alpha_5":
         assert "bad-alpha" not in Registry(weights).names()
+
+
+def test_distill_defaults_to_the_default_students_architecture_and_its_own_schedule():
+    from skinapp.cli import _train_config, build_parser
+    from skinapp.distill import DEFAULT_STUDENT_ARCH, recipe
+
+    def config(*extra):
+        return _train_config(build_parser().parse_args(["distill", "--data", "d", "--name", "n", *extra]), "student")
+
+    cfg = config()
+    plan = recipe(DEFAULT_STUDENT_ARCH)
+    assert (cfg.arch, cfg.epochs, cfg.lr, cfg.batch_size) == (DEFAULT_STUDENT_ARCH, plan.epochs, plan.lr,
+                                                              plan.batch_size)
+    cfg = config("--arch", "dsnet")
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (30, 3e-3, 64)
+    cfg = config("--arch", "dsnet", "--epochs", "5", "--batch-size", "16")  # what is given wins
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (5, 3e-3, 16)
+    assert recipe("resnet50") == recipe("dsnet")  # an architecture without its own schedule gets dsnet's
+    teacher = _train_config(build_parser().parse_args(["train-teacher", "--data", "d", "--name", "t"]), "teacher")
+    assert (teacher.arch, teacher.epochs, teacher.lr) == ("efficientnet_lite0", 12, 1e-3)

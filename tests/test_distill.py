@@ -186,7 +186,7 @@ def test_sigterm_stops_cleanly_and_registers_nothing(registry_copy, tiny_data, t
     progress = tmp_path / "run.jsonl"
     before = sorted(p.name for p in registry_copy.iterdir())
     cmd = [PY, "-m", "skinapp", "--weights", str(registry_copy), "distill", "--data", str(tiny_data),
-           "--name", "sig-student", "--teacher", "tiny-teacher", "--epochs", "400", "--batch-size", "8",
+           "--name", "sig-student", "--arch", "dsnet", "--teacher", "tiny-teacher", "--epochs", "400", "--batch-size", "8",
            "--image-size", "48", "--threads", "1", "--pretrained", "none", "--progress", str(progress)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=sub_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -275,7 +275,7 @@ def test_torchrun_two_processes(registry_copy, tiny_data, tmp_path):
     before = set(Registry(registry_copy).names())
     progress = tmp_path / "ddp.jsonl"
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "skinapp", "--weights", str(registry_copy),
-           "distill", "--data", str(tiny_data), "--name", "ddp-student", "--teacher", "tiny-teacher", "--epochs", "1",
+           "distill", "--data", str(tiny_data), "--name", "ddp-student", "--arch", "dsnet", "--teacher", "tiny-teacher", "--epochs", "1",
            "--batch-size", "8", "--image-size", "48", "--threads", "1", "--pretrained", "none",
            "--progress", str(progress)]
     r = subprocess.run(cmd, cwd=ROOT, env=sub_env(), capture_output=True, text=True, timeout=180)

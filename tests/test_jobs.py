@@ -28,7 +28,7 @@ def weights(tmp_path, tiny_registry):
 
 def test_second_job_refused_then_cancel_registers_nothing(tmp_path, tiny_data, weights):
     root = tmp_path / "jobs"
-    args = {"data": str(tiny_data), "name": "long-one", "teacher": "tiny-teacher", "epochs": 200,
+    args = {"data": str(tiny_data), "name": "long-one", "arch": "dsnet", "teacher": "tiny-teacher", "epochs": 200,
             "batch_size": 4, "image_size": 48, "threads": 1, "pretrained": "none"}
     first = jobs.start_job(args, root, str(weights))
     assert first.status == "running"
