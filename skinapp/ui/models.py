@@ -12,7 +12,7 @@ import streamlit as st
 from skinapp.registry import model_summary
 from skinapp.ui import common
 
-# the sweep of the shipped dsnet recipe (96 px, teacher-fused); the older 112 px one from teacher-lite0 is in docs
+# the sweep of dsnet-kd's recipe (96 px) from the previous default teacher; the older 112 px one is in docs
 SWEEP_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "temperature_sweep96.json"
 CONTROLS_FILE = SWEEP_FILE.with_name("controls96.json")  # the same dsnet without distillation, for reference
 
@@ -51,8 +51,8 @@ def _sweep() -> None:
     if not SWEEP_FILE.exists():
         return
     st.subheader("Temperature sweep (distilling dsnet at different T)")
-    st.caption("dsnet at 96 px distilled from teacher-fused (the shipped dsnet-kd recipe), validation split of its "
-               "cards; docs/experiments.md has the commands.")
+    st.caption("dsnet at 96 px (dsnet-kd's recipe) distilled from teacher-fused, the default teacher before "
+               "teacher-lite012; validation split of its cards; docs/experiments.md has the commands.")
     rows = json.loads(SWEEP_FILE.read_text())
     df = pd.DataFrame(rows)
     st.dataframe(df, width="stretch", hide_index=True)
