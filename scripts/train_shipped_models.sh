@@ -35,6 +35,10 @@ TINY=(--arch lite0_tiny --pretrained package --epochs 20 --lr 2e-3 --batch-size 
 $SK distill --data "$DATA" --name lite0-tiny-kd --teacher teacher-lite012 -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" \
     "${TINY[@]}" --default \
     --description "EfficientNet-Lite0's ImageNet stem and first four stages at 96 px, distilled from teacher-lite012 (T=20)"
+#    Ship the teacher's logits on the views that run cached (no pixels: a fresh install regenerates the seeded
+#    views and skips the teacher's pass when they match; docs/experiments.md, "Distillation that fits a live demo").
+mkdir -p weights/teacher-logits
+cp "$(ls -t "${SKINAPP_CACHE:-runs/cache}"/teacher-logits-*.safetensors | head -1)" weights/teacher-logits/
 # 5. Its control: the same network, init, head and schedule, hard labels only.
 $SK distill --data "$DATA" --name lite0-tiny-nokd --no-kd --head diagnosis "${TINY[@]}" \
     --description "lite0_tiny at 96 px trained without distillation (control for lite0-tiny-kd)"

@@ -287,6 +287,9 @@ def _mixup(x01: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Gene
     return lam * x01 + (1 - lam) * x01[perm], y[perm], lam
 
 
+SHIPPED_LOGITS = "teacher-logits"  # a registry's subfolder of teacher logits shipped without their views
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SKINAPP_CACHE") or Path(__file__).resolve().parent.parent / "runs" / "cache")
 
@@ -299,13 +302,15 @@ def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
 
 
 def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, hashes: list[str], size: int,
-                        progress: ProgressLog, rank: int = 0,
-                        folds: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        progress: ProgressLog, rank: int = 0, folds: torch.Tensor | None = None,
+                        shipped: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """K augmented views of every training image at the student's size, with the teacher's logits on each.
 
     The teacher then costs K forward passes per image once, instead of one per image per epoch, and the same
     cache serves every run with this teacher, data, split and augmentation (a temperature sweep, seeds, ...).
-    Teacher and student still see exactly the same pixels ("function matching").
+    Teacher and student still see exactly the same pixels ("function matching"). ``shipped``: a folder that may
+    hold the logits alone (``teacher-logits-KEY.safetensors``, no pixels), shipped beside the registry so a fresh
+    install regenerates the seeded views and skips the teacher's pass (checked on a sample first).
     """
     from safetensors.torch import load_file, save_file
 
@@ -318,6 +323,8 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
         d = load_file(str(path))
         progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=n_aug)
         return d["views"], d["logits"]
+    known = next((f for f in (shipped, cache_dir()) if f and (f / f"teacher-logits-{key}.safetensors").exists()), None)
+    known_logits = load_file(str(known / f"teacher-logits-{key}.safetensors"))["logits"] if known else None
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
     big = max(size, tc.input_size)
     views = torch.empty(n_aug, len(images), 3, size, size, dtype=torch.uint8)
@@ -327,17 +334,31 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
     for k in range(n_aug):
         for i in range(0, len(images), 64):
             x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
-            logits[k, i:i + 64] = teacher_logits(st, x01, None if folds is None else folds[i:i + 64]).cpu()
-            x01 = x01.cpu()
-            views[k, i:i + 64] = (resize_batch(x01, size) * 255).round().clamp(0, 255).to(torch.uint8)
-        progress.emit("cache", message="computing teacher logits", view=k + 1, views=n_aug,
+            batch_folds = None if folds is None else folds[i:i + 64]
+            if known_logits is not None and k == 0 and i == 0 and not _matches(st, x01[:8], batch_folds,
+                                                                                 known_logits[0, :8]):
+                log.warning("shipped teacher logits %s do not match this machine's views; recomputing", key)
+                known_logits = None
+            logits[k, i:i + 64] = (known_logits[k, i:i + 64] if known_logits is not None
+                                   else teacher_logits(st, x01, batch_folds).cpu())
+            views[k, i:i + 64] = (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
+        progress.emit("cache", message="computing teacher logits" if known_logits is None else
+                      f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"views": views.contiguous(), "logits": logits.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        for name, tensors in ((path, {"views": views, "logits": logits}),
+                              (path.with_name(f"teacher-logits-{key}.safetensors"), {"logits": logits})):
+            tmp = name.with_suffix(f".{os.getpid()}.tmp")
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, name)
     return views, logits
+
+
+def _matches(st: "_Setup", x01: torch.Tensor, folds: torch.Tensor | None, known: torch.Tensor) -> bool:
+    """Shipped logits are used only if the teacher, run here on the first regenerated views, agrees with them."""
+    fresh = teacher_logits(st, x01, None if folds is None else folds[:len(x01)]).cpu()
+    return bool(torch.allclose(fresh, known, atol=2e-3 * max(1.0, float(known.abs().max())), rtol=0))
 
 
 def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
@@ -401,7 +422,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     cached = None
     if st.teacher is not None and cfg.teacher_views > 0:
         cached = build_teacher_cache(cfg, st, train_x, [decoded.hashes[i] for i in train_idx], size, progress, rank,
-                                     train_folds)
+                                     train_folds, registry.root / SHIPPED_LOGITS)
     train_x, train_y = train_x.to(dev), train_y.to(dev)  # on a GPU, augmentation runs there too
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in val_idx], size), decoded.targets[val_idx].numpy()

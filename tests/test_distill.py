@@ -358,3 +358,40 @@ def test_the_frozen_teacher_runs_folded_and_gives_the_registered_models_logits(t
     with torch.no_grad():
         want = registered.eval()(model_input(x01, card.input_size, card.mean, card.std))
     assert torch.allclose(teacher_logits(st, x01), want, atol=1e-4)
+
+
+def test_shipped_teacher_logits_skip_the_teacher_and_are_checked(registry_copy, tiny_data, tmp_path, monkeypatch):
+    """Logits shipped beside the registry (no pixels) let a fresh cache regenerate the seeded views and skip the
+    teacher's pass; logits that do not match what the teacher gives on those views are ignored."""
+    from safetensors.torch import load_file, save_file
+
+    from skinapp import distill
+
+    reg = Registry(registry_copy)
+    cfg = dict(data=str(tiny_data), teacher="tiny-teacher", teacher_views=2, overwrite=True, **TINY)
+    monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / "cold"))
+    first = train(TrainConfig(name="s-cold", **cfg), reg)
+    (full,) = (tmp_path / "cold").glob("teacher-views-*.safetensors")
+    (logits_only,) = (tmp_path / "cold").glob("teacher-logits-*.safetensors")
+    want = load_file(str(full))
+    assert torch.equal(load_file(str(logits_only))["logits"], want["logits"])
+    shipped = registry_copy / distill.SHIPPED_LOGITS
+    shipped.mkdir()
+    calls = []
+    real = distill.teacher_logits
+    monkeypatch.setattr(distill, "teacher_logits", lambda st, x, folds=None: calls.append(len(x)) or real(st, x, folds))
+    for tamper, teacher_images in ((0.0, 8), (1.0, None)):
+        save_file({"logits": want["logits"] + tamper}, str(shipped / logits_only.name))
+        monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / f"fresh-{tamper}"))
+        calls.clear()
+        progress = tmp_path / f"p-{tamper}.jsonl"
+        second = train(TrainConfig(name="s-shipped", progress=str(progress), **cfg), reg)
+        got = load_file(str(next((tmp_path / f"fresh-{tamper}").glob("teacher-views-*.safetensors"))))
+        assert torch.equal(got["views"], want["views"])  # the same seeded pixels
+        assert torch.allclose(got["logits"], want["logits"], atol=1e-5)  # tampered ones were recomputed
+        messages = [e.get("message", "") for e in events(progress, skip=()) if e["event"] == "cache"]
+        if teacher_images:  # only the spot check ran the teacher
+            assert sum(calls) == teacher_images and any("regenerated" in m for m in messages)
+            assert second.metrics["auc"] == pytest.approx(first.metrics["auc"], abs=1e-6)
+        else:
+            assert sum(calls) > 8 + want["logits"].shape[1] and not any("regenerated" in m for m in messages)
