@@ -207,17 +207,23 @@ def _stack(arrs: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
-def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,
-                  seed: int = 0) -> tuple[list[int], list[int]]:
-    """Deterministic stratified split in which identical images (same content hash) never straddle it."""
-    if not 0.0 < val_frac < 1.0:
-        raise DatasetError(f"validation fraction {val_frac} must be between 0 and 1")
+def _groups(strata: list[int], hashes: list[str]) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """Items by content hash (identical images move together), and the hashes of each stratum, sorted."""
     by_hash: dict[str, list[int]] = defaultdict(list)
     for i, h in enumerate(hashes):
         by_hash[h].append(i)
     by_stratum: dict[int, list[str]] = defaultdict(list)
     for h in sorted(by_hash):
         by_stratum[strata[by_hash[h][0]]].append(h)
+    return by_hash, by_stratum
+
+
+def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,
+                  seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic stratified split in which identical images (same content hash) never straddle it."""
+    if not 0.0 < val_frac < 1.0:
+        raise DatasetError(f"validation fraction {val_frac} must be between 0 and 1")
+    by_hash, by_stratum = _groups(strata, hashes)
     rng = random.Random(seed)
     val: list[int] = []
     for stratum in sorted(by_stratum):
@@ -239,12 +245,7 @@ def fold_ids(strata: list[int], hashes: list[str], folds: int, seed: int = 0) ->
     """
     if not 2 <= folds <= 20:
         raise DatasetError(f"number of folds {folds} must be between 2 and 20")
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for i, h in enumerate(hashes):
-        by_hash[h].append(i)
-    by_stratum: dict[int, list[str]] = defaultdict(list)
-    for h in sorted(by_hash):
-        by_stratum[strata[by_hash[h][0]]].append(h)
+    by_hash, by_stratum = _groups(strata, hashes)
     rng = random.Random(seed * 7919 + folds)
     out, dealt = [0] * len(hashes), 0
     for stratum in sorted(by_stratum):
