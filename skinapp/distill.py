@@ -323,12 +323,11 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
         d = load_file(str(path))
         progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=n_aug)
         return d["views"], d["logits"]
-    known = next((f for f in (shipped, cache_dir()) if f and (f / f"teacher-logits-{key}.safetensors").exists()), None)
-    known_logits = load_file(str(known / f"teacher-logits-{key}.safetensors"))["logits"] if known else None
-    gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
-    big = max(size, tc.input_size)
     views = torch.empty(n_aug, len(images), 3, size, size, dtype=torch.uint8)
     logits = torch.empty(n_aug, len(images), len(tc.label_names))
+    known, known_logits = _shipped_logits(key, (shipped, cache_dir()), logits.shape)
+    gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
+    big = max(size, tc.input_size)
     t0 = time.time()
     dev = next(st.teacher.parameters()).device
     for k in range(n_aug):
@@ -353,6 +352,26 @@ def build_teacher_cache(cfg: TrainConfig, st: "_Setup", images: torch.Tensor, ha
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
             os.replace(tmp, name)
     return views, logits
+
+
+def _shipped_logits(key: str, folders, shape) -> tuple[Path | None, torch.Tensor | None]:
+    """Logits saved without their views for this cache key, if a folder holds a readable file of the right shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for folder in folders:
+        path = folder / f"teacher-logits-{key}.safetensors" if folder else None
+        if path is None or not path.exists():
+            continue
+        try:
+            logits = load_file(str(path))["logits"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            log.warning("ignoring unreadable teacher logits %s: %s", path, exc)
+            continue
+        if tuple(logits.shape) == tuple(shape):
+            return folder, logits
+        log.warning("ignoring teacher logits %s: shape %s, expected %s", path, tuple(logits.shape), tuple(shape))
+    return None, None
 
 
 def _matches(st: "_Setup", x01: torch.Tensor, folds: torch.Tensor | None, known: torch.Tensor) -> bool:
