@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
-from .distill import (AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError,
-                      recipe, train)
+from .distill import AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
 from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
@@ -153,10 +152,7 @@ def cmd_fuse(args, reg: Registry) -> int:
 
 
 def _train_config(args, role: str) -> TrainConfig:
-    defaults = recipe(args.arch)  # a schedule not given on the command line is the architecture's own
-    for key in ("epochs", "lr", "batch_size"):
-        if getattr(args, key) is None:
-            setattr(args, key, getattr(defaults, key))
+    # a schedule not given on the command line (None) is the architecture's own: TrainConfig fills it in
     fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
     fields["weights_dir"] = args.weights
     fields["role"] = role

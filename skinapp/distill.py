@@ -85,7 +85,7 @@ class TrainingError(ValueError):
 class TrainConfig:
     data: str
     name: str
-    arch: str = "dsnet"
+    arch: str = DEFAULT_STUDENT_ARCH
     role: str = "student"
     teacher: str | None = None  # registry name; None trains on hard labels only
     task: str = "malignant"
@@ -93,10 +93,10 @@ class TrainConfig:
     head: str = "auto"  # binary, diagnosis (one output per diagnosis folder), auto = the teacher's, else binary
     temperature: float = DEFAULT_TEMPERATURE
     alpha: float = 0.5
-    epochs: int = 10
-    lr: float = 1e-3
+    epochs: int | None = None  # None (also lr, batch_size): the architecture's own schedule, ``recipe(arch)``
+    lr: float | None = None
     weight_decay: float = 1e-4
-    batch_size: int = 64
+    batch_size: int | None = None
     image_size: int | None = None  # default: the architecture's
     augment: str = "standard"
     seed: int = 0
@@ -116,6 +116,12 @@ class TrainConfig:
     overwrite: bool = False
     default: bool = False
     description: str = ""
+
+    def __post_init__(self) -> None:
+        plan = recipe(self.arch)
+        for key in ("epochs", "lr", "batch_size"):
+            if getattr(self, key) is None:
+                setattr(self, key, getattr(plan, key))
 
     def validate(self) -> None:
         get_arch(self.arch)

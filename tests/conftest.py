@@ -69,7 +69,7 @@ def tiny_registry(tmp_path_factory, tiny_data) -> Path:
 
     root = tmp_path_factory.mktemp("weights")
     reg = Registry(root)
-    common = dict(data=str(tiny_data), epochs=2, batch_size=8, image_size=48, threads=2, pretrained="none",
+    common = dict(data=str(tiny_data), epochs=2, lr=1e-3, batch_size=8, image_size=48, threads=2, pretrained="none",
                   weights_dir=str(root))
     train(TrainConfig(name="tiny-teacher", arch="dsnet", role="teacher", head="diagnosis", default=True,
                       **common), reg)

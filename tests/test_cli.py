@@ -225,7 +225,7 @@ def test_bad_input_is_one_readable_line(bad_runs, weights, case, needle):
 
 def test_distill_defaults_to_the_default_students_architecture_and_its_own_schedule():
     from skinapp.cli import _train_config, build_parser
-    from skinapp.distill import DEFAULT_STUDENT_ARCH, recipe
+    from skinapp.distill import DEFAULT_STUDENT_ARCH, TrainConfig, recipe
 
     def config(*extra):
         return _train_config(build_parser().parse_args(["distill", "--data", "d", "--name", "n", *extra]), "student")
@@ -239,5 +239,8 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     cfg = config("--arch", "dsnet", "--epochs", "5", "--batch-size", "16")  # what is given wins
     assert (cfg.epochs, cfg.lr, cfg.batch_size) == (5, 3e-3, 16)
     assert recipe("resnet50") == recipe("dsnet")  # an architecture without its own schedule gets dsnet's
+    lib = TrainConfig(data="d", name="n")  # the library call has the same defaults as the command line
+    assert (lib.arch, lib.epochs, lib.lr, lib.batch_size) == (DEFAULT_STUDENT_ARCH, plan.epochs, plan.lr,
+                                                              plan.batch_size)
     teacher = _train_config(build_parser().parse_args(["train-teacher", "--data", "d", "--name", "t"]), "teacher")
     assert (teacher.arch, teacher.epochs, teacher.lr) == ("efficientnet_lite0", 12, 1e-3)

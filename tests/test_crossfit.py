@@ -34,7 +34,7 @@ def test_fold_ids_stratified_deterministic_and_keep_duplicates_together():
 def crossfit_registry(tmp_path_factory, tiny_data):
     root = tmp_path_factory.mktemp("cf-weights")
     reg = Registry(root)
-    common = dict(data=str(tiny_data), epochs=1, batch_size=8, image_size=32, threads=1, pretrained="none",
+    common = dict(data=str(tiny_data), epochs=1, lr=1e-3, batch_size=8, image_size=32, threads=1, pretrained="none",
                   weights_dir=str(root), arch="dsnet", role="teacher", head="diagnosis", folds=K)
     for k in range(K):
         train(TrainConfig(name=f"fold{k}", fold=k, seed=k, **common), reg)
@@ -84,8 +84,8 @@ def teacher_input(st, x01):
 
 
 def test_distil_from_crossfit_teacher_and_refusals(crossfit_registry, tiny_data, tmp_path):
-    common = dict(data=str(tiny_data), epochs=1, batch_size=8, image_size=32, threads=1, pretrained="none",
-                  weights_dir=str(crossfit_registry.root), teacher="cf", teacher_views=2)
+    common = dict(data=str(tiny_data), arch="dsnet", epochs=1, lr=1e-3, batch_size=8, image_size=32, threads=1,
+                  pretrained="none", weights_dir=str(crossfit_registry.root), teacher="cf", teacher_views=2)
     card = train(TrainConfig(name="cf-student", **common), crossfit_registry)
     assert card.teacher == "cf" and card.kd["head"] == "diagnosis"
     card = train(TrainConfig(name="cf-student-live", **(common | {"teacher_views": 0})), crossfit_registry)

@@ -27,7 +27,7 @@ PY = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 DIAGNOSES = ("basal_cell_carcinoma", "dermatofibroma", "melanoma", "nevus")
 DX_GROUPS = ("malignant", "benign", "malignant", "benign")
-TINY = dict(epochs=1, batch_size=8, image_size=48, threads=1, pretrained="none")
+TINY = dict(arch="dsnet", epochs=1, lr=1e-3, batch_size=8, image_size=48, threads=1, pretrained="none")
 
 
 @pytest.fixture
@@ -252,8 +252,8 @@ def test_teacher_with_a_mismatched_head(registry_copy, tiny_data):
 def test_kd_student_with_a_timm_teacher_input_size(registry_copy, tiny_data, tmp_path):
     """A teacher at another input size than the student: both see the same augmented batch at their own size."""
     reg = Registry(registry_copy)
-    teacher = train(TrainConfig(data=str(tiny_data), name="mnv3-teacher", arch="mobilenetv3_small_100",
-                                role="teacher", head="diagnosis", **TINY | {"image_size": 64}), reg)
+    teacher = train(TrainConfig(data=str(tiny_data), name="mnv3-teacher", role="teacher", head="diagnosis",
+                                **TINY | {"image_size": 64, "arch": "mobilenetv3_small_100"}), reg)
     assert teacher.input_size == 64 and teacher.cam_layer == "blocks.5"
     # teacher logits precomputed on cached views (the default) and computed online on every batch
     for name, views in (("s-cached", 2), ("s-online", 0)):

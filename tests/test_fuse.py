@@ -76,7 +76,7 @@ def test_cli_default_teacher_and_distilling_from_it(reg, tiny_data, capsys):
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["name"] == "fused" and out["fused_from"] == ["tiny-teacher", "small-member"]
     assert reg.default("teacher").name == "fused"
-    student = train(TrainConfig(name="from-fused", teacher="fused", data=str(tiny_data), epochs=1, batch_size=8,
+    student = train(TrainConfig(name="from-fused", arch="dsnet", teacher="fused", data=str(tiny_data), epochs=1, lr=1e-3, batch_size=8,
                                 image_size=48, threads=1, pretrained="none", weights_dir=str(reg.root)), reg)
     assert student.teacher == "fused" and math.isfinite(student.metrics["auc"])
     # the fused teacher averages over all four flips: one cached augmentation per image serves four views
