@@ -53,7 +53,6 @@ def _dataset_preview(path: str) -> bool:
 
 def _form(reg) -> dict | None:
     teachers = [c.name for c in reg.cards() if c.role == "teacher"]
-    default_teacher = next((c.name for c in reg.cards() if c.role == "teacher" and c.default), None)
     students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
     # outside the form, so picking an architecture refills the schedule below with that architecture's own
     arch = st.selectbox("Student architecture", students, index=students.index(DEFAULT_STUDENT_ARCH), key="train_arch",
@@ -64,7 +63,7 @@ def _form(reg) -> dict | None:
         name = c1.text_input("New model name", value=f"my-{arch.replace('_', '-')}")
         options = teachers + ["(none: train without distillation)"]
         teacher = c1.selectbox("Teacher", options, key="train_teacher",
-                               index=teachers.index(default_teacher) if default_teacher in teachers else 0)
+                               index=teachers.index(reg.default("teacher").name) if teachers else 0)
         temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, DEFAULT_TEMPERATURE, 0.5)
         alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
         epochs = c2.number_input("Epochs", 1, 200, plan.epochs, key=f"train_epochs_{arch}")
