@@ -14,9 +14,9 @@ from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
-from .evaluation import calibrated_metrics
 from .explain import ExplainError
 from .imageio import InvalidImageError, load_image
+from .protocol import SPLITS
 from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
 from .registry import Registry, RegistryError, model_summary
 
@@ -35,11 +35,13 @@ def cmd_models(args, reg: Registry) -> int:
     cards = reg.cards()
     defaults = {r: reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards)}
     rows = [model_summary(c) | {"default": defaults.get(c.role) == c.name} for c in cards]
-    lines = [f"{'name':28} {'role':8} {'arch':22} {'params':>10} {'AUC':>6}  teacher"]
+    lines = [f"{'name':28} {'role':8} {'arch':22} {'params':>10} {'val AUC':>7} {'test AUC [95% CI]':>22}  teacher"]
     for r in rows:
-        auc = f"{r['val_auc']:.3f}" if r["val_auc"] is not None else "-"
+        val = f"{r['val_auc']:.3f}" if r["val_auc"] is not None else "-"
+        test = (f"{r['test_auc']:.3f} [{r['test_auc_ci'][0]:.3f}, {r['test_auc_ci'][1]:.3f}]"
+                if r["test_auc"] is not None and r["test_auc_ci"] else "- (no locked test)")
         lines.append(f"{r['name'] + (' *' if r['default'] else ''):28} {r['role']:8} {r['arch']:22} "
-                     f"{r['params']:>10,} {auc:>6}  {r['teacher'] or '-'}")
+                     f"{r['params']:>10,} {val:>7} {test:>22}  {r['teacher'] or '-'}")
     _emit(rows, args.json, "\n".join(lines) if rows else f"no models registered in {reg.root}")
     return 0
 
@@ -77,34 +79,47 @@ def cmd_predict(args, reg: Registry) -> int:
 
 
 def cmd_evaluate(args, reg: Registry) -> int:
-    from .inference import Predictor, evaluate_dataset
+    from .inference import Predictor, compare_on_dataset, evaluate_dataset
 
     pred = Predictor(*reg.load(args.model))
-    ds = scan_dataset(args.data, args.task or pred.card.task, args.label_map)
+    ds = scan_dataset(args.data, args.task or pred.card.task, args.label_map, args.metadata)
+    if args.against:
+        c = compare_on_dataset(pred, Predictor(*reg.load(args.against)), ds, args.split)
+        _emit(c, args.json, f"{c['model_a']} vs {c['model_b']} on {c['data']} ({c['split']}, n={c['n']}): AUC "
+                            f"{c['auc_a']:.4f} vs {c['auc_b']:.4f}, difference {c['delta_auc']:+.4f} (95% CI "
+                            f"{c['delta_auc_ci'][0]:+.4f} to {c['delta_auc_ci'][1]:+.4f}; DeLong p = "
+                            f"{c['p_delong']:.3g})" + (f"\nnote: {c['note']}" if c["note"] else ""))
+        return 0
     m = evaluate_dataset(pred, ds, args.split, args.threshold, args.temperature)
-    text = (f"{m['model']} on {m['data']} ({m['split']}, n={m['n']}): AUC {m['auc']:.4f}  accuracy "
-            f"{m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  sensitivity {m['sensitivity']:.4f}  "
-            f"specificity {m['specificity']:.4f}  sens@spec80 {m['sens_at_spec80']:.4f}  ECE {m['ece']:.4f} "
-            f"(a perfectly calibrated model: {m['ece_null']['mean']:.4f}, 95% up to {m['ece_null']['p95']:.4f})")
+    text = (f"{m['model']} on {m['data']} ({m['split']}, n={m['n']}): AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, "
+            f"{m['auc_ci'][1]:.4f}]  accuracy {m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  "
+            f"sensitivity {m['sensitivity']:.4f}  specificity {m['specificity']:.4f}  sens@spec80 "
+            f"{m['sens_at_spec80']:.4f} [{m['sens_at_spec80_ci'][0]:.4f}, {m['sens_at_spec80_ci'][1]:.4f}]  ECE "
+            f"{m['ece']:.4f} (a perfectly calibrated model: {m['ece_null']['mean']:.4f}, 95% up to "
+            f"{m['ece_null']['p95']:.4f}); intervals: 95% stratified bootstrap"
+            + (f"\nnote: {m['note']}" if m["note"] else ""))
     _emit(m, args.json, text)
     return 0
 
 
 def cmd_calibrate(args, reg: Registry) -> int:
-    from .inference import Predictor, split_logits
+    from .inference import Predictor, calibrate_on_split
 
     pred = Predictor(*reg.load(args.model))
     card = pred.card
-    ds = scan_dataset(args.data, card.task, args.label_map)
-    logits, y, _ = split_logits(pred, ds, args.split)
-    t, metrics = calibrated_metrics(logits, y, pred.positive, ds.labels)
-    before = metrics["ece_before"]
-    out = {"model": card.name, "split": args.split, "n": len(y), "temperature": t, "ece_before": before,
-           "ece_after": metrics["ece"]}
-    if not args.dry_run:
-        reg.update(card.name, temperature=t, metrics=card.metrics | metrics)  # keeps best_epoch, compression
-    _emit(out, args.json, f"{card.name}: T = {t:.4f}, ECE {before:.4f} -> {metrics['ece']:.4f} (n={len(y)})"
-          + ("" if args.dry_run else "; card updated"))
+    ds = scan_dataset(args.data, card.task, args.label_map, args.metadata)
+    t, metrics, test = calibrate_on_split(pred, ds)
+    out = {"model": card.name, "fitted_on": "val", "n": metrics["n"], "temperature": t,
+           "ece_before": metrics["ece_before"], "ece_after": metrics["ece"],
+           "test_ece_before": test.get("ece_before"), "test_ece_after": test.get("ece"), "test_n": test.get("n")}
+    if not args.dry_run:  # keeps best_epoch, compression
+        reg.update(card.name, temperature=t, metrics=card.metrics | metrics,
+                   test_metrics=(card.test_metrics | test) if test else card.test_metrics)
+    where = (f"; on the locked test split (n={test['n']}) ECE {test['ece_before']:.4f} -> {test['ece']:.4f}" if test
+             else "; no locked test split in this model's card")
+    _emit(out, args.json, f"{card.name}: T = {t:.4f} fitted on validation (n={metrics['n']}), ECE "
+                          f"{metrics['ece_before']:.4f} -> {metrics['ece']:.4f}{where}"
+                          + ("" if args.dry_run else "; card updated"))
     return 0
 
 
@@ -194,8 +209,13 @@ def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int | None, l
     p.add_argument("--image-size", dest="image_size", type=int, help="default: the architecture's input size")
     p.add_argument("--augment", default="standard", choices=AUGMENT)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--split-seed", dest="split_seed", type=int, default=0)
+    p.add_argument("--metadata", help="CSV with image and lesion_id (or patient_id) columns (default: metadata.csv "
+                                      "in the data folder or <folder>-metadata.csv beside it)")
+    p.add_argument("--split-seed", dest="split_seed", type=int, default=0, help="moves the validation split only")
     p.add_argument("--val-frac", dest="val_frac", type=float, default=0.2)
+    p.add_argument("--test-frac", dest="test_frac", type=float, default=0.2,
+                   help="the locked test split: reported in the card, never used for a choice (0: none)")
+    p.add_argument("--test-seed", dest="test_seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=0,
                    help="K >= 2: leave fold --fold of the training split out (a member of a cross-fitted teacher)")
     p.add_argument("--fold", type=int, default=0)
@@ -228,20 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cam-out", dest="cam_out", help="folder for Grad-CAM overlays")
     p.add_argument("--json", action="store_true")
     p.add_argument("images", nargs="+")
-    for name, helptext in (("evaluate", "metrics on a dataset folder"), ("calibrate", "fit a temperature")):
+    for name, helptext in (("evaluate", "metrics with 95% intervals on a dataset folder"),
+                           ("calibrate", "fit a temperature on validation, report ECE on test")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
         p.add_argument("--data", required=True)
         p.add_argument("--label-map", dest="label_map")
+        p.add_argument("--metadata", help="CSV with image and lesion_id columns (default: found beside the data)")
         p.add_argument("--json", action="store_true")
         if name == "evaluate":
             p.add_argument("--task", choices=list(TASKS))
-            p.add_argument("--split", default="all", choices=("all", "train", "val"),
-                           help="all images, or the model's own train/val split (its card's seed)")
+            p.add_argument("--split", default="auto", choices=SPLITS,
+                           help="auto: the model's locked test split on its own data, all images on other data")
+            p.add_argument("--against", metavar="MODEL",
+                           help="compare with another model on the same images: AUC difference, paired "
+                                "bootstrap interval, DeLong p")
             p.add_argument("--threshold", type=float, default=0.5)
             p.add_argument("--temperature", type=float)
         else:
-            p.add_argument("--split", default="val", choices=("all", "train", "val"))
             p.add_argument("--dry-run", dest="dry_run", action="store_true", help="report without updating the card")
     p = sub.add_parser("train-teacher", help="train a teacher on hard labels")
     _add_train_args(p, "efficientnet_lite0", 12, 1e-3, 64)

@@ -18,17 +18,23 @@ def compress_model(registry: Registry, name: str, new_name: str, data: str, dtyp
                    label_map: str | None = None, overwrite: bool = False) -> ModelCard:
     model, card = registry.load(name)
     ds = scan_dataset(data, card.task, label_map)
-    before = evaluate_dataset(Predictor(model, card), ds, split="val")
+    before = evaluate_dataset(Predictor(model, card), ds, split="val", n_boot=100)
     copy = dataclasses.replace(card, name=new_name, default=False, created="",
                                description=f"{dtype} copy of {name}. {card.description}".strip())
     new = registry.register(model, copy, overwrite=overwrite, dtype=dtype)
-    after = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="val")
+    after = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="val", n_boot=100)
     change = {k: round(after[k] - before[k], 6) for k in COMPARED}
-    metrics = {k: v for k, v in after.items() if k not in ("model", "data")}
+    metrics = {k: v for k, v in after.items() if k not in ("model", "data", "note", "split", "subgroups")}
     metrics |= {"compression": {"source": name, "dtype": dtype, "source_bytes": card.file_bytes,
                                 "bytes": new.file_bytes, "ratio": round(card.file_bytes / new.file_bytes, 3),
                                 "change": change}}
     for key in ("reliability", "reliability_before", "ece_before", "ece_after", "best_epoch"):
         if key in card.metrics:
             metrics.setdefault(key, card.metrics[key])
-    return registry.update(new_name, metrics=metrics)
+    updates: dict = {"metrics": metrics}
+    if card.test_metrics:  # the copy is judged on the locked test split too, and its change there recorded
+        test = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="test")
+        src = evaluate_dataset(Predictor(model, card), ds, split="test", n_boot=100)
+        updates["test_metrics"] = {k: v for k, v in test.items() if k not in ("model", "data")} | {
+            "change": {k: round(test[k] - src[k], 6) for k in COMPARED}}
+    return registry.update(new_name, **updates)

@@ -1,6 +1,8 @@
-"""Dataset folders, label mapping, a leak-free split, in-memory decoding and batch augmentation."""
+"""Dataset folders, label mapping, lesion metadata, a lesion-grouped three-way split, in-memory decoding and
+batch augmentation."""
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
@@ -9,7 +11,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +41,26 @@ class DatasetError(ValueError):
     """The dataset folder cannot be used; the message names the folder and what was found."""
 
 
+#: columns that say which photos show one lesion (or one patient: coarser, and just as safe for a split)
+ID_COLUMNS = ("lesion_id", "patient_id")
+#: near-duplicate photos: a 64-bit DCT perceptual hash within this Hamming distance (docs/experiments.md,
+#: "Lesion-grouped splits": it joins re-crops and re-exports of one photo, not second photos of a lesion)
+PHASH_THRESHOLD = 6
+#: how the split is made; a card that lacks it predates the locked test split (two parts, byte-identical groups)
+PROTOCOL = "lesion-grouped train/val/test v1"
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """A per-image table: the lesion (or patient) each photo shows, plus whatever else it has (age, sex, site)."""
+    path: Path
+    id_column: str
+    rows: dict[Path, dict[str, str]]  # sample path -> the table's row for it
+
+    def lesion_id(self, path: Path) -> str | None:
+        return (self.rows.get(path) or {}).get(self.id_column) or None
+
+
 @dataclass(frozen=True)
 class Sample:
     path: Path
@@ -53,6 +75,7 @@ class LesionDataset:
     samples: list[Sample]
     diagnoses: tuple[str, ...]  # sorted diagnosis folders that hold images
     groups: dict[str, str] = field(default_factory=dict)  # diagnosis -> task label
+    metadata: Metadata | None = None
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -95,8 +118,13 @@ def read_label_map(label_map: Mapping[str, str] | str | Path | None) -> dict[str
 
 
 def scan_dataset(root: str | Path, task: str = "malignant",
-                 label_map: Mapping[str, str] | str | Path | None = None) -> LesionDataset:
-    """List a dataset folder: benign/ + malignant/ subfolders, or one subfolder per diagnosis."""
+                 label_map: Mapping[str, str] | str | Path | None = None,
+                 metadata: str | Path | None | bool = None) -> LesionDataset:
+    """List a dataset folder: benign/ + malignant/ subfolders, or one subfolder per diagnosis.
+
+    ``metadata``: a CSV naming each image's lesion (see :func:`read_metadata`); None looks for
+    ``metadata.csv`` inside the folder or ``<folder>-metadata.csv`` beside it; False reads none.
+    """
     root = Path(root).expanduser()
     neg, pos = get_task(task)
     if not root.is_dir():
@@ -136,7 +164,70 @@ def scan_dataset(root: str | Path, task: str = "malignant",
         raise DatasetError(f"dataset folder {root} has only one class ({', '.join(sorted(present))}); "
                            f"both {neg} and {pos} are needed. Found: {found}")
     samples = [Sample(p, name, int(groups[name] == pos)) for name, paths in folders.items() for p in paths]
-    return LesionDataset(root, task, samples, tuple(sorted(folders)), groups)
+    meta_path = find_metadata(root) if metadata is None else (None if metadata is False else Path(metadata))
+    meta = read_metadata(meta_path, root, samples) if meta_path else None
+    if meta is None:
+        log.warning("dataset folder %s has no metadata table (metadata.csv with image and lesion_id columns): "
+                    "photos of one lesion can only be grouped when they are near-duplicates, so a split may put "
+                    "one lesion on both sides", root)
+    return LesionDataset(root, task, samples, tuple(sorted(folders)), groups, meta)
+
+
+def find_metadata(root: Path) -> Path | None:
+    """``metadata.csv`` inside the dataset folder, else ``<folder>-metadata.csv`` beside it."""
+    for cand in (root / "metadata.csv", root.parent / f"{root.name}-metadata.csv"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def read_metadata(path: str | Path, root: Path, samples: Sequence[Sample]) -> Metadata:
+    """Read the whole table and check it before anything uses it: a half-read table never reaches training.
+
+    ``image`` is the path below the dataset folder (``melanoma/ISIC_0000.jpg``) or a file name / stem that is
+    unique in it; the id column is ``lesion_id`` or, failing that, ``patient_id``.
+    """
+    path = Path(path).expanduser()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"metadata {path}: cannot be read as a CSV table ({exc})") from None
+    id_col = next((c for c in ID_COLUMNS if c in header), None)
+    if "image" not in header or id_col is None:
+        raise DatasetError(f"metadata {path}: needs an 'image' column and one of {', '.join(ID_COLUMNS)}; "
+                           f"found columns: {', '.join(header) or 'none'}")
+    index = _image_index(root, samples)
+    out: dict[Path, dict[str, str]] = {}
+    first_row: dict[Path, int] = {}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        key = row.get("image", "")
+        sample = index.get(key) or index.get(key.replace("\\", "/"))
+        if sample is None:
+            raise DatasetError(f"metadata {path}, row {line}: image {key!r} is not an image of {root} (or its name "
+                               f"is not unique there)")
+        if sample in out and out[sample].get(id_col, "") != row.get(id_col, ""):
+            raise DatasetError(f"metadata {path}, row {line}: image {key!r} is given {id_col} "
+                               f"{row.get(id_col)!r}, but row {first_row[sample]} gave it "
+                               f"{out[sample].get(id_col)!r}")
+        first_row.setdefault(sample, line)
+        out[sample] = row
+    return Metadata(path, id_col, out)
+
+
+def _image_index(root: Path, samples: Sequence[Sample]) -> dict[str, Path]:
+    """Relative path, file name and stem -> sample path; names that are not unique are left out."""
+    index: dict[str, Path] = {}
+    seen: Counter = Counter()
+    for s in samples:
+        for key in {s.path.name, s.path.stem}:
+            seen[key] += 1
+            index[key] = s.path
+    index = {k: v for k, v in index.items() if seen[k] == 1}
+    index.update({s.path.relative_to(root).as_posix(): s.path for s in samples})
+    return index
 
 
 def resize_square(img: Image.Image, size: int) -> Image.Image:
@@ -171,10 +262,12 @@ class DecodedData:
     hashes: list[str]
     paths: list[Path]
     skipped: list[tuple[Path, str]]
+    groups: list[str] = field(default_factory=list)  # one key per image: photos of one lesion share it
+    n_with_id: int = 0  # images whose lesion the metadata names
 
 
 def decode_dataset(ds: LesionDataset, size: int) -> DecodedData:
-    imgs, targets, dx, hashes, paths, skipped = [], [], [], [], [], []
+    imgs, targets, dx, hashes, paths, skipped, phashes = [], [], [], [], [], [], []
     dindex = {d: i for i, d in enumerate(ds.diagnoses)}
     for s in ds.samples:
         try:
@@ -183,6 +276,7 @@ def decode_dataset(ds: LesionDataset, size: int) -> DecodedData:
             skipped.append((s.path, str(exc)))
             continue
         hashes.append(hashlib.sha1(img.tobytes() + repr(img.size).encode()).hexdigest())
+        phashes.append(perceptual_hash(img))
         imgs.append(np.asarray(resize_square(img, size), dtype=np.uint8))
         targets.append(s.target)
         dx.append(dindex[s.diagnosis])
@@ -193,7 +287,66 @@ def decode_dataset(ds: LesionDataset, size: int) -> DecodedData:
         raise DatasetError(f"dataset folder {ds.root}: after skipping {len(skipped)} unreadable file(s), "
                            f"{len(targets)} readable image(s) remain and they are not of both classes")
     images = _stack(imgs, size)
-    return DecodedData(images, torch.tensor(targets), torch.tensor(dx), hashes, paths, skipped)
+    ids = [ds.metadata.lesion_id(p) if ds.metadata else None for p in paths]
+    return DecodedData(images, torch.tensor(targets), torch.tensor(dx), hashes, paths, skipped,
+                       group_keys(hashes, ids, phashes), sum(i is not None for i in ids))
+
+
+def perceptual_hash(img: Image.Image) -> int:
+    """64-bit DCT hash (Zauner 2010): signs of the 8x8 lowest frequencies of a 32x32 grey copy against their
+    median. It survives re-encoding, resizing and small crops, so re-exports of one photo find each other."""
+    from scipy.fft import dctn
+
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.float64)
+    low = dctn(grey, norm="ortho")[:8, :8].ravel()[1:]  # the DC term says only how bright the photo is
+    bits = np.concatenate([[False], low > np.median(low)])
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_duplicates(phashes: Sequence[int], threshold: int = PHASH_THRESHOLD) -> list[tuple[int, int]]:
+    """Pairs (i < j) whose perceptual hashes differ in at most ``threshold`` bits; rows in chunks, so large
+    folders never build the whole n x n table at once."""
+    h = np.asarray(phashes, dtype=np.uint64)
+    pairs: list[tuple[int, int]] = []
+    for start in range(0, len(h), 512):
+        d = np.bitwise_count(h[start:start + 512, None] ^ h[None, :])
+        for i, j in zip(*np.nonzero(d <= threshold)):
+            if start + i < j:
+                pairs.append((int(start + i), int(j)))
+    return pairs
+
+
+def group_keys(hashes: Sequence[str], lesion_ids: Sequence[str | None], phashes: Sequence[int],
+               threshold: int = PHASH_THRESHOLD) -> list[str]:
+    """One key per image; identical images, photos of one lesion and near-duplicates share it.
+
+    Near-duplicates are joined unless the metadata says they are two lesions (both have ids, and they differ).
+    The key is the smallest content hash in the group, so it depends on the images, not on their order.
+    """
+    parent = list(range(len(hashes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(i: int, j: int) -> None:
+        parent[find(i)] = find(j)
+
+    first: dict[str, int] = {}
+    for i, key in enumerate(zip(hashes, lesion_ids)):
+        for k in (f"sha:{key[0]}", f"id:{key[1]}" if key[1] else None):
+            if k is not None:
+                join(i, first.setdefault(k, i))
+    for i, j in near_duplicates(phashes, threshold):
+        if not (lesion_ids[i] and lesion_ids[j] and lesion_ids[i] != lesion_ids[j]):
+            join(i, j)
+    smallest: dict[int, str] = {}
+    for i, h in enumerate(hashes):
+        r = find(i)
+        smallest[r] = min(smallest.get(r, h), h)
+    return [smallest[find(i)] for i in range(len(hashes))]
 
 
 def decode_paths(paths: list[Path], size: int) -> torch.Tensor:
@@ -207,22 +360,77 @@ def _stack(arrs: list[np.ndarray], size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
 
 
-def _groups(strata: list[int], hashes: list[str]) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
-    """Items by content hash (identical images move together), and the hashes of each stratum, sorted."""
-    by_hash: dict[str, list[int]] = defaultdict(list)
-    for i, h in enumerate(hashes):
-        by_hash[h].append(i)
+def _groups(strata: list[int], keys: list[str]) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """Items by group key (a group moves as one), and the keys of each stratum, sorted. A group whose photos
+    sit in several strata belongs to its most common one (ties: the smallest)."""
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
+        by_key[k].append(i)
     by_stratum: dict[int, list[str]] = defaultdict(list)
-    for h in sorted(by_hash):
-        by_stratum[strata[by_hash[h][0]]].append(h)
-    return by_hash, by_stratum
+    for k in sorted(by_key):
+        votes = Counter(strata[i] for i in by_key[k])
+        by_stratum[min(votes, key=lambda s: (-votes[s], s))].append(k)
+    return by_key, by_stratum
 
 
-def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,
-                  seed: int = 0) -> tuple[list[int], list[int]]:
-    """Deterministic stratified split in which identical images (same content hash) never straddle it."""
-    if not 0.0 < val_frac < 1.0:
-        raise DatasetError(f"validation fraction {val_frac} must be between 0 and 1")
+@dataclass(frozen=True)
+class Split:
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+    def part(self, name: str) -> list[int]:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; choose one of: train, val, test")
+        return getattr(self, name)
+
+
+def _deal(by_key: dict[str, list[int]], by_stratum: dict[int, list[str]], frac: float, seed: int,
+          taken: set[str]) -> list[str]:
+    """Per stratum, whole groups in seeded order until the part holds about ``frac`` of the stratum's images.
+
+    A group joins when half of it still fits, so large lesions neither block a part nor overfill it; a stratum
+    of one group stays in training.
+    """
+    rng = random.Random(seed)
+    out: list[str] = []
+    for stratum in sorted(by_stratum):
+        keys = by_stratum[stratum]
+        if len(keys) < 2:
+            continue
+        target = len([i for k in keys for i in by_key[k]]) * frac
+        free = [k for k in keys if k not in taken]
+        rng.shuffle(free)
+        got = 0
+        for k in free:
+            if got + len(by_key[k]) / 2 <= target + 1e-9 and got < target:
+                out.append(k)
+                got += len(by_key[k])
+    return out
+
+
+def split_indices(strata: list[int], keys: list[str], val_frac: float = 0.2, seed: int = 0,
+                  test_frac: float = 0.2, test_seed: int = 0) -> Split:
+    """Train / validation / locked test, stratified, whole groups (lesions) on one side only.
+
+    The test part depends only on the groups and ``test_seed``, never on ``seed``: every run that varies the
+    validation split (seeds, folds) still reports on the same, untouched test images.
+    """
+    if not 0.0 < val_frac < 1.0 or not 0.0 <= test_frac < 1.0 or val_frac + test_frac >= 1.0:
+        raise DatasetError(f"validation fraction {val_frac} must be in (0, 1) and test fraction {test_frac} in "
+                           f"[0, 1), together below 1")
+    by_key, by_stratum = _groups(strata, keys)
+    test = set(_deal(by_key, by_stratum, test_frac, test_seed * 7919 + 17, set()))
+    val_frac_rest = val_frac  # of the whole stratum, so the parts keep their stated sizes
+    val = set(_deal(by_key, by_stratum, val_frac_rest, seed, test))
+    pick = lambda ks: sorted(i for k in ks for i in by_key[k])  # noqa: E731
+    return Split([i for i in range(len(keys)) if keys[i] not in test | val], pick(val), pick(test))
+
+
+def legacy_split(strata: list[int], hashes: list[str], val_frac: float = 0.2,
+                 seed: int = 0) -> tuple[list[int], list[int]]:
+    """The two-part split of models made before the locked test split (identical bytes grouped, nothing else);
+    kept only so their cards' validation numbers can still be re-measured."""
     by_hash, by_stratum = _groups(strata, hashes)
     rng = random.Random(seed)
     val: list[int] = []
@@ -233,21 +441,25 @@ def split_indices(strata: list[int], hashes: list[str], val_frac: float = 0.2,
         for h in hs[:n_val]:
             val.extend(by_hash[h])
     val_set = set(val)
-    train = [i for i in range(len(hashes)) if i not in val_set]
-    return train, sorted(val)
+    return [i for i in range(len(hashes)) if i not in val_set], sorted(val)
 
 
-def fold_ids(strata: list[int], hashes: list[str], folds: int, seed: int = 0) -> list[int]:
-    """A fold (0..folds-1) per item, stratified, identical images always in one fold.
+def split_digest(hashes: Sequence[str], index: Sequence[int]) -> str:
+    """Names a part of a split by its images' content, so models can be checked to share one."""
+    return hashlib.sha1(",".join(sorted(hashes[i] for i in index)).encode()).hexdigest()
+
+
+def fold_ids(strata: list[int], keys: list[str], folds: int, seed: int = 0) -> list[int]:
+    """A fold (0..folds-1) per item, stratified, a group (lesion) always in one fold.
 
     It depends only on the items' (hash, stratum) pairs and the seed, so fold teachers trained on the training
     split and a later distillation run on the same split agree on which member never saw which image.
     """
     if not 2 <= folds <= 20:
         raise DatasetError(f"number of folds {folds} must be between 2 and 20")
-    by_hash, by_stratum = _groups(strata, hashes)
+    by_hash, by_stratum = _groups(strata, keys)
     rng = random.Random(seed * 7919 + folds)
-    out, dealt = [0] * len(hashes), 0
+    out, dealt = [0] * len(keys), 0
     for stratum in sorted(by_stratum):
         hs = by_stratum[stratum]
         rng.shuffle(hs)

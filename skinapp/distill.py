@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -24,9 +23,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import (DatasetError, LesionDataset, augment_batch, decode_dataset, decode_paths, fold_ids, model_input,
-                   resize_batch, scan_dataset, split_indices)
-from .evaluation import binary_metrics, calibrated_metrics, grouped_probs
+from .data import (LesionDataset, augment_batch, decode_dataset, decode_paths, fold_ids, model_input,
+                   resize_batch, scan_dataset, split_digest)
+from .evaluation import binary_metrics, grouped_probs
+from .protocol import SplitSpec, check_parts, fit_and_report, split_record, subgroup_attributes
 from .models import FusedNet, create_model, flip_invariant, fold_batchnorm, get_arch
 from .registry import ModelCard, Registry
 
@@ -100,8 +100,11 @@ class TrainConfig:
     image_size: int | None = None  # default: the architecture's
     augment: str = "standard"
     seed: int = 0
-    split_seed: int = 0
+    split_seed: int = 0  # moves the validation split; the test split stays where test_seed puts it
     val_frac: float = 0.2
+    test_frac: float = 0.2  # the locked test split: reported in the card, never used for a choice
+    test_seed: int = 0
+    metadata: str | None = None  # CSV of image -> lesion_id; default: found beside or inside the data folder
     folds: int = 0  # >= 2: train on the training split less fold ``fold`` (a cross-fitted teacher's member)
     fold: int = 0
     threads: int | None = None
@@ -137,6 +140,9 @@ class TrainConfig:
             (self.image_size is None or 32 <= self.image_size <= 1024,
              f"image size {self.image_size} must be between 32 and 1024"),
             (0.0 < self.val_frac < 1.0, f"validation fraction {self.val_frac} must be between 0 and 1"),
+            (0.0 <= self.test_frac < 1.0 and self.val_frac + self.test_frac < 1.0,
+             f"test fraction {self.test_frac} must be in [0, 1) and leave training images beside validation "
+             f"fraction {self.val_frac}"),
             (self.folds == 0 or 2 <= self.folds <= 20, f"folds {self.folds} must be 0 (off) or between 2 and 20"),
             (self.folds == 0 or 0 <= self.fold < self.folds, f"fold {self.fold} must be between 0 and {self.folds - 1}"),
             (0 <= self.teacher_views <= 64, f"teacher views {self.teacher_views} must be between 0 and 64"),
@@ -414,16 +420,16 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     t_start = time.time()
     spec = get_arch(cfg.arch)
     size = cfg.image_size or spec.input_size
-    ds = scan_dataset(cfg.data, cfg.task, cfg.label_map)
+    ds = scan_dataset(cfg.data, cfg.task, cfg.label_map, cfg.metadata)
     st = _resolve_heads(cfg, ds, registry)
     tsize = st.teacher_card.input_size if st.teacher_card else 0
     decoded = decode_dataset(ds, max(size, tsize))
     targets = decoded.targets if st.head == "binary" else decoded.diagnosis_idx
-    train_idx, val_idx = split_indices(decoded.diagnosis_idx.tolist(), decoded.hashes, cfg.val_frac, cfg.split_seed)
-    if not val_idx or len(set(decoded.targets[val_idx].tolist())) < 2:
-        raise DatasetError(f"dataset folder {ds.root}: the validation split ({len(val_idx)} images) lacks one "
-                           f"class; add images or raise the validation fraction")
-    train_idx, train_folds = _fold_split(cfg, st, decoded, train_idx, val_idx)
+    split = SplitSpec(cfg.val_frac, cfg.test_frac, cfg.split_seed, cfg.test_seed).split(decoded)
+    check_parts(ds, decoded, split, cfg.test_frac > 0)
+    _check_teacher_split(cfg, st, decoded, split)
+    val_idx = split.val
+    train_idx, train_folds = _fold_split(cfg, st, decoded, split.train, val_idx)
     dev = resolve_device(cfg.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -442,7 +448,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     mix_rng = np.random.default_rng(cfg.seed * 7919 + rank)
     train_x, train_y = decoded.images[train_idx], targets[train_idx]
     progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
-                  n_val=len(val_idx), skipped=len(decoded.skipped), epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                  n_val=len(val_idx), n_test=len(split.test), skipped=len(decoded.skipped), epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                   world_size=world)
     cached = None
     if st.teacher is not None and cfg.teacher_views > 0:
@@ -496,16 +502,28 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     model.cpu().eval()
     if rank != 0:
         return None
-    card = _finish(cfg, registry, model, st, decoded, val_idx, val_x, train_idx, size, spec, history, best,
-                   t_start)
+    card = _finish(cfg, registry, model, st, decoded, split, val_x, train_idx, size, spec, history, best, t_start)
     progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
                   train_time_s=card.train["train_time_s"])
     return card
 
 
-def split_digest(hashes: list[str], val_idx: list[int]) -> str:
-    """Names a validation split by its images' content, so models can be checked to share one."""
-    return hashlib.sha1(",".join(sorted(hashes[i] for i in val_idx)).encode()).hexdigest()
+def _check_teacher_split(cfg: TrainConfig, st: _Setup, decoded, split) -> None:
+    """A teacher that trained on this run's test images would carry their labels into the student."""
+    tc = st.teacher_card
+    if tc is None:
+        return
+    tspec = SplitSpec.of(tc.data, tc.split_seed)
+    if tspec is None:
+        log.warning("teacher %s predates the locked test split: it may have trained on this run's test images, "
+                    "so the student's test numbers are optimistic", tc.name)
+        return
+    mine = tspec.split(decoded)
+    if tc.data.get("digests", {}).get("test") == split_digest(decoded.hashes, mine.test):
+        leaked = set(mine.train) & set(split.test)
+        if leaked:
+            raise TrainingError(f"teacher {tc.name!r} trained on {len(leaked)} image(s) of this run's test split; "
+                                f"use test seed {tspec.test_seed} and test fraction {tspec.test_frac} (its own)")
 
 
 def _fold_split(cfg: TrainConfig, st: _Setup, decoded, train_idx: list[int],
@@ -520,7 +538,7 @@ def _fold_split(cfg: TrainConfig, st: _Setup, decoded, train_idx: list[int],
     need = cfg.folds if cfg.folds else (st.crossfit or {}).get("folds", 0)
     if not need:
         return train_idx, None
-    ids = fold_ids([int(decoded.diagnosis_idx[i]) for i in train_idx], [decoded.hashes[i] for i in train_idx],
+    ids = fold_ids([int(decoded.diagnosis_idx[i]) for i in train_idx], [decoded.groups[i] for i in train_idx],
                    need, cfg.split_seed)
     if cfg.folds:
         return [i for i, f in zip(train_idx, ids) if f != cfg.fold], None
@@ -589,27 +607,29 @@ def _kd_record(cfg: TrainConfig, st: _Setup) -> dict[str, Any] | None:
     return kd
 
 
-def _finish(cfg, registry, model, st: _Setup, decoded, val_idx, val_x, train_idx, size, spec, history, best,
+def _finish(cfg, registry, model, st: _Setup, decoded, split, val_x, train_idx, size, spec, history, best,
             t_start) -> ModelCard:
-    """Calibrate on the validation split, measure, and register atomically."""
+    """Calibrate on the validation split, report on the locked test split, and register atomically."""
     ds = st.ds
     positive = [i for i, g in enumerate(st.groups) if g == ds.labels[1]]
     logits = _evaluate(model, val_x, size, spec.mean, spec.std)
-    y = decoded.targets[val_idx].numpy()
-    temp, metrics = calibrated_metrics(logits, y, positive, ds.labels)
+    test_paths = [decoded.paths[i] for i in split.test]
+    test_logits = _evaluate(model, decode_paths(test_paths, size), size, spec.mean, spec.std) if split.test else None
+    test_y = decoded.targets[split.test].numpy()
+    temp, metrics, test_metrics = fit_and_report(logits, decoded.targets[split.val].numpy(), test_logits, test_y,
+                                                 positive, ds.labels, subgroup_attributes(ds, test_paths))
     metrics["best_epoch"] = best["epoch"]
-    counts = ds.counts()
     card = ModelCard(
         name=cfg.name, role=cfg.role, arch=cfg.arch, label_names=st.label_names, groups=st.groups, task=cfg.task,
         task_labels=ds.labels, input_size=size, mean=spec.mean, std=spec.std, cam_layer=spec.cam_layer,
         temperature=temp, teacher=cfg.teacher,
         kd=_kd_record(cfg, st),
         split_seed=cfg.split_seed,
-        data={"root": str(ds.root), "task": cfg.task, "counts": counts, "class_counts": ds.class_counts(),
-              "n_train": len(train_idx), "n_val": len(val_idx), "val_frac": cfg.val_frac,
-              "skipped": len(decoded.skipped), "split_digest": split_digest(decoded.hashes, val_idx),
-              "label_map": cfg.label_map or "default"},
-        metrics=metrics,
+        data={"root": str(ds.root), "task": cfg.task, "counts": ds.counts(), "class_counts": ds.class_counts(),
+              "skipped": len(decoded.skipped), "label_map": cfg.label_map or "default"}
+        | split_record(ds, decoded, SplitSpec(cfg.val_frac, cfg.test_frac, cfg.split_seed, cfg.test_seed), split)
+        | {"n_train": len(train_idx)},
+        metrics=metrics, test_metrics=test_metrics,
         train={k: v for k, v in dataclasses.asdict(cfg).items()
                if k not in ("data", "name", "weights_dir", "progress", "stop_file", "overwrite", "default",
                             "description")}

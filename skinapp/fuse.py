@@ -1,8 +1,8 @@
 """A teacher fused from registered models (Karim et al. 2024 fuse three networks), with flipped test-time views.
 
 Nothing is trained: the fused network averages its members' probabilities over the members and the views, and
-its temperature is fitted on the validation split its members share. That is also the split the members chose
-their best epochs on, so the card's numbers are as optimistic as the members' own.
+its temperature is fitted on the validation split its members share (the split they chose their best epochs on);
+it is reported on their locked test split.
 """
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import logging
 from typing import Any, Sequence
 
 from .data import scan_dataset
-from .evaluation import calibrated_metrics
-from .inference import Predictor, split_logits
+from .inference import Predictor, calibrate_on_split
 from .models import build_fused
 from .registry import ModelCard, Registry, RegistryError
 
@@ -44,10 +43,12 @@ def check_members(cards: Sequence[ModelCard]) -> None:
             if getattr(c, f) != getattr(first, f):
                 raise FusionError(f"members {first.name!r} and {c.name!r} differ in {f}: "
                                   f"{getattr(first, f)!r} vs {getattr(c, f)!r}")
-        a, b = first.data.get("split_digest"), c.data.get("split_digest")
+        a = (first.data.get("split_digest"), first.data.get("digests"))
+        b = (c.data.get("split_digest"), c.data.get("digests"))
         if a != b:
             raise FusionError(f"members {first.name!r} and {c.name!r} were validated on different splits "
-                              f"(split digest {a} vs {b})")
+                              f"(validation digest {str(a[0])[:12]} vs {str(b[0])[:12]}; test digests "
+                              f"{'match' if a[1] == b[1] else 'differ'})")
 
 
 def crossfit_plan(cards: Sequence[ModelCard]) -> dict[str, Any]:
@@ -101,8 +102,7 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
     registry.register(model, card, overwrite=overwrite, dtype=dtype)
     pred = Predictor(*registry.load(name))
     ds = scan_dataset(data, first.task, label_map)
-    logits, y, _ = split_logits(pred, ds, "val")
-    temp, metrics = calibrated_metrics(logits, y, pred.positive, ds.labels)
+    temp, metrics, test_metrics = calibrate_on_split(pred, ds)
     log.info("fused %s: val AUC %.4f at T = %.3f", name, metrics["auc"], temp)
-    registry.update(name, temperature=temp, metrics=metrics)
+    registry.update(name, temperature=temp, metrics=metrics, test_metrics=test_metrics)
     return registry.set_default(name) if default else registry.get(name)

@@ -12,8 +12,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data import DecodedData, LesionDataset, decode_dataset, model_input, split_indices, to_tensor
-from .evaluation import binary_metrics, ece_null, grouped_probs
+from .data import DatasetError, DecodedData, LesionDataset, decode_dataset, model_input, to_tensor
+from .evaluation import (binary_metrics, bootstrap_ci, ece_null, grouped_probs, paired_comparison,
+                         subgroup_metrics)
+from .protocol import Selection, SplitSpec, fit_and_report, select, subgroup_attributes
 from .models import fold_batchnorm, model_lock
 from .imageio import ImageSource, InvalidImageError, is_image_file, load_image
 from .registry import ModelCard, Registry
@@ -116,37 +118,74 @@ def predict_paths(predictor: Predictor, paths: Iterable[str | Path], temperature
     return results
 
 
-def select_split(decoded: DecodedData, split: str, seed: int, val_frac: float) -> np.ndarray:
-    if split == "all":
-        return np.arange(len(decoded.targets))
-    if split not in ("train", "val"):
-        raise ValueError(f"unknown split {split!r}; choose one of: all, train, val")
-    train, val = split_indices(decoded.diagnosis_idx.tolist(), decoded.hashes, val_frac, seed)
-    return np.asarray(val if split == "val" else train)
+@dataclass(frozen=True)
+class SplitData:
+    logits: torch.Tensor
+    y: np.ndarray
+    skipped: int
+    selection: Selection
+    paths: list[Path]
 
 
 def dataset_logits(predictor: Predictor, decoded: DecodedData, index: np.ndarray) -> torch.Tensor:
-    return predictor.batch_logits(decoded.images[torch.as_tensor(index)].float() / 255.0)
+    return predictor.batch_logits(decoded.images[torch.as_tensor(index, dtype=torch.long)].float() / 255.0)
 
 
-def split_logits(predictor: Predictor, ds: LesionDataset,
-                 split: str = "all") -> tuple[torch.Tensor, np.ndarray, int]:
-    """Logits, task targets and the number of unreadable files skipped, on the card's own train/val split
-    (same seed and fraction) of a dataset folder."""
+def split_logits(predictor: Predictor, ds: LesionDataset, split: str = "auto",
+                 decoded: DecodedData | None = None) -> SplitData:
+    """Logits and task targets on a part of the card's own split of a dataset folder (see ``protocol.select``)."""
     card = predictor.card
-    decoded = decode_dataset(ds, card.input_size)
-    index = select_split(decoded, split, card.split_seed or 0, float(card.data.get("val_frac", 0.2)))
-    y = decoded.targets[torch.as_tensor(index)].numpy()
-    return dataset_logits(predictor, decoded, index), y, len(decoded.skipped)
+    decoded = decoded or decode_dataset(ds, card.input_size)
+    sel = select(card.data, card.split_seed, card.name, decoded, split)
+    y = decoded.targets[torch.as_tensor(sel.index, dtype=torch.long)].numpy()
+    paths = [decoded.paths[i] for i in sel.index]
+    return SplitData(dataset_logits(predictor, decoded, sel.index), y, len(decoded.skipped), sel, paths)
 
 
-def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "all", threshold: float = 0.5,
-                     temperature: float | None = None) -> dict:
-    """Metrics on a dataset folder; ``split`` selects the card's own train/val split (same seed and fraction)."""
+def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto", threshold: float = 0.5,
+                     temperature: float | None = None, n_boot: int = 1000) -> dict:
+    """Metrics with 95% bootstrap intervals on a dataset folder: by default the model's locked test split when
+    the folder is its own data, else all of it; ``note`` says which and why."""
     card = predictor.card
-    logits, y, skipped = split_logits(predictor, ds, split)
-    p = predictor.probabilities(logits, temperature).numpy()
-    metrics = binary_metrics(y, p, threshold, ds.labels)
-    metrics.update(model=card.name, split=split, skipped=skipped, data=str(ds.root), ece_null=ece_null(p),
-                   temperature=card.temperature if temperature is None else temperature)
+    sd = split_logits(predictor, ds, split)
+    if sd.selection.split != "test":
+        log.warning("%s", sd.selection.note)
+    p = predictor.probabilities(sd.logits, temperature).numpy()
+    metrics = binary_metrics(sd.y, p, threshold, ds.labels)
+    metrics.update(model=card.name, split=sd.selection.split, note=sd.selection.note, skipped=sd.skipped,
+                   data=str(ds.root), ece_null=ece_null(p),
+                   temperature=card.temperature if temperature is None else temperature,
+                   auc_ci=bootstrap_ci(sd.y, p, "auc", n_boot),
+                   sens_at_spec80_ci=bootstrap_ci(sd.y, p, "sens_at_spec80", n_boot))
+    attrs = subgroup_attributes(ds, sd.paths)
+    if attrs:
+        metrics["subgroups"] = subgroup_metrics(sd.y, p, attrs, n_boot=n_boot)
     return metrics
+
+
+def calibrate_on_split(predictor: Predictor, ds: LesionDataset) -> tuple[float, dict, dict]:
+    """Fit the temperature on the model's validation split, report on its locked test split (none for a card
+    made before it: then {}); the folder must be the model's own data."""
+    decoded = decode_dataset(ds, predictor.card.input_size)
+    val = split_logits(predictor, ds, "val", decoded)
+    if val.selection.split != "val":
+        raise DatasetError(f"{ds.root} is not {predictor.card.name}'s own data ({val.selection.note}); calibrate on "
+                           f"the folder it was trained on")
+    test = split_logits(predictor, ds, "test", decoded) if SplitSpec.of(predictor.card.data,
+                                                                        predictor.card.split_seed) else None
+    return fit_and_report(val.logits, val.y, test.logits if test else None, test.y if test else None,
+                          predictor.positive, ds.labels, subgroup_attributes(ds, test.paths) if test else None)
+
+
+def compare_on_dataset(a: Predictor, b: Predictor, ds: LesionDataset, split: str = "auto",
+                       n_boot: int = 1000) -> dict:
+    """Two models on the same images (A's selection): ΔAUC with its paired bootstrap interval and DeLong's p."""
+    sa = split_logits(a, ds, split)
+    decoded = decode_dataset(ds, b.card.input_size)
+    if [decoded.paths[i] for i in sa.selection.index] != sa.paths:
+        raise DatasetError(f"models {a.card.name!r} and {b.card.name!r} read different images of {ds.root}")
+    pa = a.probabilities(sa.logits).numpy()
+    pb = b.probabilities(dataset_logits(b, decoded, sa.selection.index)).numpy()
+    out = paired_comparison(sa.y, pa, pb, n_boot=n_boot)
+    return {"model_a": a.card.name, "model_b": b.card.name, "data": str(ds.root), "split": sa.selection.split,
+            "note": sa.selection.note} | out

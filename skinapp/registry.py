@@ -70,12 +70,18 @@ class ModelCard:
     dtype: str = "float32"
     split_seed: int | None = None
     data: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation split: where every choice was made
+    test_metrics: dict[str, Any] = field(default_factory=dict)  # locked test split: only reported (may be empty)
     train: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     default: bool = False
     description: str = ""
     fusion: dict[str, Any] | None = None  # a model fused from registered ones: members, sizes, views
+
+    @property
+    def reported(self) -> tuple[str, dict[str, Any]]:
+        """The split a reader should trust and its metrics: the locked test split when the card has one."""
+        return ("test", self.test_metrics) if self.test_metrics else ("validation", self.metrics)
 
     @property
     def positive_indices(self) -> list[int]:
@@ -140,7 +146,9 @@ def model_summary(card: ModelCard) -> dict:
     return {"name": card.name, "role": card.role, "default": card.default, "arch": card.arch,
             "teacher": card.teacher, "params": card.params, "mflops": card.mflops, "file_bytes": card.file_bytes,
             "weights": card.weights, "input_size": card.input_size, "temperature": card.temperature,
-            "dtype": card.dtype, "val_auc": card.metrics.get("auc"), "task": card.task}
+            "dtype": card.dtype, "val_auc": card.metrics.get("auc"), "test_auc": card.test_metrics.get("auc"),
+            "test_auc_ci": card.test_metrics.get("auc_ci"), "test_n": card.test_metrics.get("n"),
+            "protocol": card.data.get("protocol", "legacy: no locked test split"), "task": card.task}
 
 
 class Registry:

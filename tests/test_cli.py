@@ -81,6 +81,9 @@ def batch(weights, tiny_data, image, cam_dir, calibrate_weights) -> dict[str, su
         "predict_cam": (weights, "predict", "--model", "tiny-student", "--json", "--temperature", "2",
                         "--cam-out", cam_dir, image),
         "evaluate": (weights, "evaluate", "--model", "tiny-student", "--data", tiny_data, "--json"),
+        "against": (weights, "evaluate", "--model", "tiny-student", "--against", "tiny-nokd", "--data", tiny_data,
+                    "--json"),
+        "evaluate_all": (weights, "evaluate", "--model", "tiny-student", "--data", tiny_data, "--split", "all"),
         "benchmark": (weights, "benchmark", "--models", "tiny-student", "--threads", "1", "--runs", "3", "--json"),
         "calibrate": (calibrate_weights[0], "calibrate", "--model", "tiny-nokd", "--data", tiny_data, "--json"),
     })
@@ -95,6 +98,10 @@ def test_models_json(batch, weights):
     by = {r["name"]: r for r in rows}
     assert by["tiny-nokd"]["teacher"] is None and by["tiny-teacher"]["teacher"] is None
     assert by["tiny-student"]["teacher"] == "tiny-teacher"
+    for r in rows:  # validation and the locked test split, each as the card has it
+        card = Registry(weights).get(r["name"])
+        assert r["val_auc"] == card.metrics["auc"] and r["test_auc"] == card.test_metrics["auc"]
+        assert r["test_auc_ci"] == card.test_metrics["auc_ci"] and len(r["test_auc_ci"]) == 2
     for role in ("teacher", "student"):
         assert sum(r["default"] for r in rows if r["role"] == role) == 1
     reg = Registry(weights)
@@ -130,9 +137,30 @@ def test_predict_with_temperature_and_cam(batch, weights, image, cam_dir):
 def test_evaluate_json(batch, weights, tiny_data):
     m = ok_json(batch["evaluate"])
     assert METRIC_KEYS | {"ece_null"} <= set(m)
-    assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
     pred = Predictor.from_registry("tiny-student", Registry(weights))
+    assert m["n"] == pred.card.data["n_test"] and m["model"] == "tiny-student" and m["split"] == "test"
+    assert "locked test split" in m["note"] and m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
     assert m["auc"] == pytest.approx(evaluate_dataset(pred, scan_dataset(tiny_data))["auc"])
+
+
+def test_evaluate_all_warns_that_it_includes_training_images(batch):
+    r = batch["evaluate_all"]
+    assert r.returncode == 0, r.stderr
+    assert "(all, n=32)" in r.stdout and "includes the" in r.stdout and "trained on" in r.stdout
+    assert "trained on" in r.stderr  # the warning also goes to the log
+
+
+def test_evaluate_against_is_a_paired_comparison_on_the_same_test_images(batch, weights, tiny_data):
+    c = ok_json(batch["against"])
+    assert c["model_a"] == "tiny-student" and c["model_b"] == "tiny-nokd" and c["split"] == "test"
+    reg = Registry(weights)
+    ds = scan_dataset(tiny_data)
+    a = evaluate_dataset(Predictor.from_registry("tiny-student", reg), ds)
+    b = evaluate_dataset(Predictor.from_registry("tiny-nokd", reg), ds)
+    assert c["n"] == a["n"] == b["n"] == reg.get("tiny-student").data["n_test"]
+    assert c["auc_a"] == pytest.approx(a["auc"], abs=1e-4) and c["auc_b"] == pytest.approx(b["auc"], abs=1e-4)
+    assert c["delta_auc"] == pytest.approx(c["auc_a"] - c["auc_b"], abs=2e-4)
+    assert c["delta_auc_ci"][0] <= c["delta_auc"] <= c["delta_auc_ci"][1]
 
 
 def test_benchmark_json(batch):
@@ -146,8 +174,8 @@ def test_benchmark_json(batch):
 def test_calibrate_updates_the_card(batch, calibrate_weights):
     w, fitted = calibrate_weights
     out = ok_json(batch["calibrate"])
-    assert {"model", "split", "n", "temperature", "ece_before", "ece_after"} <= set(out)
-    assert out["model"] == "tiny-nokd" and out["split"] == "val"
+    assert {"model", "fitted_on", "n", "temperature", "ece_before", "ece_after", "test_ece_after"} <= set(out)
+    assert out["model"] == "tiny-nokd" and out["fitted_on"] == "val"
     reg = Registry(w)
     card = reg.get("tiny-nokd")
     assert out["n"] == card.data["n_val"]

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from skinapp.data import DatasetError, decode_dataset, fold_ids, scan_dataset, split_indices
+from skinapp.data import DatasetError, decode_dataset, fold_ids, scan_dataset
+from skinapp.protocol import SplitSpec
 from skinapp.distill import TrainConfig, TrainingError, _fold_split, _resolve_heads, teacher_logits, train
 from skinapp.fuse import FusionError, fuse_models
 from skinapp.registry import Registry
@@ -46,8 +47,9 @@ def test_fold_teachers_leave_their_fold_out(crossfit_registry, tiny_data):
     cards = [crossfit_registry.get(f"fold{k}") for k in range(K)]
     ds = scan_dataset(tiny_data)
     dec = decode_dataset(ds, 32)
-    train_idx, val_idx = split_indices(dec.diagnosis_idx.tolist(), dec.hashes, 0.2, 0)
-    ids = fold_ids([int(dec.diagnosis_idx[i]) for i in train_idx], [dec.hashes[i] for i in train_idx], K, 0)
+    sp = SplitSpec().split(dec)
+    train_idx, val_idx = sp.train, sp.val
+    ids = fold_ids([int(dec.diagnosis_idx[i]) for i in train_idx], [dec.groups[i] for i in train_idx], K, 0)
     for k, c in enumerate(cards):
         assert c.train["folds"] == K and c.train["fold"] == k
         assert c.data["n_train"] == sum(f != k for f in ids) < len(train_idx)
@@ -61,7 +63,8 @@ def test_crossfit_teacher_scores_each_image_with_the_member_that_never_saw_it(cr
     ds = scan_dataset(tiny_data)
     st = _resolve_heads(cfg, ds, crossfit_registry)
     dec = decode_dataset(ds, 32)
-    train_idx, val_idx = split_indices(dec.diagnosis_idx.tolist(), dec.hashes, 0.2, 0)
+    sp = SplitSpec().split(dec)
+    train_idx, val_idx = sp.train, sp.val
     kept, folds = _fold_split(cfg, st, dec, train_idx, val_idx)
     assert kept == train_idx and len(folds) == len(train_idx) and set(folds.tolist()) == set(range(K))
     x01 = dec.images[train_idx].float() / 255

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 from PIL import Image
 
 from skinapp.data import (DEFAULT_LABEL_MAP, DatasetError, augment_batch, decode_dataset, model_input, normalize,
-                          read_label_map, resize_square, scan_dataset, split_indices, to_tensor)
+                          read_label_map, resize_square, scan_dataset, to_tensor)
 
 from conftest import SHARED_ISIC, lesion, make_dataset
 
@@ -342,119 +340,6 @@ def test_decode_handles_mixed_sizes_and_modes(tmp_path):
     assert dd.skipped == []
 
 
-# ------------------------------------------------------------------------------------------------ split
-
-def _leaks(train, val, hashes) -> set[str]:
-    return {hashes[i] for i in train} & {hashes[i] for i in val}
-
-
-def test_split_is_a_partition_and_deterministic():
-    strata = [i % 3 for i in range(90)]
-    hashes = [f"h{i}" for i in range(90)]
-    tr, va = split_indices(strata, hashes, 0.2, seed=0)
-    assert sorted(tr + va) == list(range(90))
-    assert not set(tr) & set(va)
-    assert va == sorted(va)
-    assert split_indices(strata, hashes, 0.2, seed=0) == (tr, va)
-    assert split_indices(list(strata), list(hashes), 0.2, seed=0) == (tr, va)
-    assert len(va) == 18
-
-
-def test_split_changes_with_the_seed():
-    strata = [i % 2 for i in range(100)]
-    hashes = [f"{i:04x}" for i in range(100)]
-    vals = {tuple(split_indices(strata, hashes, 0.25, seed=s)[1]) for s in range(5)}
-    assert len(vals) == 5
-
-
-def test_split_does_not_depend_on_input_order_of_hashes():
-    """The same images listed in another order get the same validation images (by content)."""
-    hashes = [f"h{i:03d}" for i in range(60)]
-    strata = [i % 2 for i in range(60)]
-    _, va = split_indices(strata, hashes, 0.2, seed=4)
-    order = list(range(60))[::-1]
-    _, va2 = split_indices([strata[i] for i in order], [hashes[i] for i in order], 0.2, seed=4)
-    assert {hashes[i] for i in va} == {hashes[order[i]] for i in va2}
-
-
-@pytest.mark.parametrize("val_frac", [0.1, 0.2, 0.3, 0.5])
-def test_split_is_stratified(val_frac):
-    sizes = {0: 50, 1: 30, 2: 20, 3: 7}
-    strata = [s for s, n in sizes.items() for _ in range(n)]
-    hashes = [f"h{i}" for i in range(len(strata))]
-    for seed in range(3):
-        tr, va = split_indices(strata, hashes, val_frac, seed)
-        got = Counter(strata[i] for i in va)
-        for s, n in sizes.items():
-            assert abs(got[s] - n * val_frac) <= 1, (s, got[s], n * val_frac)
-            assert got[s] < n  # every stratum keeps training images
-
-
-def test_split_single_image_stratum_stays_in_train():
-    strata = [0] * 20 + [1]
-    hashes = [f"h{i}" for i in range(21)]
-    tr, va = split_indices(strata, hashes, 0.5, seed=0)
-    assert 20 in tr
-    assert len(va) == 10
-
-
-def test_identical_images_never_straddle_the_split():
-    rng = np.random.default_rng(0)
-    hashes, strata = [], []
-    for g in range(60):
-        copies = int(rng.integers(1, 5))
-        for c in range(copies):
-            hashes.append(f"g{g}")
-            strata.append((g + c) % 3)  # some copies sit in another stratum (another diagnosis folder)
-    perm = rng.permutation(len(hashes))
-    hashes = [hashes[i] for i in perm]
-    strata = [strata[i] for i in perm]
-    for seed in range(25):
-        tr, va = split_indices(strata, hashes, 0.25, seed)
-        assert sorted(tr + va) == list(range(len(hashes)))
-        assert not _leaks(tr, va, hashes)
-        assert va
-
-
-@pytest.mark.parametrize("val_frac", [0.0, 1.0, -0.2, 1.5])
-def test_split_rejects_bad_fractions(val_frac):
-    with pytest.raises(DatasetError) as info:
-        split_indices([0, 1], ["a", "b"], val_frac)
-    assert str(val_frac) in str(info.value)
-
-
-def test_duplicate_photos_on_disk_stay_on_one_side(tmp_path):
-    root = make_dataset(tmp_path / "d", per_class=12, size=24)  # 6 per diagnosis folder
-    mel, bcc, nev = root / "melanoma", root / "basal_cell_carcinoma", root / "nevus"
-    twin = lesion(777, True, 24)
-    twin.save(mel / "twin_a.jpg", quality=90)
-    twin.save(mel / "twin_b.jpg", quality=90)  # same photo saved twice under another name
-    shutil.copy(mel / "twin_a.jpg", bcc / "twin_c.jpg")  # and copied into another folder of the same class
-    shutil.copy(mel / "img_000.jpg", mel / "img_000 (copy).jpg")
-    shutil.copy(nev / "img_001.jpg", nev / "zz_dup.jpg")
-    Image.open(nev / "img_002.jpg").save(nev / "img_002_as.png")  # same pixels, another format
-    ds = scan_dataset(root)
-    dd = decode_dataset(ds, 16)
-    by_name = {p.relative_to(root).as_posix(): h for p, h in zip(dd.paths, dd.hashes)}
-    groups = [("melanoma/twin_a.jpg", "melanoma/twin_b.jpg", "basal_cell_carcinoma/twin_c.jpg"),
-              ("melanoma/img_000.jpg", "melanoma/img_000 (copy).jpg"),
-              ("nevus/img_001.jpg", "nevus/zz_dup.jpg"),
-              ("nevus/img_002.jpg", "nevus/img_002_as.png")]
-    for group in groups:
-        assert len({by_name[n] for n in group}) == 1, group
-    assert len(set(dd.hashes)) == len(dd.hashes) - 5
-    strata = dd.diagnosis_idx.tolist()
-    sides_seen = set()
-    for seed in range(30):
-        tr, va = split_indices(strata, dd.hashes, 0.3, seed)
-        assert not _leaks(tr, va, dd.hashes)
-        val_names = {dd.paths[i].relative_to(root).as_posix() for i in va}
-        for group in groups:
-            assert len({n in val_names for n in group}) == 1, (seed, group)
-        sides_seen.add("melanoma/twin_a.jpg" in val_names)
-    assert sides_seen == {True, False}  # the twins do get validated sometimes: grouped, not excluded
-
-
 # ------------------------------------------------------------------------------------------------ preprocessing
 
 def test_resize_square_shapes():
@@ -572,7 +457,7 @@ def test_augment_geometry_is_a_crop_flip_or_rotation():
 
 # ------------------------------------------------------------------------------------------------ real data
 
-def test_shared_isic9_scan_and_leak_free_split():
+def test_shared_isic9_scan():
     if not SHARED_ISIC.is_dir():
         pytest.skip(f"shared ISIC data not present at {SHARED_ISIC}")
     ds = scan_dataset(SHARED_ISIC)
@@ -585,16 +470,6 @@ def test_shared_isic9_scan_and_leak_free_split():
     dd = decode_dataset(ds, 32)
     assert dd.skipped == []
     assert dd.images.shape == (1595, 3, 32, 32)
-    strata = dd.diagnosis_idx.tolist()
-    tr, va = split_indices(strata, dd.hashes, 0.2, seed=0)
-    assert sorted(tr + va) == list(range(1595))
-    assert not _leaks(tr, va, dd.hashes)
-    assert abs(len(va) - 0.2 * 1595) <= 9
-    got = Counter(strata[i] for i in va)
-    total = Counter(strata)
-    for d, n in total.items():
-        if n > 1:
-            assert abs(got[d] - 0.2 * len({dd.hashes[i] for i in range(1595) if strata[i] == d})) <= 1
 
 
 def test_hidden_folders_inside_a_class_are_ignored(tmp_path):

@@ -127,7 +127,10 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
         assert 0 <= card.metrics["auc"] <= 1 and card.metrics["ece_after"] == card.metrics["ece"]
         assert card.split_seed == 0
         d = card.data
-        assert d["n_train"] + d["n_val"] == 32 and d["n_val"] > 0
+        assert d["n_train"] + d["n_val"] + d["n_test"] == 32 and d["n_val"] > 0 and d["n_test"] > 0
+        t = card.test_metrics  # the locked test split is reported, with intervals, and calibrated out of sample
+        assert t["n"] == d["n_test"] and t["auc_ci"][0] <= t["auc"] <= t["auc_ci"][1] and "ece_before" in t
+        assert set(d["digests"]) == {"train", "val", "test"} and d["digests"]["val"] == d["split_digest"]
         assert d["counts"] == {dx: 8 for dx in DIAGNOSES}
         assert d["class_counts"] == {"benign": 16, "malignant": 16}
         assert d["skipped"] == 0 and d["root"] == str(tiny_data) and len(d["split_digest"]) == 40
@@ -141,6 +144,7 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
         assert card.train["world_size"] == 1 and card.train["epochs"] == 2 and card.train["train_time_s"] >= 0
     # the split is shared, so teacher and students were validated on the very same images
     assert teacher.data["split_digest"] == student.data["split_digest"] == nokd.data["split_digest"]
+    assert teacher.data["digests"] == student.data["digests"] == nokd.data["digests"]
 
 
 def test_progress_log_events(tiny_data, tmp_path):
@@ -153,7 +157,7 @@ def test_progress_log_events(tiny_data, tmp_path):
     assert kinds[0] == "start" and kinds[-1] == "done"
     assert kinds.count("epoch") == 2 and "step" in kinds and "error" not in kinds
     start = ev[0]
-    assert start["n_train"] + start["n_val"] == 32 and start["epochs"] == 2 and start["world_size"] == 1
+    assert start["n_train"] + start["n_val"] + start["n_test"] == 32 and start["epochs"] == 2 and start["world_size"] == 1
     steps = [e for e in ev if e["event"] == "step"]
     assert all("eta_s" in e and e["eta_s"] >= 0 and 0 < e["fraction"] <= 1 for e in steps)
     assert steps[-1]["fraction"] == 1.0 and steps[-1]["eta_s"] == 0

@@ -111,9 +111,12 @@ def test_predict_paths_keeps_going_after_a_bad_file(student, tiny_data, tmp_path
 
 def test_evaluate_dataset(student, nokd, tiny_data):
     ds = scan_dataset(tiny_data)
-    m = evaluate_dataset(student, ds)
-    assert METRIC_KEYS <= set(m)
-    assert m["n"] == 32 and m["model"] == "tiny-student" and m["split"] == "all"
+    m = evaluate_dataset(student, ds)  # its own data: the locked test split, by default
+    assert METRIC_KEYS | {"auc_ci", "sens_at_spec80_ci", "note"} <= set(m)
+    assert m["n"] == student.card.data["n_test"] and m["model"] == "tiny-student" and m["split"] == "test"
+    assert m["auc"] == pytest.approx(student.card.test_metrics["auc"], abs=1e-9)
+    everything = evaluate_dataset(student, ds, split="all")
+    assert everything["n"] == 32 and "trained on" in everything["note"]
     for pred in (student, nokd):
         card = pred.card
         val = evaluate_dataset(pred, ds, split="val")
@@ -126,7 +129,7 @@ def test_evaluate_dataset(student, nokd, tiny_data):
     hot = evaluate_dataset(nokd, ds, temperature=50.0)
     assert hot["temperature"] == 50.0 and hot["auc"] == pytest.approx(evaluate_dataset(nokd, ds)["auc"])
     with pytest.raises(ValueError, match="split"):
-        evaluate_dataset(student, ds, split="test")
+        evaluate_dataset(student, ds, split="holdout")
 
 
 # ---------------------------------------------------------------- Grad-CAM

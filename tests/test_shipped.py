@@ -1,5 +1,6 @@
-"""The models committed in weights/: they load strictly, their cards carry the validation protocol, and the
-numbers in their cards are what `evaluate` measures on the shared ISIC data today (when that data is present)."""
+"""The models committed in weights/: they load strictly, their cards carry the protocol they were made under, and
+the numbers in their cards are what `evaluate` measures on the shared ISIC data today (when that data is
+present): validation for every card, and the locked test split, with its interval, for every card that has one."""
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from conftest import SHARED_ISIC, lesion
-from skinapp.data import scan_dataset
+from skinapp.data import PROTOCOL, scan_dataset
 from skinapp.inference import Predictor, evaluate_dataset
 from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
 
@@ -30,10 +31,20 @@ def test_card_protocol_and_prediction(name):
     pred = Predictor(*REG.load(name))  # strict keys and sha256 are checked by load
     card = pred.card
     assert card.split_seed is not None and card.data["val_frac"] > 0 and len(card.data["split_digest"]) == 40
-    assert card.temperature > 0 and 0.5 <= card.metrics["auc"] <= 1.0
+    assert card.temperature > 0 and card.metrics["auc"] > 0.75  # every shipped model is far above chance
     assert card.metrics["ece_null"]["mean"] > 0 and card.metrics["n"] == card.data["n_val"]
+    if card.data.get("protocol") == PROTOCOL:  # made under the locked test split: it reports on it
+        t = card.test_metrics
+        assert t["n"] == card.data["n_test"] and t["auc_ci"][0] <= t["auc"] <= t["auc_ci"][1]
+        assert t["auc_ci"][1] - t["auc_ci"][0] > 0.01  # an interval from a real resample, not a point
+        assert set(card.data["digests"]) == {"train", "val", "test"}
+    else:
+        assert card.test_metrics == {}  # a model made before the test split never claims a test number
     if card.teacher:
         assert card.teacher in REG.names()
+        teacher = REG.get(card.teacher)
+        if card.test_metrics:  # a teacher that trained on the student's test images would leak their labels
+            assert teacher.data.get("digests", {}).get("test") == card.data["digests"]["test"]
     p = pred.predict_image(lesion(3, True, size=200))
     assert math.isclose(sum(p.probabilities.values()), 1.0, rel_tol=1e-5) and 0.0 <= p.p_positive <= 1.0
 
@@ -43,11 +54,13 @@ def test_card_protocol_and_prediction(name):
 def test_card_metrics_are_reproduced_by_evaluate(name):
     torch.set_num_threads(2)
     pred = Predictor(*REG.load(name))
-    m = evaluate_dataset(pred, scan_dataset(SHARED_ISIC, pred.card.task), "val")
-    card = pred.card.metrics
-    assert m["n"] == card["n"]
-    np.testing.assert_allclose([m["auc"], m["accuracy"], m["sens_at_spec80"]],
-                               [card["auc"], card["accuracy"], card["sens_at_spec80"]], atol=2e-3)
+    ds = scan_dataset(SHARED_ISIC, pred.card.task)
+    parts = [("val", pred.card.metrics)] + ([("test", pred.card.test_metrics)] if pred.card.test_metrics else [])
+    for split, card in parts:
+        m = evaluate_dataset(pred, ds, split, n_boot=200)
+        assert m["split"] == split and m["n"] == card["n"]
+        np.testing.assert_allclose([m["auc"], m["accuracy"], m["sens_at_spec80"]],
+                                   [card["auc"], card["accuracy"], card["sens_at_spec80"]], atol=2e-3)
 
 
 @pytest.mark.parametrize("name", [c.name for c in CARDS if c.fusion])

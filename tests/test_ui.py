@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import time
 
 import pytest
-from PIL import Image
 
-from conftest import lesion
+from conftest import lesion, make_dataset
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -42,6 +42,31 @@ def page(name: str) -> AppTest:
 def assert_clean(at: AppTest) -> None:
     assert not at.exception, [e.value for e in at.exception]
     assert any("not a medical device" in w.value for w in at.warning)
+
+
+def edit_card(weights, name: str, **changes) -> dict:
+    """Rewrite one card of the test registry copy (e.g. test_metrics={} makes it a legacy card)."""
+    path = weights / f"{name}.json"
+    card = json.loads(path.read_text())
+    card.update(changes)
+    path.write_text(json.dumps(card))
+    return card
+
+
+def make_legacy(weights, name: str) -> dict:
+    card = json.loads((weights / f"{name}.json").read_text())
+    data = {k: v for k, v in card["data"].items() if k not in ("protocol", "n_test", "grouping", "digests")}
+    return edit_card(weights, name, test_metrics={}, data=data)
+
+
+def op_caption(at: AppTest) -> str:
+    return next(c.value for c in at.caption if " split (n=" in c.value)
+
+
+def roc_at(metrics: dict, threshold: float) -> tuple[float, float]:
+    roc = metrics["roc"]
+    i = [k for k, t in enumerate(roc["thresholds"]) if t >= threshold][-1]
+    return roc["tpr"][i], 1 - roc["fpr"][i]
 
 
 def test_app_starts_on_diagnose(env):
@@ -105,7 +130,10 @@ def test_compare_page(env):
     df = at.dataframe[0].value
     assert set(df["model"]) == {"tiny-teacher", "tiny-student"}
     assert (df["median_ms"] > 0).all()
-    assert at.success or at.warning  # agreement line
+    if len(set(df["label"])) == 1:  # the agreement line matches the table
+        assert any(f"All 2 models agree: {df['label'][0]}" in s.value for s in at.success)
+    else:
+        assert any("The models disagree" in w.value for w in at.warning)
 
 
 def test_compare_bad_file(env):
@@ -157,6 +185,133 @@ def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypa
     assert any("dsnet-nokd: hard labels only. AUC 0.7900 ± 0.0200 over 2 seed(s)" in c.value for c in at.caption)
 
 
+def test_diagnose_operating_point_comes_from_the_locked_test_split(env):
+    from skinapp.registry import Registry
+
+    card = Registry(env).get("tiny-student")
+    assert card.test_metrics.get("roc"), "the fixture's models are trained with a locked test split"
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert_clean(at)
+    sens, spec = roc_at(card.test_metrics, 0.5)
+    assert op_caption(at).startswith(f"Locked test split (n={card.test_metrics['n']}): sensitivity {sens:.0%}, "
+                                     f"specificity {spec:.0%}")
+    assert any(o.startswith("tiny-student") and "test AUC" in o for o in at.selectbox(key="dx_model").options)
+
+
+def test_diagnose_legacy_card_says_it_has_no_test_split(env):
+    card = make_legacy(env, "tiny-student")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert_clean(at)
+    sens, spec = roc_at(card["metrics"], 0.5)
+    caption = op_caption(at)
+    assert caption.startswith(f"Validation split (n={card['metrics']['n']}; this model has no locked test split")
+    assert f"sensitivity {sens:.0%}, specificity {spec:.0%}" in caption
+    label = next(o for o in at.selectbox(key="dx_model").options if o.startswith("tiny-student"))
+    assert "val AUC" in label and "(no test split)" in label and "test AUC" not in label
+
+
+def test_operating_point_follows_the_temperature(env):
+    import dataclasses
+
+    from skinapp.registry import Registry
+    from skinapp.ui import common
+
+    roc = {"thresholds": [1.0, 0.9, 0.65, 0.3], "tpr": [0.0, 0.5, 1.0, 1.0], "fpr": [0.0, 0.0, 0.5, 1.0]}
+    card = dataclasses.replace(Registry(env).get("tiny-student"), temperature=1.0,
+                               test_metrics={"n": 4, "roc": roc}, metrics={"n": 9, "roc": roc})
+    assert common.operating_point(card, 0.7) == (0.5, 1.0, "test", 4)
+    assert common.operating_point(card, 0.7, 1.0) == (0.5, 1.0, "test", 4)
+    # T = 0.5 doubles the log-odds: 70% at T = 0.5 is the card's 60.4% cut, which takes in the 0.65 point
+    assert common.operating_point(card, 0.7, 0.5) == (1.0, 0.5, "test", 4)
+    for t in (0.1, 1.0, 10.0):  # which side of 50% never depends on T
+        assert common.operating_point(card, 0.5, t)[:2] == (1.0, 0.5)
+    legacy = dataclasses.replace(card, test_metrics={})
+    assert common.operating_point(legacy, 0.7) == (0.5, 1.0, "validation", 9)
+
+
+def test_models_table_reports_the_locked_test_split(env):
+    from skinapp.registry import Registry
+
+    make_legacy(env, "tiny-nokd")
+    cards = {c.name: c for c in Registry(env).cards()}
+    at = page("models").run()
+    assert_clean(at)
+    df = at.dataframe[0].value.set_index("name")
+    for name in ("tiny-teacher", "tiny-student"):
+        t = cards[name].test_metrics
+        assert df.loc[name, "test AUC"] == f"{t['auc']:.3f}"
+        assert df.loc[name, "test AUC 95% CI"] == f"{t['auc_ci'][0]:.2f}–{t['auc_ci'][1]:.2f}"
+        assert df.loc[name, "split"] == f"locked test, n={t['n']}"
+        assert df.loc[name, "val AUC"] == f"{cards[name].metrics['auc']:.3f}"
+    assert df.loc["tiny-nokd", "test AUC"] == "—" and df.loc["tiny-nokd", "test AUC 95% CI"] == "—"
+    assert df.loc["tiny-nokd", "split"] == "no test split (legacy)"
+    roc = at.get("plotly_chart")[0].proto.spec
+    assert "tiny-student (test AUC" in roc and "tiny-nokd (val AUC" in roc
+
+
+def test_models_card_says_where_its_calibration_was_measured(env):
+    make_legacy(env, "tiny-nokd")
+    at = page("models").run()
+    at.selectbox(key="models_card").set_value("tiny-student").run()
+    assert any(c.value.startswith("On the locked test split; temperature fitted on validation") for c in at.caption)
+    assert any(" test images; no metadata table: photos of one lesion" in m.value for m in at.markdown)
+    at.selectbox(key="models_card").set_value("tiny-nokd").run()
+    assert_clean(at)
+    assert any(c.value.startswith("On the validation split, in-sample") for c in at.caption)
+    assert any("Split: made before the locked test split" in m.value for m in at.markdown)
+
+
+def test_models_subgroups_table(env):
+    card = json.loads((env / "tiny-student.json").read_text())
+    card["test_metrics"]["subgroups"] = {"sex": {
+        "female": {"n": 40, "n_positive": 15, "auc": 0.8123, "auc_ci": [0.7, 0.9], "note": ""},
+        "male": {"n": 6, "n_positive": 2, "auc": None, "auc_ci": None, "note": "too few to read"}}}
+    edit_card(env, "tiny-student", test_metrics=card["test_metrics"])
+    at = page("models").run()
+    at.selectbox(key="models_card").set_value("tiny-teacher").run()
+    assert "Subgroups (locked test split)" not in [h.value for h in at.subheader]
+    at.selectbox(key="models_card").set_value("tiny-student").run()
+    assert_clean(at)
+    assert "Subgroups (locked test split)" in [h.value for h in at.subheader]
+    df = next(d.value for d in at.dataframe if "attribute" in d.value).set_index("value")
+    assert df.loc["female", "AUC"] == "0.812" and df.loc["female", "95% CI"] == "0.70–0.90"
+    assert df.loc["male", "AUC"] == "—" and df.loc["male", "note"] == "too few to read"
+    assert df.loc["male", "malignant n"] == 2
+
+
+def test_models_paired_comparisons_only_when_there_are_some(env, tmp_path, monkeypatch):
+    from skinapp.ui import models
+
+    monkeypatch.setattr(models, "PAIRED_FILE", tmp_path / "absent.json")
+    at = page("models").run()
+    assert "Paired comparisons on the same images" not in [h.value for h in at.subheader]
+    paired = tmp_path / "paired.json"
+    paired.write_text(json.dumps([{"model_a": "tiny-student", "model_b": "tiny-nokd", "relation": "vs its no-KD "
+                                   "control", "n": 320, "auc_a": 0.91, "auc_b": 0.89, "delta_auc": 0.02,
+                                   "delta_auc_ci": [-0.011, 0.052], "p_delong": 0.21, "split": "test"}]))
+    monkeypatch.setattr(models, "PAIRED_FILE", paired)
+    at = page("models").run()
+    assert_clean(at)
+    assert "Paired comparisons on the same images" in [h.value for h in at.subheader]
+    row = next(d.value for d in at.dataframe if "ΔAUC (A − B)" in d.value).iloc[0]
+    assert (row["ΔAUC (A − B)"], row["95% CI"], row["DeLong p"]) == (0.02, "-0.011–0.052", 0.21)
+
+
+def test_train_page_says_whether_it_can_group_lesions(env, tiny_data, tmp_path):
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(tiny_data)).run()
+    assert_clean(at)
+    assert any("No metadata table was found" in w.value for w in at.warning)
+    data = make_dataset(tmp_path / "with-meta", per_class=12)
+    images = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.jpg"))[:10]
+    (data / "metadata.csv").write_text("image,lesion_id\n" + "".join(f"{im},L{i // 2}\n" for i, im in
+                                                                      enumerate(images)))
+    at.text_input(key="train_data").set_value(str(data)).run()
+    assert_clean(at)
+    assert not any("No metadata table" in w.value for w in at.warning)
+    assert any(str(data / "metadata.csv") in c.value and "10 of 24 images a lesion_id" in c.value for c in at.caption)
+
+
 def test_train_page_refuses_bad_folder(env, tmp_path):
     at = page("train").run()
     assert_clean(at)
@@ -183,23 +338,23 @@ def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
     assert recipe("dsnet") != recipe(DEFAULT_STUDENT_ARCH)
 
 
-def test_train_page_runs_a_job(env, tiny_data, tmp_path):
+def launch(tiny_data, name: str, teacher: str | None = None, test_frac: float | None = None):
+    """Fill in the Train form for a quick dsnet run, launch it and wait for the job to end."""
+    from skinapp import jobs
+
     at = page("train").run()
     at.text_input(key="train_data").set_value(str(tiny_data)).run()
     assert not at.error
     at.selectbox(key="train_arch").set_value("dsnet").run()  # the quickest network to train in a test
-    form_inputs = {w.label: w for w in at.text_input}
-    form_inputs["New model name"].set_value("ui-student")
+    {w.label: w for w in at.text_input}["New model name"].set_value(name)
+    if teacher is not None:
+        at.selectbox(key="train_teacher").set_value(teacher)
+    values = {"Epochs": 1, "Image size (pixels)": 48, "Batch size": 8, "Locked test fraction": test_frac}
     for w in at.number_input:
-        if w.label == "Epochs":
-            w.set_value(1)
-        if w.label == "Image size (pixels)":
-            w.set_value(48)
-        if w.label == "Batch size":
-            w.set_value(8)
+        if values.get(w.label) is not None:
+            w.set_value(values[w.label])
     at.button[0].click().run()
     assert not at.exception
-    from skinapp import jobs
     deadline = time.time() + 120
     while time.time() < deadline:
         state = jobs.list_jobs()[0]
@@ -207,10 +362,27 @@ def test_train_page_runs_a_job(env, tiny_data, tmp_path):
             break
         time.sleep(1)
     assert state.status == "done", jobs.log_tail(state.id)
+    return state
+
+
+def test_train_page_runs_a_job(env, tiny_data, tmp_path):
     from skinapp.registry import Registry
-    assert Registry().get("ui-student").teacher == "tiny-teacher"
+
+    state = launch(tiny_data, "ui-student")
+    card = Registry().get("ui-student")
+    assert card.teacher == "tiny-teacher"
+    assert state.spec["args"]["test_frac"] == 0.2 and card.test_metrics["n"] == card.data["n_test"] > 0
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert any("ui-student" in o for o in at.selectbox(key="dx_model").options)
+
+
+def test_train_page_test_fraction_reaches_the_model(env, tiny_data):
+    from skinapp.registry import Registry
+
+    state = launch(tiny_data, "ui-nokd", teacher="(none: train without distillation)", test_frac=0.3)
+    card = Registry().get("ui-nokd")
+    assert card.teacher is None and state.spec["args"]["test_frac"] == 0.3
+    assert card.data["test_frac"] == 0.3 and card.data["n_test"] == card.test_metrics["n"] > 0
 
 
 def test_shipped_default_student_under_one_second(tmp_path, monkeypatch):

@@ -10,9 +10,23 @@ from skinapp.imageio import InvalidImageError
 from skinapp.ui import common
 
 log = logging.getLogger(__name__)
-T_HELP = ("Temperature divides the model's raw scores before the softmax. Above 1 pulls the probabilities towards "
-          "50/50, below 1 pushes them towards 0 or 1; the verdict order never changes. The default is the "
-          "temperature fitted on validation images so that, e.g., 80% means right about 80% of the time.")
+T_HELP = ("Temperature divides the model's benign-vs-malignant log-odds (how strongly it leans one way) before "
+          "they become a probability. Above 1 pulls the probabilities towards 50/50, below 1 pushes them towards "
+          "0 or 1. It never changes the order of the photos nor which side of 50% a photo is on; it can change "
+          "which side of another threshold a photo is on. The default is the temperature fitted on validation "
+          "images so that, e.g., 80% means right about 80% of the time.")
+T_SHORT = "Above 1 pulls probabilities towards 50/50, below 1 towards 0 or 1; the order of photos never changes."
+SPLIT_NAMES = {"test": "Locked test split (n={n})",
+               "validation": "Validation split (n={n}; this model has no locked test split, so this is optimistic)"}
+
+
+def _operating_caption(card, threshold: float, temperature: float) -> str | None:
+    op = common.operating_point(card, threshold, temperature)
+    if op is None:
+        return None
+    where = SPLIT_NAMES[op.split].format(n=op.n if op.n is not None else "?")
+    return (f"{where}: sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at this threshold "
+            f"and temperature.")
 
 
 def _settings(cards):
@@ -23,15 +37,14 @@ def _settings(cards):
                         key="dx_model")
     c1, c2, c3 = st.columns(3)
     hi = max(10.0, round(card.temperature * 2, 2))
-    temperature = c1.slider("Softmax temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
+    temperature = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
                             key=f"dx_T_{card.name}", help=T_HELP)
-    c1.caption(f"Calibrated: T = {card.temperature:.2f}. " + T_HELP.split(".")[1] + ".")
+    c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     threshold = c2.slider(f"Decision threshold on P({card.task_labels[1]})", 0.05, 0.95, 0.5, 0.01,
                           key=f"dx_thr_{card.name}")
-    op = common.operating_point(card, threshold)
-    if op:
-        c2.caption(f"Validation operating point at the calibrated temperature: sensitivity {op[0]:.0%}, "
-                   f"specificity {op[1]:.0%}.")
+    caption = _operating_caption(card, threshold, temperature)
+    if caption:
+        c2.caption(caption)
     band = c3.slider("'Uncertain' band around the threshold (±)", 0.0, 0.3, 0.1, 0.01, key="dx_band")
     alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
     return card, temperature, threshold, band, alpha

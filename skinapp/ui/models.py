@@ -1,4 +1,8 @@
-"""Models: the registry, each model card, ROC curves, reliability diagrams and the temperature sweep."""
+"""Models: the registry, each model card, ROC curves, reliability diagrams, subgroups and the temperature sweep.
+
+Every number says which split it is on: the locked test split when a card has one (only reported, never used
+for a choice), else the validation split it was tuned on.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,47 +16,195 @@ import streamlit as st
 from skinapp.registry import model_summary
 from skinapp.ui import common
 
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 # the sweep of dsnet-kd's recipe (96 px) from the previous default teacher; the older 112 px one is in docs
-SWEEP_FILE = Path(__file__).resolve().parents[2] / "docs" / "results" / "temperature_sweep96.json"
-CONTROLS_FILE = SWEEP_FILE.with_name("controls96.json")  # the same dsnet without distillation, for reference
+SWEEP_FILE = RESULTS / "temperature_sweep96.json"
+CONTROLS_FILE = RESULTS / "controls96.json"  # the same dsnet without distillation, for reference
+PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
+SHORT_SPLIT = {"test": "test", "validation": "val"}
+CURVES = ("roc", "reliability", "reliability_before")
+
+
+def _ci(ci, digits: int = 2) -> str:
+    return f"{ci[0]:.{digits}f}–{ci[1]:.{digits}f}" if ci else ""
+
+
+def _with_ci(value, ci) -> str:
+    if not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:.2f} ({_ci(ci)})" if ci else f"{value:.2f}"
+
+
+def _rounded(value, digits: int = 3):
+    return round(value, digits) if isinstance(value, (int, float)) else None
+
+
+def _shown(value, digits: int = 3) -> str:
+    """A table cell: the number, or a dash where the card has none (a legacy card's test columns)."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "—"
+
+
+def _split_cell(card) -> str:
+    if card.test_metrics:
+        return f"locked test, n={card.test_metrics.get('n', '?')}"
+    return "no test split (legacy)" if "protocol" not in card.data else "no test split (test fraction 0)"
+
+
+def _row(card) -> dict:
+    s, t = model_summary(card), card.test_metrics
+    return {"name": s["name"], "role": s["role"], "default": s["default"], "arch": s["arch"],
+            "teacher": s["teacher"] or "—", "params": s["params"], "size": common.human_size(s["file_bytes"]),
+            "val AUC": _shown(s["val_auc"]), "test AUC": _shown(s["test_auc"]),
+            "test AUC 95% CI": _ci(s["test_auc_ci"]) or "—",
+            "test sens@spec80": _with_ci(t.get("sens_at_spec80"), t.get("sens_at_spec80_ci")),
+            "test ECE": _shown(t.get("ece")), "T": round(card.temperature, 3), "split": _split_cell(card)}
+
+
+def _table_columns() -> dict:
+    narrow = {k: st.column_config.Column(width=70) for k in ("role", "size", "val AUC", "test AUC", "test ECE")}
+    return narrow | {"name": st.column_config.TextColumn(pinned=True),
+                     "default": st.column_config.CheckboxColumn(width=60),
+                     "params": st.column_config.NumberColumn(format="compact", width=60),
+                     "T": st.column_config.NumberColumn(width=50)}
+
+
+def _registry_table(cards) -> None:
+    st.dataframe(pd.DataFrame([_row(c) for c in cards]), width="stretch", hide_index=True,
+                 column_config=_table_columns())
+    st.caption("val: the validation split, where epochs and the temperature were chosen. test: the locked, "
+               "lesion-grouped test split, only reported, never used for a choice; intervals are 95% bootstrap.")
+
+
+def _roc_title(splits: set[str]) -> str:
+    if splits == {"test"}:
+        return "ROC on each model's locked test split"
+    if splits == {"validation"}:
+        return "ROC on each model's validation split (none has a locked test split: optimistic)"
+    return "ROC on the locked test split where a model has one, else validation (the legend says which)"
 
 
 def _roc_figure(cards) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance"))
+    splits = set()
     for c in cards:
-        roc = c.metrics.get("roc")
+        split, m = c.reported
+        roc = m.get("roc")
         if roc:
+            splits.add(split)
             fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines",
-                                     name=f"{c.name} (AUC {c.metrics.get('auc', float('nan')):.3f})"))
+                                     name=f"{c.name} ({SHORT_SPLIT[split]} AUC {m.get('auc', float('nan')):.3f})"))
     fig.update_layout(height=420, xaxis_title="1 − specificity", yaxis_title="sensitivity",
-                      margin=dict(l=10, r=10, t=30, b=10), title="ROC on each model's validation split")
+                      margin=dict(l=10, r=10, t=40, b=10), title=_roc_title(splits))
     return fig
 
 
 def _reliability_figure(card) -> go.Figure | None:
+    split, m = card.reported
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0.5, 1], y=[0.5, 1], mode="lines", line=dict(dash="dot", color="grey"),
                              name="perfect calibration"))
     found = False
     for key, label in (("reliability_before", "T = 1"), ("reliability", f"T = {card.temperature:.2f}")):
-        bins = card.metrics.get(key)
+        bins = m.get(key)
         if bins:
             found = True
             fig.add_trace(go.Scatter(x=[b["confidence"] for b in bins], y=[b["accuracy"] for b in bins],
                                      mode="lines+markers", name=label,
                                      text=[f"n={b['n']}" for b in bins]))
+    where = "locked test split" if split == "test" else "validation split (in-sample)"
     fig.update_layout(height=360, xaxis_title="confidence", yaxis_title="accuracy",
-                      margin=dict(l=10, r=10, t=30, b=10), title=f"Reliability: {card.name}")
+                      margin=dict(l=10, r=10, t=40, b=10), title=f"Reliability of {card.name} on its {where}")
     return fig if found else None
+
+
+def _ece_caption(card) -> str | None:
+    split, m = card.reported
+    if "ece_before" not in m:
+        return None
+    null = m.get("ece_null")
+    where = ("On the locked test split; temperature fitted on validation. " if split == "test" else
+             "On the validation split, in-sample: the temperature was fitted on these same images, so this "
+             "flatters the calibration. ")
+    text = (f"{where}ECE (15 bins) {m['ece_before']:.3f} at T = 1 → {m.get('ece_after', m.get('ece')):.3f} "
+            f"at the fitted T = {card.temperature:.2f}")
+    if null:
+        text += (f". Sampling noise alone: a perfectly calibrated model with these probabilities would show "
+                 f"{null['mean']:.3f} on average (95% up to {null['p95']:.3f}) on {m.get('n', 'these')} images")
+    return text + "."
+
+
+def _subgroups(card) -> None:
+    groups = card.test_metrics.get("subgroups")
+    if not groups:
+        return
+    st.subheader("Subgroups (locked test split)")
+    rows = [{"attribute": attr, "value": value, "n": r.get("n"), "malignant n": r.get("n_positive"),
+             "AUC": "—" if r.get("auc") is None else f"{r['auc']:.3f}",
+             "95% CI": _ci(r.get("auc_ci")) or "—", "note": r.get("note") or "—"}
+            for attr, values in groups.items() for value, r in values.items()]
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    st.caption("Small groups cannot be read: with few images of either class the AUC swings widely (see the "
+               "interval), and a group with too few has no AUC at all.")
+
+
+def _split_text(card) -> str:
+    d = card.data
+    if "protocol" not in d:
+        return ("made before the locked test split: photos of one lesion may sit on both sides of its split; "
+                "its numbers are on the split it was tuned on.")
+    g = d.get("grouping") or {}
+    meta = g.get("metadata")
+    dups = g.get("near_duplicates", "—")
+    how = (f"lesion-grouped via {Path(meta).name} ({g.get('images_with_id', 0)} images with a lesion id), "
+           f"near-duplicates: {dups}" if meta else
+           f"no metadata table: photos of one lesion are kept together only when they are near-duplicates ({dups})")
+    return f"{d.get('n_train')} train / {d.get('n_val')} validation / {d.get('n_test')} test images; {how}"
+
+
+def _card_details(card) -> None:
+    st.markdown(f"**{card.name}** — {card.description or card.arch}")
+    st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"
+                f"Input {card.input_size}px, mean {card.mean}, std {card.std} · Grad-CAM layer `{card.cam_layer}`"
+                f"  \nSplit seed {card.split_seed} · created {card.created}")
+    st.markdown(f"Split: {_split_text(card)}")
+    if card.fusion:
+        members = ", ".join(f"{m['name']} ({m['input_size']}px)" for m in card.fusion["members"])
+        st.markdown(f"Fused from {members}: mean probability over the members and over "
+                    f"{len(card.fusion['views'])} view(s) of the photo ({', '.join(card.fusion['views'])}). "
+                    "No weights of its own were trained.")
+
+
+def _card_json(card) -> None:
+    with st.expander("Full model card (JSON)"):
+        d = dataclasses.asdict(card)
+        for key in ("metrics", "test_metrics"):
+            d[key] = {k: v for k, v in d[key].items() if k not in CURVES}
+        st.json(d, expanded=False)
+
+
+def _paired() -> None:
+    if not PAIRED_FILE.exists():
+        return
+    rows = json.loads(PAIRED_FILE.read_text())
+    st.subheader("Paired comparisons on the same images")
+    st.dataframe(pd.DataFrame([{
+        "model A": r.get("model_a"), "model B": r.get("model_b"), "relation": r.get("relation"),
+        "split": r.get("split"), "n": r.get("n"), "AUC A": _rounded(r.get("auc_a")), "AUC B": _rounded(r.get("auc_b")),
+        "ΔAUC (A − B)": _rounded(r.get("delta_auc")), "95% CI": _ci(r.get("delta_auc_ci"), 3),
+        "DeLong p": _rounded(r.get("p_delong"), 4)} for r in rows]), width="stretch", hide_index=True)
+    st.caption("Both models scored on the same images. ΔAUC is A minus B; its interval is a 95% paired bootstrap "
+               "(both models on the same resamples); p is DeLong's test. An interval that spans 0 shows no "
+               "difference these images can detect.")
 
 
 def _sweep() -> None:
     if not SWEEP_FILE.exists():
         return
     st.subheader("Temperature sweep (distilling dsnet at different T)")
-    st.caption("dsnet at 96 px (dsnet-kd's recipe) distilled from teacher-fused, the default teacher before "
-               "teacher-lite012; validation split of its cards; docs/experiments.md has the commands.")
+    st.caption("Validation split, before the locked test split existed; teacher-fused is no longer shipped. "
+               "dsnet at 96 px (dsnet-kd's recipe) distilled from teacher-fused, the default teacher before "
+               "teacher-lite012; docs/experiments.md has the commands.")
     rows = json.loads(SWEEP_FILE.read_text())
     df = pd.DataFrame(rows)
     st.dataframe(df, width="stretch", hide_index=True)
@@ -77,15 +229,7 @@ def render() -> None:
     if not cards:
         st.error("No models are registered yet.")
         return
-    rows = []
-    for c in cards:
-        s = model_summary(c)
-        m = c.metrics
-        rows.append({"name": s["name"], "role": s["role"], "default": s["default"], "arch": s["arch"],
-                     "teacher": s["teacher"] or "—", "params": s["params"], "MFLOPs": s["mflops"],
-                     "size": common.human_size(s["file_bytes"]), "AUC": m.get("auc"), "accuracy": m.get("accuracy"),
-                     "sens@spec80": m.get("sens_at_spec80"), "ECE": m.get("ece"), "T": c.temperature})
-    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    _registry_table(cards)
     st.plotly_chart(_roc_figure(cards), width="stretch", key="models_roc")
     name = st.selectbox("Model card", [c.name for c in cards], key="models_card")
     card = next(c for c in cards if c.name == name)
@@ -94,27 +238,12 @@ def render() -> None:
         fig = _reliability_figure(card)
         if fig is not None:
             st.plotly_chart(fig, width="stretch", key="models_rel")
-        m = card.metrics
-        if "ece_before" in m:
-            null = m.get("ece_null")
-            st.caption(f"ECE (15 bins) {m['ece_before']:.3f} at T = 1 → {m.get('ece_after', m.get('ece')):.3f} "
-                       f"at the fitted T = {card.temperature:.2f}"
-                       + (f". Sampling noise alone: a perfectly calibrated model with these probabilities would "
-                          f"show {null['mean']:.3f} on average (95% up to {null['p95']:.3f}) on "
-                          f"{m.get('n', 'these')} images." if null else ""))
+        caption = _ece_caption(card)
+        if caption:
+            st.caption(caption)
     with c2:
-        st.markdown(f"**{card.name}** — {card.description or card.arch}")
-        st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"
-                    f"Input {card.input_size}px, mean {card.mean}, std {card.std} · Grad-CAM layer `{card.cam_layer}`"
-                    f"  \nSplit seed {card.split_seed}, data: {card.data.get('n_train')} train / "
-                    f"{card.data.get('n_val')} validation images · created {card.created}")
-        if card.fusion:
-            members = ", ".join(f"{m['name']} ({m['input_size']}px)" for m in card.fusion["members"])
-            st.markdown(f"Fused from {members}: mean probability over the members and over "
-                        f"{len(card.fusion['views'])} view(s) of the photo ({', '.join(card.fusion['views'])}). "
-                        "No weights of its own were trained.")
-    with st.expander("Full model card (JSON)"):
-        d = dataclasses.asdict(card)
-        d["metrics"] = {k: v for k, v in d["metrics"].items() if k not in ("roc", "reliability", "reliability_before")}
-        st.json(d, expanded=False)
+        _card_details(card)
+    _subgroups(card)
+    _card_json(card)
+    _paired()
     _sweep()

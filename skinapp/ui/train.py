@@ -29,16 +29,37 @@ def _scan(path: str):
             seen.add(s.diagnosis)
         except InvalidImageError:
             continue
-    return ds.counts(), ds.class_counts(), ds.groups, thumbs
+    return ds.counts(), ds.class_counts(), ds.groups, thumbs, _metadata_info(ds)
+
+
+def _metadata_info(ds) -> tuple[str, int, str] | None:
+    """(table path, images it gives a lesion id, id column), or None: plain data, so st.cache_data can keep it."""
+    meta = ds.metadata
+    if meta is None:
+        return None
+    return str(meta.path), sum(1 for p in meta.rows if meta.lesion_id(p)), meta.id_column
+
+
+def _metadata_note(path: str, info: tuple[str, int, str] | None, n_images: int) -> None:
+    if info is None:
+        folder = Path(path).expanduser().name
+        st.warning(f"No metadata table was found (metadata.csv with image and lesion_id columns, inside the folder "
+                   f"or {folder}-metadata.csv beside it), so photos of the same lesion are grouped only when they "
+                   f"are near-duplicates and the test numbers may be optimistic.", icon=":material/warning:")
+        return
+    table, n_with_id, column = info
+    st.caption(f"Lesion metadata: {table} gives {n_with_id} of {n_images} images a {column}; photos of one lesion "
+               f"stay on one side of the split.")
 
 
 def _dataset_preview(path: str) -> bool:
     try:
-        counts, classes, groups, thumbs = _scan(path)
+        counts, classes, groups, thumbs, meta = _scan(path)
     except DatasetError as exc:
         st.error(common.friendly(exc), icon=":material/folder_off:")
         return False
     st.success(" · ".join(f"{k}: {v}" for k, v in classes.items()) + f" — {sum(counts.values())} images")
+    _metadata_note(path, meta, sum(counts.values()))
     fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()),
                            marker_color=["#c0392b" if groups[d] in ("malignant", "melanoma") else "#3a8d5c"
                                          for d in counts]))
@@ -71,12 +92,15 @@ def _form(reg) -> dict | None:
         batch = c3.number_input("Batch size", 2, 512, plan.batch_size, key=f"train_batch_{arch}")
         size = c3.number_input("Image size (pixels)", 32, 512, ARCHITECTURES[arch].input_size,
                                key=f"train_size_{arch}")
+        test_frac = c1.number_input("Locked test fraction", 0.0, 0.5, 0.2, 0.05, key="train_test_frac",
+                                    help="Share of lesions kept aside as the locked test split: reported only, "
+                                         "never used to choose anything. 0 = no test split.")
         submitted = st.form_submit_button("Launch training", type="primary")
     if not submitted:
         return None
     args = {"data": st.session_state.get("train_data", ""), "name": name.strip(), "arch": arch,
             "temperature": temperature, "alpha": alpha, "epochs": int(epochs), "lr": lr, "batch_size": int(batch),
-            "image_size": int(size), "threads": max(1, (os.cpu_count() or 2))}
+            "image_size": int(size), "test_frac": float(test_frac), "threads": max(1, (os.cpu_count() or 2))}
     if teacher in teachers:
         args["teacher"] = teacher
     else:
