@@ -12,6 +12,7 @@ from PIL import Image
 
 from .explain import explain
 from .inference import Predictor
+from . import checks
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ def benchmark_predictor(predictor: Predictor, img: Image.Image, single: list[flo
 def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None = None, threads: int | None = None,
                   runs: int = 50, image: Image.Image | None = None) -> list[dict]:
     registry = registry or Registry()
-    if threads:
-        torch.set_num_threads(threads)
+    checks.positive_int("runs", runs)
+    if threads is not None:
+        torch.set_num_threads(checks.positive_int("threads", threads))
     names = list(names) if names else registry.names()
     img = image or synthetic_lesion()
     log.info("benchmark on %s, %d torch threads, image %dx%d", platform.processor() or platform.machine(),

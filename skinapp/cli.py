@@ -15,7 +15,8 @@ from typing import Sequence
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
 from .explain import ExplainError
-from .imageio import InvalidImageError, load_image
+from . import checks
+from .imageio import IMAGE_SUFFIXES, InvalidImageError, load_image
 from .protocol import SPLITS
 from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
 from .registry import Registry, RegistryError, model_summary
@@ -50,11 +51,18 @@ def cmd_predict(args, reg: Registry) -> int:
     from .explain import explain
     from .inference import Predictor, expand_inputs
 
-    pred = Predictor(*reg.load(args.model or reg.default("student").name))
+    paths = expand_inputs(args.images)
+    if not paths:
+        raise ValueError(f"no images found in {', '.join(map(str, args.images))} (looked for "
+                         f"{', '.join(IMAGE_SUFFIXES)})")
     if args.cam_out:
-        Path(args.cam_out).mkdir(parents=True, exist_ok=True)
+        out_dir = Path(args.cam_out)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+    pred = Predictor(*reg.load(args.model or reg.default("student").name))
     rows, failed = [], 0
-    for path in expand_inputs(args.images):
+    for path in paths:
         try:
             img = load_image(path)
             r = pred.predict_image(img, args.temperature, args.threshold, str(path)).as_dict()
@@ -310,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_args(args) -> None:
+    """The engine's own bounds, checked before any model or data is touched."""
+    if getattr(args, "temperature", None) is not None:
+        checks.temperature(args.temperature)
+    if getattr(args, "threshold", None) is not None:
+        checks.threshold(args.threshold)
+    for name in ("threads", "runs"):
+        if getattr(args, name, None) is not None:
+            checks.positive_int(name, getattr(args, name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -321,6 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "train-teacher": lambda a, r: cmd_train(a, r, "teacher"),
                 "distill": lambda a, r: cmd_train(a, r, "student")}
     try:
+        _check_args(args)
         return handlers[args.command](args, reg)
     except USER_ERRORS as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from . import checks
 from .data import DatasetError, DecodedData, LesionDataset, decode_dataset, model_input, to_tensor
 from .evaluation import (binary_metrics, bootstrap_ci, ece_null, grouped_probs, paired_comparison,
                          subgroup_metrics)
@@ -62,7 +63,7 @@ class Predictor:
             return self.model(x.contiguous(memory_format=torch.channels_last))
 
     def probabilities(self, logits: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        t = self.card.temperature if temperature is None else temperature
+        t = self.card.temperature if temperature is None else checks.temperature(temperature)
         return grouped_probs(logits, self.positive, t)
 
     def predict_image(self, img: Image.Image, temperature: float | None = None, threshold: float = 0.5,
@@ -74,7 +75,8 @@ class Predictor:
 
     def to_prediction(self, logits: torch.Tensor, temperature: float | None, threshold: float, source: str,
                       latency_ms: float) -> Prediction:
-        t = self.card.temperature if temperature is None else float(temperature)
+        t = self.card.temperature if temperature is None else checks.temperature(temperature)
+        threshold = checks.threshold(threshold)
         p = float(self.probabilities(logits.unsqueeze(0), t)[0])
         neg, pos = self.card.task_labels
         return Prediction(source, self.card.name, {neg: 1 - p, pos: p}, p, pos if p >= threshold else neg,
@@ -151,7 +153,7 @@ def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto
     if sd.selection.split != "test":
         log.warning("%s", sd.selection.note)
     p = predictor.probabilities(sd.logits, temperature).numpy()
-    metrics = binary_metrics(sd.y, p, threshold, ds.labels)
+    metrics = binary_metrics(sd.y, p, checks.threshold(threshold), ds.labels)
     metrics.update(model=card.name, split=sd.selection.split, note=sd.selection.note, skipped=sd.skipped,
                    data=str(ds.root), ece_null=ece_null(p),
                    temperature=card.temperature if temperature is None else temperature,

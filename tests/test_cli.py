@@ -272,3 +272,51 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
                                                               plan.batch_size)
     teacher = _train_config(build_parser().parse_args(["train-teacher", "--data", "d", "--name", "t"]), "teacher")
     assert (teacher.arch, teacher.epochs, teacher.lr) == ("efficientnet_lite0", 12, 1e-3)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["predict", "--temperature", "nan", "IMG"], "temperature nan"),
+    (["predict", "--temperature", "inf", "IMG"], "temperature inf"),
+    (["predict", "--temperature", "0", "IMG"], "temperature 0.0"),
+    (["predict", "--temperature", "-2", "--json", "IMG"], "temperature -2.0"),
+    (["predict", "--threshold", "2", "IMG"], "threshold 2.0"),
+    (["predict", "--threshold", "0", "IMG"], "threshold 0.0"),
+    (["predict", "--threshold", "nan", "IMG"], "threshold nan"),
+    (["benchmark", "--threads", "-1", "--runs", "2"], "threads -1"),
+    (["benchmark", "--threads", "0", "--runs", "2"], "threads 0"),
+    (["benchmark", "--runs", "0"], "runs 0"),
+    (["evaluate", "--model", "tiny-student", "--data", "DATA", "--threshold", "1.5"], "threshold 1.5"),
+    (["evaluate", "--model", "tiny-student", "--data", "DATA", "--temperature", "nan"], "temperature nan"),
+    (["distill", "--data", "DATA", "--name", "x", "-T", "inf"], "temperature inf"),
+    (["predict", "EMPTY"], "no images found"),
+    (["predict", "--cam-out", "IMG", "IMG"], "is not a folder"),
+])
+def test_no_silent_nonsense(argv, needle, weights, tiny_data, image, tmp_path, capsys):
+    """Each bad value ends in exit 2 and one line naming it, before any model or data is touched."""
+    from skinapp.cli import main
+
+    (tmp_path / "empty").mkdir()
+    subst = {"IMG": str(image), "DATA": str(tiny_data), "EMPTY": str(tmp_path / "empty")}
+    code = main(["--weights", str(weights), *[subst.get(a, a) for a in argv]])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("skinapp: error:") and needle in lines[0], err
+    assert out == ""  # in particular no half-written JSON
+
+
+def test_engine_entry_points_refuse_the_same_values(weights):
+    from conftest import lesion
+    from skinapp.benchmark import run_benchmark
+
+    student = Predictor.from_registry("tiny-student", Registry(weights))
+    img = lesion(1, True, 48)
+    for t in (float("nan"), 0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            student.predict_image(img, temperature=t)
+    for thr in (0.0, 1.0, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="threshold"):
+            student.predict_image(img, threshold=thr)
+    with pytest.raises(ValueError, match="runs 0"):
+        run_benchmark(["tiny-student"], Registry(weights), runs=0)
+    assert student.predict_image(img, temperature=2.0, threshold=0.3).temperature == 2.0
