@@ -8,8 +8,9 @@ pages = [
     st.Page(diagnose.render, title="Diagnose", icon=":material/stethoscope:", url_path="diagnose", default=True),
     st.Page(compare.render, title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page(models.render, title="Models", icon=":material/inventory_2:", url_path="models"),
-    st.Page(train.render, title="Train", icon=":material/model_training:", url_path="train"),
 ]
+if common.training_enabled():  # SKINAPP_TRAINING=off hides the Train page for demos
+    pages.append(st.Page(train.render, title="Train", icon=":material/model_training:", url_path="train"))
 nav = st.navigation(pages)
 common.disclaimer()
 nav.run()

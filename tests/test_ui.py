@@ -403,3 +403,25 @@ def test_shipped_default_student_under_one_second(tmp_path, monkeypatch):
     assert not at.exception
     assert time.perf_counter() - t0 < 1.0
     assert [c for c in at.caption if c.value.startswith("P(malignant)")]
+
+
+def test_training_can_be_switched_off_for_demos(monkeypatch):
+    from skinapp.ui.common import training_enabled
+
+    assert training_enabled()
+    for value in ("off", "OFF", "0", "false", "no"):
+        monkeypatch.setenv("SKINAPP_TRAINING", value)
+        assert not training_enabled()
+    at = AppTest.from_file(APP, default_timeout=60).run()  # the app still starts without the page
+    assert not at.exception
+    monkeypatch.setenv("SKINAPP_TRAINING", "on")
+    assert training_enabled()
+
+
+def test_server_binds_to_localhost_by_default():
+    import re
+    from pathlib import Path
+
+    text = (Path(APP).parent / ".streamlit" / "config.toml").read_text()
+    server = re.search(r"^\[server\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M).group(1)
+    assert re.search(r'^address = "localhost"$', server, re.M)

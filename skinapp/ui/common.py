@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -24,6 +25,11 @@ from skinapp.registry import ModelCard, Registry
 DISCLAIMER = ("**Research and education tool — not a medical device, not for diagnosis.** Outputs are model "
               "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
+
+
+def training_enabled() -> bool:
+    """SKINAPP_TRAINING=off (or 0/false/no) hides the Train page, so a demo cannot launch jobs."""
+    return os.environ.get("SKINAPP_TRAINING", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 def disclaimer() -> None:
