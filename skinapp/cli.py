@@ -35,7 +35,7 @@ def cmd_models(args, reg: Registry) -> int:
         reg.set_default(args.set_default)
     cards = reg.cards()
     defaults = {r: reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards)}
-    rows = [model_summary(c) | {"default": defaults.get(c.role) == c.name} for c in cards]
+    rows = [model_summary(c) | {"default": defaults.get(c.role) == c.name, "status": "ok"} for c in cards]
     lines = [f"{'name':28} {'role':8} {'arch':22} {'params':>10} {'val AUC':>7} {'test AUC [95% CI]':>22}  teacher"]
     for r in rows:
         val = f"{r['val_auc']:.3f}" if r["val_auc"] is not None else "-"
@@ -43,6 +43,9 @@ def cmd_models(args, reg: Registry) -> int:
                 if r["test_auc"] is not None and r["test_auc_ci"] else "- (no locked test)")
         lines.append(f"{r['name'] + (' *' if r['default'] else ''):28} {r['role']:8} {r['arch']:22} "
                      f"{r['params']:>10,} {val:>7} {test:>22}  {r['teacher'] or '-'}")
+    broken = reg.broken()
+    rows += [{"name": b.name, "file": b.file, "status": "broken", "reason": b.reason} for b in broken]
+    lines += [f"{b.file}: broken, left out: {b.reason}" for b in broken]
     _emit(rows, args.json, "\n".join(lines) if rows else f"no models registered in {reg.root}")
     return 0
 

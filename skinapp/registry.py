@@ -151,6 +151,36 @@ def model_summary(card: ModelCard) -> dict:
             "protocol": card.data.get("protocol", "legacy: no locked test split"), "task": card.task}
 
 
+@dataclass(frozen=True)
+class BrokenEntry:
+    """A card file that cannot be used, and why; every other model keeps working."""
+    file: str
+    name: str | None
+    reason: str
+
+
+def read_card(path: Path, root: Path) -> ModelCard:
+    """One card file, checked: valid JSON object, every required field, named after its file, weights inside the
+    registry folder (an absolute path or ``..`` could make the app read any file on the server)."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path.name} is not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{path.name} holds a JSON {type(raw).__name__}, not a model card")
+    try:
+        card = ModelCard.from_dict(raw)
+    except TypeError as exc:
+        raise ModelFileError(f"{path.name} has fields of the wrong kind ({exc})") from None
+    if card.name != path.stem:
+        raise ModelFileError(f"{path.name} names model {card.name!r}; a card must be saved as NAME.json "
+                             f"(a copy or a duplicate name?)")
+    w = card.weights
+    if not isinstance(w, str) or not w or Path(w).name != w or w in (".", "..") or "\\" in w:
+        raise ModelFileError(f"{path.name}: weights {w!r} must be a file name inside the registry folder {root}")
+    return card
+
+
 class Registry:
     """Models by name, read from a folder of ``NAME.json`` cards and ``NAME.safetensors`` weights."""
 
@@ -158,29 +188,34 @@ class Registry:
         self.root = Path(root or os.environ.get("SKINAPP_WEIGHTS") or DEFAULT_WEIGHTS_DIR)
 
     # ------------------------------------------------------------------ reading
-    def cards(self) -> list[ModelCard]:
-        """All cards, teachers first; raises on duplicate names so two entries never shadow each other."""
+    def scan(self) -> tuple[list[ModelCard], list[BrokenEntry]]:
+        """Usable cards (teachers first) and the card files that are not, each with its reason."""
         if not self.root.is_dir():
-            return []
-        seen: dict[str, Path] = {}
-        cards = []
+            return [], []
+        cards, broken = [], []
         for path in sorted(self.root.glob("*.json")):
             try:
-                card = ModelCard.from_dict(json.loads(path.read_text()))
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ModelFileError(f"model card {path} is not valid: {exc}") from None
-            if card.name in seen:
-                raise DuplicateModelError(f"model name {card.name!r} is used by both {seen[card.name].name} and "
-                                          f"{path.name}; names must be unique")
-            seen[card.name] = path
-            cards.append(card)
-        return sorted(cards, key=lambda c: (ROLES.index(c.role) if c.role in ROLES else 9, c.name))
+                cards.append(read_card(path, self.root))
+            except ModelFileError as exc:
+                log.warning("model card %s is unusable: %s", path, exc)
+                broken.append(BrokenEntry(path.name, path.stem, str(exc)))
+        return sorted(cards, key=lambda c: (ROLES.index(c.role) if c.role in ROLES else 9, c.name)), broken
+
+    def cards(self) -> list[ModelCard]:
+        return self.scan()[0]
+
+    def broken(self) -> list[BrokenEntry]:
+        return self.scan()[1]
 
     def names(self) -> list[str]:
         return [c.name for c in self.cards()]
 
     def get(self, name: str) -> ModelCard:
-        cards = {c.name: c for c in self.cards()}
+        valid, broken = self.scan()
+        cards = {c.name: c for c in valid}
+        bad = next((b for b in broken if b.name == name), None)
+        if name not in cards and bad is not None:
+            raise ModelFileError(f"model {name!r} cannot be used: {bad.reason}")
         if name not in cards:
             valid = ", ".join(cards) or "(none registered in %s)" % self.root
             raise UnknownModelError(f"unknown model {name!r}; registered models: {valid}")
@@ -230,7 +265,7 @@ class Registry:
         if not card.name or not all(ch.isalnum() or ch in "-_." for ch in card.name) or card.name.startswith("."):
             raise RegistryError(f"model name {card.name!r} must be letters, digits, '-', '_' or '.'")
         self.root.mkdir(parents=True, exist_ok=True)
-        if not overwrite and card.name in self.names():
+        if not overwrite and (card.name in self.names() or (self.root / f"{card.name}.json").exists()):
             raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
                                       f"{', '.join(self.names())}")
         if dtype not in ("float32", "float16"):

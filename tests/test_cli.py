@@ -320,3 +320,18 @@ def test_engine_entry_points_refuse_the_same_values(weights):
     with pytest.raises(ValueError, match="runs 0"):
         run_benchmark(["tiny-student"], Registry(weights), runs=0)
     assert student.predict_image(img, temperature=2.0, threshold=0.3).temperature == 2.0
+
+
+def test_models_lists_a_broken_card_and_keeps_the_rest(weights, tmp_path, capsys):
+    from skinapp.cli import main
+
+    w = tmp_path / "w"
+    shutil.copytree(weights, w)
+    (w / "notes.json").write_text('{"comment": "not a card"}')
+    assert main(["--weights", str(w), "models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    bad = [r for r in rows if r["status"] == "broken"]
+    assert [b["file"] for b in bad] == ["notes.json"] and "lacks required fields" in bad[0]["reason"]
+    assert {r["name"] for r in rows if r["status"] == "ok"} == set(Registry(weights).names())
+    assert main(["--weights", str(w), "predict", "--model", "notes", str(Path(__file__))]) == 2
+    assert "cannot be used" in capsys.readouterr().err

@@ -95,13 +95,38 @@ def test_card_that_does_not_fit_the_weights(tmp_path):
         reg.load("wrong")
 
 
-def test_card_lacking_required_fields(tmp_path):
-    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "role": "student"}))
-    with pytest.raises(ModelFileError, match="lacks required fields"):
-        Registry(tmp_path).cards()
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ModelFileError, match="bad.json"):
-        Registry(tmp_path).cards()
+@pytest.mark.parametrize("file, content, reason", [
+    ("bad.json", json.dumps({"name": "bad", "role": "student"}), "lacks required fields"),
+    ("bad.json", "{not json", "not valid JSON"),
+    ("bad.json", "[1, 2, 3]", "JSON list, not a model card"),
+    ("notes.json", json.dumps({"comment": "stray file"}), "lacks required fields"),
+    ("bad.json", b"\xff\xfe\x00", "not valid JSON"),
+])
+def test_one_bad_card_breaks_only_itself(tmp_path, file, content, reason):
+    reg = Registry(tmp_path)
+    reg.register(make_model(0), make_card("good"))
+    path = tmp_path / file
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    assert reg.names() == ["good"]
+    reg.load("good")  # the other model is untouched
+    (b,) = reg.broken()
+    assert b.file == file and reason in b.reason
+    with pytest.raises(ModelFileError, match=reason):
+        reg.get(path.stem)
+    with pytest.raises(registry_mod.DuplicateModelError):  # nor is the broken file silently replaced
+        reg.register(make_model(1), make_card(path.stem))
+
+
+@pytest.mark.parametrize("weights", ["/tmp/outside/x.safetensors", "../../../../../../etc/passwd", "sub/x.safetensors",
+                                     "..", ""])
+def test_weights_outside_the_registry_folder_are_refused(tmp_path, weights):
+    reg = Registry(tmp_path)
+    reg.register(make_model(0), make_card("good"))
+    card = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "evil.json").write_text(json.dumps(card | {"name": "evil", "weights": weights}))
+    assert reg.names() == ["good"]
+    with pytest.raises(ModelFileError, match="inside the registry folder"):
+        reg.load("evil")
 
 
 def test_unknown_name_lists_registered_models(tmp_path):
@@ -132,9 +157,10 @@ def test_two_cards_with_the_same_name_field(tmp_path):
     reg = Registry(tmp_path)
     reg.register(make_model(), make_card("twin"))
     shutil.copy(tmp_path / "twin.json", tmp_path / "other-file.json")
-    with pytest.raises(DuplicateModelError) as ei:
-        reg.cards()
-    assert "twin" in str(ei.value) and "other-file.json" in str(ei.value)
+    assert reg.names() == ["twin"]  # the copy is unusable, the original keeps working
+    (b,) = reg.broken()
+    assert b.file == "other-file.json" and "'twin'" in b.reason and "NAME.json" in b.reason
+    reg.load("twin")
 
 
 def test_invalid_names_and_roles(tmp_path):

@@ -425,3 +425,20 @@ def test_server_binds_to_localhost_by_default():
     text = (Path(APP).parent / ".streamlit" / "config.toml").read_text()
     server = re.search(r"^\[server\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M).group(1)
     assert re.search(r'^address = "localhost"$', server, re.M)
+
+
+def test_a_broken_card_and_tampered_weights_are_named_once_and_the_rest_works(env):
+    (env / "notes.json").write_text('["a stray list"]')
+    weights = env / "tiny-student.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    at = page("diagnose").run()
+    assert not at.exception
+    notes = " ".join(w.value for w in at.warning)
+    assert "notes.json" in notes and "not a model card" in notes
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and "tiny-student cannot be used" in errors[0] and "altered" in errors[0]
+    at.selectbox(key="dx_model").select(next(c for c in at.selectbox(key="dx_model").options
+                                             if c.startswith("tiny-nokd"))).run()
+    assert not at.error and not at.exception  # another model still serves
+    models = page("models").run()
+    assert not models.exception and "notes.json" in " ".join(w.value for w in models.warning)

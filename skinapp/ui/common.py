@@ -20,7 +20,7 @@ from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, overlay
 from skinapp.imageio import load_image
 from skinapp.inference import Predictor
-from skinapp.registry import ModelCard, Registry
+from skinapp.registry import ModelCard, Registry, RegistryError
 
 DISCLAIMER = ("**Research and education tool — not a medical device, not for diagnosis.** Outputs are model "
               "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
@@ -43,6 +43,24 @@ def registry() -> Registry:
 @st.cache_resource(show_spinner="Loading model…", max_entries=16)
 def _load(name: str, sha256: str, root: str) -> Predictor:
     return Predictor(*Registry(root).load(name))
+
+
+def broken_models_note() -> None:
+    """Name every unusable card file once, with its reason; the other models keep working."""
+    broken = registry().broken()
+    if broken:
+        st.warning("Some model files cannot be used and are left out: " + "; ".join(
+            f"`{b.file}`: {b.reason}" for b in broken), icon=":material/report:")
+
+
+def usable(card: ModelCard) -> bool:
+    """Load the model once; if its files are tampered with or broken, say so once instead of per photo."""
+    try:
+        predictor(card)
+        return True
+    except RegistryError as exc:
+        st.error(f"Model {card.name} cannot be used: {friendly(exc)}", icon=":material/error:")
+        return False
 
 
 def predictor(card: ModelCard) -> Predictor:

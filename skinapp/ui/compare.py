@@ -26,6 +26,7 @@ def render() -> None:
     st.title("Compare teacher and students")
     reg = common.registry()
     cards = {c.name: c for c in reg.cards()}
+    common.broken_models_note()
     if not cards:
         st.error("No models are registered yet.")
         return
@@ -41,6 +42,9 @@ def render() -> None:
         img = common.decode(data, f.name)
     except InvalidImageError as exc:
         st.error(common.friendly(exc), icon=":material/error:")
+        return
+    chosen = [name for name in chosen if common.usable(cards[name])]
+    if not chosen:
         return
     rows = []
     cols = st.columns(len(chosen))

@@ -72,10 +72,13 @@ def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: 
 def render() -> None:
     st.title("Diagnose")
     cards = common.registry().cards()
+    common.broken_models_note()
     if not cards:
         st.error("No models are registered yet. Train one on the Train page or with `python -m skinapp distill`.")
         return
     card, temperature, threshold, band, alpha = _settings(cards)
+    if not common.usable(card):
+        return
     files = st.file_uploader("Lesion photos (JPEG or PNG; drag and drop several at once)", type=common.UPLOAD_TYPES,
                              accept_multiple_files=True, key="dx_files")
     if not files:

@@ -226,6 +226,7 @@ def _sweep() -> None:
 def render() -> None:
     st.title("Models")
     cards = common.registry().cards()
+    common.broken_models_note()
     if not cards:
         st.error("No models are registered yet.")
         return
