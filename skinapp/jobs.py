@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .data import DatasetError
+
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / "runs" / "jobs"
 TERMINAL = ("done", "stopped", "error")
 
@@ -136,6 +138,29 @@ def list_jobs(root: str | Path | None = None) -> list[JobState]:
     d = jobs_dir(root)
     states = [job_state(p) for p in d.iterdir() if (p / "job.json").exists()]
     return sorted(states, key=lambda s: s.started, reverse=True)
+
+
+def data_roots() -> list[Path]:
+    """Folders under which the Train page may read datasets: ``SKINAPP_DATA_ROOTS`` (separated by the system's
+    path separator), else the shared development data and a ``datasets/`` folder beside the app."""
+    env = os.environ.get("SKINAPP_DATA_ROOTS", "").strip()
+    if env:
+        return [Path(p).expanduser().resolve() for p in env.split(os.pathsep) if p.strip()]
+    here = Path(__file__).resolve().parents[1]
+    return [(here.parent / "shared" / "data").resolve(), (here / "datasets").resolve()]
+
+
+def allowed_data_folder(path: str | Path, roots: list[Path] | None = None) -> Path:
+    """The folder, if it lies under one of the roots; otherwise one refusal that says the same whether or not the
+    folder exists, so the page cannot be used to probe the server's file system."""
+    roots = data_roots() if roots is None else roots
+    p = Path(str(path)).expanduser()
+    resolved = p.resolve() if p.is_absolute() else (Path.cwd() / p).resolve()
+    for root in roots:
+        if resolved == root or root in resolved.parents:
+            return resolved
+    raise DatasetError(f"dataset folders must be inside {' or '.join(str(r) for r in roots)} "
+                       f"(set SKINAPP_DATA_ROOTS to allow others); {str(path)!r} is not")
 
 
 def active_job(root: str | Path | None = None) -> JobState | None:

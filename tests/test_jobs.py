@@ -73,3 +73,22 @@ def test_a_running_job_says_how_far_the_teacher_cache_is(tmp_path):
     assert jobs.job_state(job).message == "teacher logits: augmented pass 1 of 2 done"
     progress.write_text(json.dumps({"event": "cache", "message": "teacher logits loaded", "views": 1}) + "\n")
     assert jobs.job_state(job).message == "loading the teacher's logits"
+
+
+def test_allowed_data_folder_refuses_everything_outside_the_roots(tmp_path, monkeypatch):
+    from skinapp.data import DatasetError
+    from skinapp.jobs import allowed_data_folder, data_roots
+
+    inside = tmp_path / "root" / "ds"
+    inside.mkdir(parents=True)
+    monkeypatch.setenv("SKINAPP_DATA_ROOTS", str(tmp_path / "root"))
+    assert data_roots() == [(tmp_path / "root").resolve()]
+    assert allowed_data_folder(inside) == inside.resolve()
+    (tmp_path / "root" / "link").symlink_to("/etc")
+    for bad in ("/", "/proc", str(tmp_path), str(inside / ".." / ".." / "x"), str(tmp_path / "root" / "link"),
+                str(tmp_path / "root2")):
+        with pytest.raises(DatasetError, match="must be inside") as info:
+            allowed_data_folder(bad)
+        assert "exist" not in str(info.value)
+    monkeypatch.delenv("SKINAPP_DATA_ROOTS")
+    assert [r.name for r in data_roots()] == ["data", "datasets"]

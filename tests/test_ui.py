@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
 
@@ -26,10 +27,11 @@ def png(seed: int = 1, malignant: bool = True, size: int = 64, mode: str = "RGB"
 
 
 @pytest.fixture()
-def env(tmp_path, tiny_registry, monkeypatch):
+def env(tmp_path, tiny_registry, tiny_data, monkeypatch):
     weights = tmp_path / "weights"
     shutil.copytree(tiny_registry, weights)
     monkeypatch.setenv("SKINAPP_WEIGHTS", str(weights))
+    monkeypatch.setenv("SKINAPP_DATA_ROOTS", f"{tiny_data.parent}{os.pathsep}{tmp_path}")
     monkeypatch.setenv("SKINAPP_JOBS", str(tmp_path / "jobs"))
     return weights
 
@@ -442,3 +444,13 @@ def test_a_broken_card_and_tampered_weights_are_named_once_and_the_rest_works(en
     assert not at.error and not at.exception  # another model still serves
     models = page("models").run()
     assert not models.exception and "notes.json" in " ".join(w.value for w in models.warning)
+
+
+@pytest.mark.parametrize("folder", ["/", "/proc", "/etc", "/nonexistent/secret", "../../.."])
+def test_train_page_reads_only_under_its_data_roots(env, folder):
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(folder).run()
+    assert not at.exception
+    (err,) = [e.value for e in at.error]
+    assert "must be inside" in err and "SKINAPP_DATA_ROOTS" in err
+    assert "does not exist" not in err and "Permission" not in err  # nothing said about the folder itself

@@ -54,7 +54,7 @@ def _metadata_note(path: str, info: tuple[str, int, str] | None, n_images: int) 
 
 def _dataset_preview(path: str) -> bool:
     try:
-        counts, classes, groups, thumbs, meta = _scan(path)
+        counts, classes, groups, thumbs, meta = _scan(str(jobs.allowed_data_folder(path)))
     except DatasetError as exc:
         st.error(common.friendly(exc), icon=":material/folder_off:")
         return False
@@ -141,7 +141,8 @@ def render() -> None:
     st.title("Train a student by distillation")
     reg = common.registry()
     path = st.text_input("Dataset folder on this server", value=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "",
-                         key="train_data", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis")
+                         key="train_data", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis, inside "
+                         + " or ".join(str(r) for r in jobs.data_roots()))
     valid = bool(path.strip()) and _dataset_preview(path.strip())
     args = _form(reg)
     if args is not None:
@@ -151,7 +152,7 @@ def render() -> None:
             st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
         else:
             try:
-                args["data"] = path.strip()
+                args["data"] = str(jobs.allowed_data_folder(path.strip()))
                 state = jobs.start_job(args, weights_dir=str(reg.root))
                 st.session_state["train_job"] = state.id
             except jobs.JobBusyError as exc:
