@@ -34,14 +34,17 @@ def main() -> int:
     bench = {r["model"]: r for r in cli("benchmark", "--threads", args.threads, "--runs", args.runs, "--json")}
     rows = []
     for card in reg.cards():
-        ev = cli("evaluate", "--model", card.name, "--data", args.data, "--split", "val", "--json")
+        # each model's locked test split when its card has one; validation (optimistic) for older cards
+        ev = cli("evaluate", "--model", card.name, "--data", args.data, "--split", "test" if card.test_metrics
+                 else "val", "--json")
         b = bench[card.name]
         pc = ev["per_class"]
         rows.append({"model": card.name, "role": card.role, "arch": card.arch, "teacher": card.teacher,
                      "params": card.params, "mflops": card.mflops, "file_bytes": card.file_bytes,
                      "train_time_s": card.train.get("train_time_s"), "latency_ms_p50": b["latency_ms_p50"],
                      "latency_ms_p95": b["latency_ms_p95"], "throughput_ips": b["throughput_ips"],
-                     "cam_ms_p50": b["cam_ms_p50"], "n_val": ev["n"], "auc": ev["auc"], "accuracy": ev["accuracy"],
+                     "cam_ms_p50": b["cam_ms_p50"], "split": ev["split"], "n": ev["n"], "auc_ci": ev["auc_ci"],
+                     "auc": ev["auc"], "accuracy": ev["accuracy"],
                      "balanced_accuracy": ev["balanced_accuracy"], "sens_at_spec80": ev["sens_at_spec80"],
                      "ece": ev["ece"], "per_class": pc})
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
@@ -49,18 +52,19 @@ def main() -> int:
     cpu = platform.processor() or platform.machine()
     print(f"Machine: {cpu}, {args.threads} torch threads; latency = preprocess + forward of one 600x450 image, "
           f"p50 over {args.runs} runs, the models timed in turn (interleaved), each warm; "
-          "throughput = forward on batches of 32; validation split n = "
-          f"{rows[0]['n_val'] if rows else 0}.\n")
+          "throughput = forward on batches of 32; AUC etc. on each model's locked test split where it has one, "
+          "else on its validation split (optimistic: tuned on it).\n")
     print("| model | role | params | MFLOPs | size | train s | p50 ms | p95 ms | img/s | Grad-CAM ms | AUC | acc | "
-          "bal. acc | benign P/R/F1 | malignant P/R/F1 |")
-    print("|" + "---|" * 15)
+          "bal. acc | benign P/R/F1 | malignant P/R/F1 | split (n) |")
+    print("|" + "---|" * 16)
     for r in rows:
         b, m = r["per_class"]["benign"], r["per_class"]["malignant"]
         print(f"| {r['model']} | {r['role']} | {r['params']:,} | {r['mflops']:.0f} | {r['file_bytes'] / 1e6:.2f} MB | "
               f"{r['train_time_s'] or '-'} | {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | "
-              f"{r['throughput_ips']:.0f} | {r['cam_ms_p50']:.1f} | {r['auc']:.4f} | {r['accuracy']:.4f} | "
+              f"{r['throughput_ips']:.0f} | {r['cam_ms_p50']:.1f} | {r['auc']:.4f} [{r['auc_ci'][0]:.3f}, "
+              f"{r['auc_ci'][1]:.3f}] | {r['accuracy']:.4f} | "
               f"{r['balanced_accuracy']:.4f} | {b['precision']:.3f}/{b['recall']:.3f}/{b['f1']:.3f} | "
-              f"{m['precision']:.3f}/{m['recall']:.3f}/{m['f1']:.3f} |")
+              f"{m['precision']:.3f}/{m['recall']:.3f}/{m['f1']:.3f} | {r['split']} ({r['n']}) |")
     return 0
 
 
