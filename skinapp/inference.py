@@ -145,11 +145,13 @@ def split_logits(predictor: Predictor, ds: LesionDataset, split: str = "auto",
 
 
 def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto", threshold: float = 0.5,
-                     temperature: float | None = None, n_boot: int = 1000) -> dict:
+                     temperature: float | None = None, n_boot: int = 1000,
+                     decoded: DecodedData | None = None) -> dict:
     """Metrics with 95% bootstrap intervals on a dataset folder: by default the model's locked test split when
-    the folder is its own data, else all of it; ``note`` says which and why."""
+    the folder is its own data, else all of it; ``note`` says which and why. ``decoded``: the folder already
+    decoded at the card's input size, to evaluate several models without decoding it again."""
     card = predictor.card
-    sd = split_logits(predictor, ds, split)
+    sd = split_logits(predictor, ds, split, decoded)
     if sd.selection.split != "test":
         log.warning("%s", sd.selection.note)
     p = predictor.probabilities(sd.logits, temperature).numpy()

@@ -3,6 +3,7 @@ the numbers in their cards are what `evaluate` measures on the shared ISIC data 
 present): validation for every card, and the locked test split, with its interval, for every card that has one."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -10,11 +11,18 @@ import pytest
 import torch
 
 from conftest import SHARED_ISIC, lesion
-from skinapp.data import PROTOCOL, scan_dataset
+from skinapp.data import PROTOCOL, decode_dataset, scan_dataset
 from skinapp.inference import Predictor, evaluate_dataset
 from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
 
 REG = Registry(DEFAULT_WEIGHTS_DIR)
+
+
+@functools.lru_cache(maxsize=None)
+def _isic(task: str, size: int):
+    """The shared folder scanned and decoded once per task and input size: the models share most sizes."""
+    ds = scan_dataset(SHARED_ISIC, task)
+    return ds, decode_dataset(ds, size)
 CARDS = REG.cards()
 pytestmark = pytest.mark.skipif(not CARDS, reason="no shipped models in weights/")
 
@@ -54,10 +62,10 @@ def test_card_protocol_and_prediction(name):
 def test_card_metrics_are_reproduced_by_evaluate(name):
     torch.set_num_threads(2)
     pred = Predictor(*REG.load(name))
-    ds = scan_dataset(SHARED_ISIC, pred.card.task)
+    ds, decoded = _isic(pred.card.task, pred.card.input_size)
     parts = [("val", pred.card.metrics)] + ([("test", pred.card.test_metrics)] if pred.card.test_metrics else [])
     for split, card in parts:
-        m = evaluate_dataset(pred, ds, split, n_boot=200)
+        m = evaluate_dataset(pred, ds, split, n_boot=200, decoded=decoded)
         assert m["split"] == split and m["n"] == card["n"]
         np.testing.assert_allclose([m["auc"], m["accuracy"], m["sens_at_spec80"]],
                                    [card["auc"], card["accuracy"], card["sens_at_spec80"]], atol=2e-3)
