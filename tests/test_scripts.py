@@ -69,3 +69,50 @@ def test_controls_table_joins_both_controls(tmp_path):
     rows = json.loads(out.read_text())
     assert [r["name"] for r in rows] == [controls.FRESH[0], controls.SAME[0]]
     assert rows[0]["seeds"] == 1 and rows[1]["auc_mean"] == 0.825
+
+
+def _card(name, role="student", teacher=None, arch="dsnet", test="T1", compression=False, auc=0.8):
+    from skinapp.registry import ModelCard
+
+    digests = {"train": "a", "val": "b", "test": test} if test else None
+    return ModelCard(name=name, role=role, arch=arch, label_names=("benign", "malignant"),
+                     groups=("benign", "malignant"), teacher=teacher, input_size=96,
+                     data={"digests": digests} if digests else {}, weights=f"{name}.safetensors",
+                     metrics={"auc": auc, "n": 320} | ({"compression": {}} if compression else {}),
+                     test_metrics={"auc": auc, "auc_ci": [auc - 0.04, auc + 0.03], "sens_at_spec80": 0.7,
+                                   "sens_at_spec80_ci": [0.6, 0.8], "ece": 0.05, "ece_before": 0.08, "n": 320}
+                     if test else {})
+
+
+def test_honest_tables_pairs_only_models_that_share_a_locked_test_split():
+    tables = load("honest_tables")
+    cards = [_card("t", role="teacher", arch="efficientnet_lite0"), _card("kd", teacher="t"), _card("nokd"),
+             _card("kd-fp16", teacher="t", compression=True), _card("old-nokd", test=None),
+             _card("other-split-nokd", test="T2"), _card("kd-old-teacher", teacher="old-t"),
+             _card("old-t", role="teacher", arch="fused", test=None)]
+    got = [(a.name, b.name, rel) for a, b, rel in tables.pairs(cards)]
+    assert got == [("kd", "nokd", "vs its no-KD control"), ("kd", "t", "vs its teacher"),
+                   ("kd-old-teacher", "nokd", "vs its no-KD control")]
+    rows = tables.model_rows(cards)
+    assert rows[0].startswith("| model |") and len(rows) == 2 + len(cards)
+    old = next(r for r in rows if r.startswith("| `old-nokd`"))
+    assert "made before the locked test split" in old and "| — |" in old
+    assert "0.800 [0.760, 0.830]" in next(r for r in rows if r.startswith("| `kd` "))
+
+
+def test_honest_tables_writes_between_markers_only(tmp_path):
+    tables = load("honest_tables")
+    doc = tmp_path / "doc.md"
+    doc.write_text("before\n<!-- models-table:start -->\nold\n<!-- models-table:end -->\nafter\n")
+    tables.put(doc, "models-table", ["| new |"])
+    assert doc.read_text() == "before\n<!-- models-table:start -->\n| new |\n<!-- models-table:end -->\nafter\n"
+
+
+def test_kd_vs_control_summary_is_mean_and_sd_over_seeds():
+    kvc = load("kd_vs_control")
+    rows = [{"arch": "dsnet", "seed": s, "auc_kd": a, "auc_control": c, "delta_auc": a - c,
+             "delta_auc_ci": [a - c - 0.02, a - c + 0.02], "sens_at_spec80_kd": 0.7, "sens_at_spec80_control": 0.6,
+             "ece_kd": 0.05, "ece_control": 0.06} for s, a, c in ((0, 0.86, 0.84), (1, 0.88, 0.84), (2, 0.87, 0.85))]
+    (line,) = [r for r in kvc.summary(rows) if r.startswith("| dsnet")]
+    assert "| 3 | 0.8700 ± 0.0100 | 0.8433 ± 0.0058 |" in line and "+0.020 [+0.000, +0.040]" in line
+    assert kvc.run_name("lite0_tiny", True, 2) == "lite0-tiny-kd-s2"
