@@ -184,7 +184,7 @@ def test_calibrate_updates_the_card(batch, calibrate_weights):
     assert out["temperature"] == pytest.approx(fitted, rel=1e-3)
     assert card.metrics["ece_after"] == out["ece_after"] and card.metrics["ece_before"] == out["ece_before"]
     assert card.metrics["best_epoch"] >= 1  # recalibrating keeps what training recorded
-    assert 0 <= card.metrics["ece_null"]["mean"] <= card.metrics["ece_null"]["p95"] <= 1
+    assert 0 < card.metrics["ece_null"]["mean"] <= card.metrics["ece_null"]["p95"]
     reg.load("tiny-nokd")  # weights untouched
 
 

@@ -21,6 +21,7 @@ from skinapp.distill import (DEFAULT_TEMPERATURE, TrainConfig, TrainingError, gr
 from skinapp.inference import Predictor, evaluate_dataset
 from skinapp.models import UnknownArchitectureError, count_params, create_model
 from skinapp.registry import Registry, sha256_file
+from conftest import roc_area
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -124,7 +125,8 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
         for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece",
                   "ece_before", "ece_after", "best_epoch", "confusion_matrix", "roc"):
             assert k in card.metrics, (card.name, k)
-        assert 0 <= card.metrics["auc"] <= 1 and card.metrics["ece_after"] == card.metrics["ece"]
+        assert card.metrics["auc"] == pytest.approx(roc_area(card.metrics), abs=1e-4)
+        assert card.metrics["ece_after"] == card.metrics["ece"]
         assert card.split_seed == 0
         d = card.data
         assert d["n_train"] + d["n_val"] + d["n_test"] == 32 and d["n_val"] > 0 and d["n_test"] > 0
@@ -336,7 +338,7 @@ def test_fused_teacher_trains_every_member_and_registers(tiny_data, tmp_path):
     fresh = create_model("fused_lite012", len(DIAGNOSES), "none")
     for key in model.members:
         assert not torch.equal(model.members[key].classifier.weight, fresh.members[key].classifier.weight)
-    assert 0.0 <= card.metrics["auc"] <= 1.0
+    assert card.metrics["auc"] == pytest.approx(roc_area(card.metrics), abs=1e-4)
 
 
 def test_mixup_with_an_online_teacher(registry_copy, tiny_data, tmp_path):

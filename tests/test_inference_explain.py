@@ -86,9 +86,10 @@ def test_temperature_moves_probabilities_towards_one_half(student, nokd, tiny_da
 
 def test_threshold_sets_the_label(nokd, tiny_data):
     img = Image.open(some_images(tiny_data, 1)[0]).convert("RGB")
-    p = nokd.predict_image(img).p_positive
-    assert nokd.predict_image(img, threshold=max(p - 1e-3, 0.0)).label == "malignant"
-    assert nokd.predict_image(img, threshold=min(p + 1e-3, 1.0 + 1e-9)).label == "benign"
+    p = nokd.predict_image(img, temperature=50.0).p_positive  # a high T keeps p well inside (0, 1)
+    assert 0.01 < p < 0.99
+    assert nokd.predict_image(img, temperature=50.0, threshold=p - 1e-3).label == "malignant"
+    assert nokd.predict_image(img, temperature=50.0, threshold=p + 1e-3).label == "benign"
 
 
 def test_predict_paths_keeps_going_after_a_bad_file(student, tiny_data, tmp_path):
