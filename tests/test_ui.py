@@ -296,7 +296,7 @@ def test_models_paired_comparisons_only_when_there_are_some(env, tmp_path, monke
     assert_clean(at)
     assert "Paired comparisons on the same images" in [h.value for h in at.subheader]
     row = next(d.value for d in at.dataframe if "ΔAUC (A − B)" in d.value).iloc[0]
-    assert (row["ΔAUC (A − B)"], row["95% CI"], row["DeLong p"]) == (0.02, "-0.011–0.052", 0.21)
+    assert (row["ΔAUC (A − B)"], row["95% CI"], row["DeLong p"]) == ("+0.020", "-0.011 to +0.052", 0.21)
 
 
 def test_train_page_says_whether_it_can_group_lesions(env, tiny_data, tmp_path):

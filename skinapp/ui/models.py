@@ -191,7 +191,8 @@ def _paired() -> None:
     st.dataframe(pd.DataFrame([{
         "model A": r.get("model_a"), "model B": r.get("model_b"), "relation": r.get("relation"),
         "split": r.get("split"), "n": r.get("n"), "AUC A": _rounded(r.get("auc_a")), "AUC B": _rounded(r.get("auc_b")),
-        "ΔAUC (A − B)": _rounded(r.get("delta_auc")), "95% CI": _ci(r.get("delta_auc_ci"), 3),
+        "ΔAUC (A − B)": f"{r['delta_auc']:+.3f}" if isinstance(r.get("delta_auc"), (int, float)) else "—",
+        "95% CI": f"{r['delta_auc_ci'][0]:+.3f} to {r['delta_auc_ci'][1]:+.3f}" if r.get("delta_auc_ci") else "—",
         "DeLong p": _rounded(r.get("p_delong"), 4)} for r in rows]), width="stretch", hide_index=True)
     st.caption("Both models scored on the same images. ΔAUC is A minus B; its interval is a 95% paired bootstrap "
                "(both models on the same resamples); p is DeLong's test. An interval that spans 0 shows no "
