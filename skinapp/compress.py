@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .data import scan_dataset
+from .data import decode_dataset, scan_dataset
 from .inference import Predictor, evaluate_dataset
 from .registry import ModelCard, Registry
 
@@ -18,11 +18,12 @@ def compress_model(registry: Registry, name: str, new_name: str, data: str, dtyp
                    label_map: str | None = None, overwrite: bool = False) -> ModelCard:
     model, card = registry.load(name)
     ds = scan_dataset(data, card.task, label_map)
-    before = evaluate_dataset(Predictor(model, card), ds, split="val", n_boot=100)
+    decoded = decode_dataset(ds, card.input_size)  # the copy has the same input size: decode the folder once
+    before = evaluate_dataset(Predictor(model, card), ds, split="val", n_boot=100, decoded=decoded)
     copy = dataclasses.replace(card, name=new_name, default=False, created="",
                                description=f"{dtype} copy of {name}. {card.description}".strip())
     new = registry.register(model, copy, overwrite=overwrite, dtype=dtype)
-    after = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="val", n_boot=100)
+    after = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="val", n_boot=100, decoded=decoded)
     change = {k: round(after[k] - before[k], 6) for k in COMPARED}
     metrics = {k: v for k, v in after.items() if k not in ("model", "data", "note", "split", "subgroups")}
     metrics |= {"compression": {"source": name, "dtype": dtype, "source_bytes": card.file_bytes,
@@ -33,8 +34,8 @@ def compress_model(registry: Registry, name: str, new_name: str, data: str, dtyp
             metrics.setdefault(key, card.metrics[key])
     updates: dict = {"metrics": metrics}
     if card.test_metrics:  # the copy is judged on the locked test split too, and its change there recorded
-        test = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="test")
-        src = evaluate_dataset(Predictor(model, card), ds, split="test", n_boot=100)
+        test = evaluate_dataset(Predictor(*registry.load(new_name)), ds, split="test", decoded=decoded)
+        src = evaluate_dataset(Predictor(model, card), ds, split="test", n_boot=100, decoded=decoded)
         updates["test_metrics"] = {k: v for k, v in test.items() if k not in ("model", "data")} | {
             "change": {k: round(test[k] - src[k], 6) for k in COMPARED}}
     return registry.update(new_name, **updates)

@@ -126,6 +126,10 @@ class TrainConfig:
             if getattr(self, key) is None:
                 setattr(self, key, getattr(plan, key))
 
+    @property
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(self.val_frac, self.test_frac, self.split_seed, self.test_seed)
+
     def validate(self) -> None:
         get_arch(self.arch)
         checks = [
@@ -425,7 +429,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     tsize = st.teacher_card.input_size if st.teacher_card else 0
     decoded = decode_dataset(ds, max(size, tsize))
     targets = decoded.targets if st.head == "binary" else decoded.diagnosis_idx
-    split = SplitSpec(cfg.val_frac, cfg.test_frac, cfg.split_seed, cfg.test_seed).split(decoded)
+    split = cfg.split_spec.split(decoded)
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     _check_teacher_split(cfg, st, decoded, split)
     val_idx = split.val
@@ -627,7 +631,7 @@ def _finish(cfg, registry, model, st: _Setup, decoded, split, val_x, train_idx, 
         split_seed=cfg.split_seed,
         data={"root": str(ds.root), "task": cfg.task, "counts": ds.counts(), "class_counts": ds.class_counts(),
               "skipped": len(decoded.skipped), "label_map": cfg.label_map or "default"}
-        | split_record(ds, decoded, SplitSpec(cfg.val_frac, cfg.test_frac, cfg.split_seed, cfg.test_seed), split)
+        | split_record(ds, decoded, cfg.split_spec, split)
         | {"n_train": len(train_idx)},
         metrics=metrics, test_metrics=test_metrics,
         train={k: v for k, v in dataclasses.asdict(cfg).items()
