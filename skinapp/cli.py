@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
-from .distill import AUGMENT, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, DEVICES, HEADS, TrainConfig, TrainingError, train
+from .distill import TrainConfig, TrainingError, add_arguments, from_arguments, train
 from .explain import ExplainError
 from . import checks
 from .imageio import IMAGE_SUFFIXES, InvalidImageError, load_image
 from .protocol import SPLITS
-from .models import ARCHITECTURES, PretrainedWeightsError, UnknownArchitectureError
+from .models import PretrainedWeightsError, UnknownArchitectureError
 from .registry import Registry, RegistryError, model_summary
 
 log = logging.getLogger("skinapp")
@@ -179,10 +179,7 @@ def cmd_fuse(args, reg: Registry) -> int:
 
 def _train_config(args, role: str) -> TrainConfig:
     # a schedule not given on the command line (None) is the architecture's own: TrainConfig fills it in
-    fields = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if hasattr(args, k)}
-    fields["weights_dir"] = args.weights
-    fields["role"] = role
-    return TrainConfig(**fields)
+    return from_arguments(args, role, weights_dir=args.weights)
 
 
 def cmd_train(args, reg: Registry, role: str) -> int:
@@ -202,46 +199,6 @@ def cmd_train(args, reg: Registry, role: str) -> int:
           args.json, f"registered {card.name}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}, "
                      f"T={card.temperature:.3f}, {card.params:,} params, {card.train.get('train_time_s')} s")
     return 0
-
-
-def _add_train_args(p: argparse.ArgumentParser, arch: str, epochs: int | None, lr: float | None,
-                    batch_size: int | None) -> None:
-    p.add_argument("--data", required=True, help="dataset folder (benign/ + malignant/ or one folder per diagnosis)")
-    p.add_argument("--name", required=True, help="name to register the model under")
-    p.add_argument("--arch", default=arch, choices=sorted(ARCHITECTURES))
-    p.add_argument("--task", default="malignant", choices=list(TASKS))
-    p.add_argument("--label-map", dest="label_map", help="JSON file: diagnosis folder -> benign|malignant")
-    p.add_argument("--head", default="auto", choices=HEADS)
-    own = "" if epochs else " (default: the architecture's own schedule)"
-    p.add_argument("--epochs", type=int, default=epochs, help="epochs" + own)
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (one-cycle)" + own)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=batch_size, help="batch size" + own)
-    p.add_argument("--image-size", dest="image_size", type=int, help="default: the architecture's input size")
-    p.add_argument("--augment", default="standard", choices=AUGMENT)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--metadata", help="CSV with image and lesion_id (or patient_id) columns (default: metadata.csv "
-                                      "in the data folder or <folder>-metadata.csv beside it)")
-    p.add_argument("--split-seed", dest="split_seed", type=int, default=0, help="moves the validation split only")
-    p.add_argument("--val-frac", dest="val_frac", type=float, default=0.2)
-    p.add_argument("--test-frac", dest="test_frac", type=float, default=0.2,
-                   help="the locked test split: reported in the card, never used for a choice (0: none)")
-    p.add_argument("--test-seed", dest="test_seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=0,
-                   help="K >= 2: leave fold --fold of the training split out (a member of a cross-fitted teacher)")
-    p.add_argument("--fold", type=int, default=0)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--pretrained", default="auto", help="none, auto, package, hub, or a checkpoint path")
-    p.add_argument("--drop-rate", dest="drop_rate", type=float)
-    p.add_argument("--mixup", type=float, default=0.0,
-                   help="Beta(a, a) mixup of each batch (0: off); with a teacher it needs --teacher-views 0")
-    p.add_argument("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU when there is one")
-    p.add_argument("--progress", help="append JSON-lines progress here")
-    p.add_argument("--stop-file", dest="stop_file", help="stop cleanly when this file appears")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--default", action="store_true", help="mark as the default model of its role")
-    p.add_argument("--description", default="")
-    p.add_argument("--json", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,16 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float)
         else:
             p.add_argument("--dry-run", dest="dry_run", action="store_true", help="report without updating the card")
-    p = sub.add_parser("train-teacher", help="train a teacher on hard labels")
-    _add_train_args(p, "efficientnet_lite0", 12, 1e-3, 64)
-    p = sub.add_parser("distill", help="train a student, with knowledge distillation from a teacher")
-    _add_train_args(p, DEFAULT_STUDENT_ARCH, None, None, None)
-    p.add_argument("--teacher", help="registered teacher (default: the default teacher)")
+    for role, command, helptext in (("teacher", "train-teacher", "train a teacher on hard labels"),
+                                    ("student", "distill", "train a student, with knowledge distillation")):
+        p = sub.add_parser(command, help=helptext)
+        add_arguments(p, role)  # generated from TrainConfig: the Train page reads the same defaults and bounds
+        p.add_argument("--json", action="store_true")
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
-    p.add_argument("-T", "--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--teacher-views", dest="teacher_views", type=int, default=4,
-                   help="precompute teacher logits on this many augmented views per image (0: teacher every step)")
     p = sub.add_parser("compress", help="register a float16 copy of a model and measure what it costs")
     p.add_argument("--model", required=True)
     p.add_argument("--name", required=True, help="name of the copy")

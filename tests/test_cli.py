@@ -271,7 +271,8 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     assert (lib.arch, lib.epochs, lib.lr, lib.batch_size) == (DEFAULT_STUDENT_ARCH, plan.epochs, plan.lr,
                                                               plan.batch_size)
     teacher = _train_config(build_parser().parse_args(["train-teacher", "--data", "d", "--name", "t"]), "teacher")
-    assert (teacher.arch, teacher.epochs, teacher.lr) == ("efficientnet_lite0", 12, 1e-3)
+    # a teacher's defaults are its architecture's recipe too: the one the shipped teachers were trained with
+    assert (teacher.arch, teacher.epochs, teacher.lr, teacher.batch_size) == ("efficientnet_lite0", 15, 1e-3, 32)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -335,3 +336,16 @@ def test_models_lists_a_broken_card_and_keeps_the_rest(weights, tmp_path, capsys
     assert {r["name"] for r in rows if r["status"] == "ok"} == set(Registry(weights).names())
     assert main(["--weights", str(w), "predict", "--model", "notes", str(Path(__file__))]) == 2
     assert "cannot be used" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, role", [("train-teacher", "teacher"), ("distill", "student")])
+def test_command_line_and_library_share_every_training_default(command, role):
+    """The arguments are generated from TrainConfig, so no default can drift between the two (as 12 epochs vs the
+    recipe's 15 once did for train-teacher)."""
+    import dataclasses
+
+    from skinapp.cli import _train_config, build_parser
+    from skinapp.distill import TrainConfig
+
+    cli = _train_config(build_parser().parse_args([command, "--data", "d", "--name", "n"]), role)
+    assert dataclasses.asdict(cli) == dataclasses.asdict(TrainConfig(data="d", name="n", role=role))

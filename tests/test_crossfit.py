@@ -9,7 +9,7 @@ import torch
 
 from skinapp.data import DatasetError, decode_dataset, fold_ids, scan_dataset
 from skinapp.protocol import SplitSpec
-from skinapp.distill import TrainConfig, TrainingError, _fold_split, _resolve_heads, teacher_logits, train
+from skinapp.distill import TrainConfig, TrainingError, fold_split, resolve_heads, teacher_logits, train
 from skinapp.fuse import FusionError, fuse_models
 from skinapp.registry import Registry
 
@@ -61,11 +61,11 @@ def test_fold_teachers_leave_their_fold_out(crossfit_registry, tiny_data):
 def test_crossfit_teacher_scores_each_image_with_the_member_that_never_saw_it(crossfit_registry, tiny_data):
     cfg = TrainConfig(data=str(tiny_data), name="s", teacher="cf", image_size=32, pretrained="none")
     ds = scan_dataset(tiny_data)
-    st = _resolve_heads(cfg, ds, crossfit_registry)
+    st = resolve_heads(cfg, ds, crossfit_registry)
     dec = decode_dataset(ds, 32)
     sp = SplitSpec().split(dec)
     train_idx, val_idx = sp.train, sp.val
-    kept, folds = _fold_split(cfg, st, dec, train_idx, val_idx)
+    kept, folds = fold_split(cfg, st, dec, train_idx, val_idx)
     assert kept == train_idx and len(folds) == len(train_idx) and set(folds.tolist()) == set(range(K))
     x01 = dec.images[train_idx].float() / 255
     got = teacher_logits(st, x01, folds)

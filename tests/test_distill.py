@@ -351,11 +351,11 @@ def test_mixup_with_an_online_teacher(registry_copy, tiny_data, tmp_path):
 
 
 def test_the_frozen_teacher_runs_folded_and_gives_the_registered_models_logits(tiny_registry, tiny_data):
-    from skinapp.distill import _resolve_heads, teacher_logits
+    from skinapp.distill import resolve_heads, teacher_logits
 
     reg = Registry(tiny_registry)
     cfg = TrainConfig(data=str(tiny_data), name="x", teacher="tiny-teacher", **TINY)
-    st = _resolve_heads(cfg, scan_dataset(tiny_data, "malignant"), reg)
+    st = resolve_heads(cfg, scan_dataset(tiny_data, "malignant"), reg)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in st.teacher.modules())
     assert not any(p.requires_grad for p in st.teacher.parameters())
     registered, card = reg.load("tiny-teacher")
@@ -384,8 +384,8 @@ def test_shipped_teacher_logits_skip_the_teacher_and_are_checked(registry_copy, 
     shipped = registry_copy / distill.SHIPPED_LOGITS
     shipped.mkdir()
     calls = []
-    real = distill.teacher_logits
-    monkeypatch.setattr(distill, "teacher_logits", lambda st, x, folds=None: calls.append(len(x)) or real(st, x, folds))
+    real = distill.teacher.teacher_logits
+    monkeypatch.setattr(distill.teacher, "teacher_logits", lambda st, x, folds=None: calls.append(len(x)) or real(st, x, folds))
     for tamper, teacher_images in ((0.0, 8), (1.0, None), ("garbage", None)):
         if tamper == "garbage":  # an unreadable file is ignored too
             (shipped / logits_only.name).write_bytes(b"not a safetensors file")
@@ -404,3 +404,26 @@ def test_shipped_teacher_logits_skip_the_teacher_and_are_checked(registry_copy, 
             assert second.metrics["auc"] == pytest.approx(first.metrics["auc"], abs=1e-6)
         else:
             assert sum(calls) >= want["logits"].shape[1] and not any("regenerated" in m for m in messages)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("epochs", 0, "epochs 0 must be a whole number between 1 and 1000"),
+    ("lr", float("nan"), "learning rate nan must be a number"),
+    ("temperature", 0.1, "temperature 0.1 must be a number between 0.5 and 100"),
+    ("alpha", 1.5, "alpha 1.5 must be a number between 0 and 1"),
+    ("batch_size", 1, "batch size 1"),
+    ("threads", 0, "threads 0"),
+    ("seed", -1, "seed -1"),
+    ("val_frac", 0.0, "validation fraction 0.0"),
+    ("image_size", 16, "image size 16"),
+    ("augment", "heavy", "augment 'heavy' must be one of: none, standard, strong"),
+    ("device", "tpu", "device 'tpu' must be one of"),
+    ("folds", 1, "folds 1"),
+])
+def test_config_refuses_each_value_out_of_its_bounds(field, value, needle):
+    """The bounds live on the config's fields; the CLI and the Train page take theirs from the same place."""
+    import re
+
+    TrainConfig(data="d", name="n").validate()  # the defaults themselves pass
+    with pytest.raises(TrainingError, match=re.escape(needle)):
+        TrainConfig(data="d", name="n", **{field: value}).validate()

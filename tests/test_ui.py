@@ -326,7 +326,7 @@ def test_train_page_refuses_bad_folder(env, tmp_path):
 
 
 def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
-    from skinapp.distill import DEFAULT_STUDENT_ARCH, recipe
+    from skinapp.distill import DEFAULT_STUDENT_ARCH, default, option, recipe
 
     at = page("train").run()
     assert at.selectbox(key="train_arch").value == DEFAULT_STUDENT_ARCH
@@ -337,6 +337,12 @@ def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
         shown = {w.label: w.value for w in at.number_input}
         assert (shown["Epochs"], shown["Learning rate"], shown["Batch size"]) == (
             plan.epochs, plan.lr, plan.batch_size)
+        # limits and defaults come from the engine's TrainConfig, the same source as the CLI's arguments
+        widgets = {w.label: w for w in at.number_input}
+        for label, name in (("Epochs", "epochs"), ("Distillation temperature T", "temperature"),
+                            ("Locked test fraction", "test_frac"), ("Batch size", "batch_size")):
+            assert (widgets[label].min, widgets[label].max) == (option(name).lo, option(name).hi), label
+        assert shown["Distillation temperature T"] == default("temperature") == 20.0
     assert recipe("dsnet") != recipe(DEFAULT_STUDENT_ARCH)
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from skinapp import jobs
 from skinapp.data import DatasetError, resize_square, scan_dataset
-from skinapp.distill import DEFAULT_STUDENT_ARCH, DEFAULT_TEMPERATURE, recipe
+from skinapp.distill import DEFAULT_STUDENT_ARCH, default, option
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -72,29 +72,41 @@ def _dataset_preview(path: str) -> bool:
     return True
 
 
+def _bounds(name: str) -> tuple:
+    o = option(name)
+    return (o.type(o.lo), o.type(o.hi))
+
+
+def _number(col, label: str, name: str, arch: str, value=None, **kw):
+    """A number input whose default, limits and help come from the engine's TrainConfig (one source)."""
+    lo, hi = _bounds(name)
+    value = default(name, "student", arch) if value is None else value
+    kw.setdefault("help", option(name).help)
+    return col.number_input(label, lo, hi, option(name).type(value), key=f"train_{name}_{arch}", **kw)
+
+
 def _form(reg) -> dict | None:
     teachers = [c.name for c in reg.cards() if c.role == "teacher"]
     students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
     # outside the form, so picking an architecture refills the schedule below with that architecture's own
     arch = st.selectbox("Student architecture", students, index=students.index(DEFAULT_STUDENT_ARCH), key="train_arch",
                         help="lite0_tiny: the default student's network (ImageNet-initialised); dsnet: the paper's")
-    plan = recipe(arch)
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("New model name", value=f"my-{arch.replace('_', '-')}")
         options = teachers + ["(none: train without distillation)"]
         teacher = c1.selectbox("Teacher", options, key="train_teacher",
                                index=teachers.index(reg.default("teacher").name) if teachers else 0)
-        temperature = c2.number_input("Distillation temperature T", 0.5, 100.0, DEFAULT_TEMPERATURE, 0.5)
-        alpha = c2.slider("alpha (weight of the hard-label loss)", 0.0, 1.0, 0.5, 0.05)
-        epochs = c2.number_input("Epochs", 1, 200, plan.epochs, key=f"train_epochs_{arch}")
-        lr = c3.number_input("Learning rate", 1e-5, 1e-1, plan.lr, format="%.5f", key=f"train_lr_{arch}")
-        batch = c3.number_input("Batch size", 2, 512, plan.batch_size, key=f"train_batch_{arch}")
-        size = c3.number_input("Image size (pixels)", 32, 512, ARCHITECTURES[arch].input_size,
-                               key=f"train_size_{arch}")
-        test_frac = c1.number_input("Locked test fraction", 0.0, 0.5, 0.2, 0.05, key="train_test_frac",
-                                    help="Share of lesions kept aside as the locked test split: reported only, "
-                                         "never used to choose anything. 0 = no test split.")
+        temperature = _number(c2, "Distillation temperature T", "temperature", arch, step=0.5)
+        alpha = c2.slider("alpha (weight of the hard-label loss)", *_bounds("alpha"), default("alpha"), 0.05,
+                          help=option("alpha").help)
+        epochs = _number(c2, "Epochs", "epochs", arch)
+        lr = _number(c3, "Learning rate", "lr", arch, format="%.5f")
+        batch = _number(c3, "Batch size", "batch_size", arch)
+        size = _number(c3, "Image size (pixels)", "image_size", arch, value=ARCHITECTURES[arch].input_size)
+        test_frac = _number(c1, "Locked test fraction", "test_frac", arch, step=0.05,
+                            help="Share of lesions kept aside as the locked test split: reported only, never used "
+                                 "to choose anything. 0 = no test split.")
         submitted = st.form_submit_button("Launch training", type="primary")
     if not submitted:
         return None

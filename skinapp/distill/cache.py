@@ -1,0 +1,123 @@
+"""The teacher-logit cache: the teacher's pass over K augmented views of every training image, done once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import augment_batch, resize_batch
+from . import teacher as _teacher
+from .config import TrainConfig
+from .progress import ProgressLog
+from .teacher import Setup
+
+log = logging.getLogger(__name__)
+
+SHIPPED_LOGITS = "teacher-logits"  # a registry's subfolder of teacher logits shipped without their views
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SKINAPP_CACHE") or Path(__file__).resolve().parents[2] / "runs" / "cache")
+
+
+def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
+    """Augmentations the teacher must see for ``teacher_views`` views per image. A flip-invariant teacher (a
+    fused model averaging over the four flips) gives the four flips of a view one and the same soft target,
+    so one cached augmentation serves four views: the student gets a random flip of it at every step."""
+    return -(-teacher_views // 4) if teacher_flips else teacher_views
+
+
+def cache_key(cfg: TrainConfig, st: Setup, hashes: list[str], size: int, decoded_size: int) -> str:
+    tc = st.teacher_card
+    n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
+    parts = [tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size, tc.input_size, decoded_size]
+    return hashlib.sha1(json.dumps(parts + (["flips", n_aug] if st.teacher_flips else [])).encode()).hexdigest()[:20]
+
+
+def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashes: list[str], size: int,
+                        progress: ProgressLog, rank: int = 0, folds: torch.Tensor | None = None,
+                        shipped: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """K augmented views of every training image at the student's size, with the teacher's logits on each.
+
+    The teacher then costs K forward passes per image once, instead of one per image per epoch, and the same
+    cache serves every run with this teacher, data, split and augmentation (a temperature sweep, seeds, ...).
+    Teacher and student still see exactly the same pixels ("function matching"). ``shipped``: a folder that may
+    hold the logits alone (``teacher-logits-KEY.safetensors``, no pixels), shipped beside the registry so a fresh
+    install regenerates the seeded views and skips the teacher's pass (checked on a sample first).
+    """
+    from safetensors.torch import load_file
+
+    key = cache_key(cfg, st, hashes, size, images.shape[-1])
+    path = cache_dir() / f"teacher-views-{key}.safetensors"
+    n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
+    if path.exists():
+        d = load_file(str(path))
+        progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=n_aug)
+        return d["views"], d["logits"]
+    views = torch.empty(n_aug, len(images), 3, size, size, dtype=torch.uint8)
+    logits = torch.empty(n_aug, len(images), len(st.teacher_card.label_names))
+    known, known_logits = _shipped_logits(key, (shipped, cache_dir()), logits.shape)
+    gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
+    big = max(size, st.teacher_card.input_size)
+    t0 = time.time()
+    dev = next(st.teacher.parameters()).device
+    for k in range(n_aug):
+        for i in range(0, len(images), 64):
+            x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
+            batch_folds = None if folds is None else folds[i:i + 64]
+            if known_logits is not None and k == 0 and i == 0 and not _matches(st, x01[:8], batch_folds,
+                                                                                 known_logits[0, :8]):
+                log.warning("shipped teacher logits %s do not match this machine's views; recomputing", key)
+                known_logits = None
+            logits[k, i:i + 64] = (known_logits[k, i:i + 64] if known_logits is not None
+                                   else _teacher.teacher_logits(st, x01, batch_folds).cpu())
+            views[k, i:i + 64] = (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
+        progress.emit("cache", message="computing teacher logits" if known_logits is None else
+                      f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,
+                      elapsed_s=round(time.time() - t0, 1))
+    if rank == 0:
+        _save(path, views, logits)
+    return views, logits
+
+
+def _save(path: Path, views: torch.Tensor, logits: torch.Tensor) -> None:
+    """The cache with its pixels, and the logits alone (what a registry can ship); each written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name, tensors in ((path, {"views": views, "logits": logits}),
+                          (path.with_name(path.name.replace("teacher-views-", "teacher-logits-")), {"logits": logits})):
+        tmp = name.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+        os.replace(tmp, name)
+
+
+def _shipped_logits(key: str, folders, shape) -> tuple[Path | None, torch.Tensor | None]:
+    """Logits saved without their views for this cache key, if a folder holds a readable file of the right shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    for folder in folders:
+        path = folder / f"teacher-logits-{key}.safetensors" if folder else None
+        if path is None or not path.exists():
+            continue
+        try:
+            logits = load_file(str(path))["logits"]
+        except (SafetensorError, OSError, KeyError) as exc:
+            log.warning("ignoring unreadable teacher logits %s: %s", path, exc)
+            continue
+        if tuple(logits.shape) == tuple(shape):
+            return folder, logits
+        log.warning("ignoring teacher logits %s: shape %s, expected %s", path, tuple(logits.shape), tuple(shape))
+    return None, None
+
+
+def _matches(st: Setup, x01: torch.Tensor, folds: torch.Tensor | None, known: torch.Tensor) -> bool:
+    """Shipped logits are used only if the teacher, run here on the first regenerated views, agrees with them."""
+    fresh = _teacher.teacher_logits(st, x01, None if folds is None else folds[:len(x01)]).cpu()
+    return bool(torch.allclose(fresh, known, atol=2e-3 * max(1.0, float(known.abs().max())), rtol=0))

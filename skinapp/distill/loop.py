@@ -1,0 +1,167 @@
+"""The training loop, as torchvision's references have it: ``train_one_epoch`` and ``evaluate``."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import augment_batch, model_input
+from ..evaluation import binary_metrics, grouped_probs
+from ..models import FusedNet
+from .config import TrainConfig, TrainingError
+from .kd import grouped_teacher_logits, mixed_kd_loss
+from .progress import ProgressLog, StopRequest
+from .teacher import Setup, teacher_logits
+
+
+@dataclass
+class Loop:
+    """What every step of a run needs and nothing in it changes, except the step count."""
+    cfg: TrainConfig
+    st: Setup
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: Any
+    train_x: torch.Tensor  # uint8 pixels on the device
+    train_y: torch.Tensor
+    size: int  # the student's input size
+    big: int  # augment at the larger of the student's and the teacher's sizes
+    mean: tuple
+    std: tuple
+    progress: ProgressLog
+    stop: StopRequest
+    cached: tuple[torch.Tensor, torch.Tensor] | None = None  # teacher views and their logits
+    folds: torch.Tensor | None = None  # under a cross-fitted teacher: each training image's fold
+    rank: int = 0
+    world: int = 1
+    done: int = 0
+    t0: float = field(default_factory=time.time)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        return batch_indices(len(self.train_y), max(2, self.cfg.batch_size // self.world), epoch, self.cfg.seed,
+                             self.rank, self.world)
+
+    @property
+    def total(self) -> int:
+        return len(self.batches(0)) * self.cfg.epochs
+
+    def eta_s(self) -> float:
+        return round((time.time() - self.t0) / max(1, self.done) * (self.total - self.done), 1)
+
+    def __post_init__(self) -> None:
+        self.gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.rank)
+        self.mix_rng = np.random.default_rng(self.cfg.seed * 7919 + self.rank)
+
+
+def train_one_epoch(lp: Loop, epoch: int) -> float | None:
+    """One pass over the training split: the last batch's loss, or None when a stop was requested."""
+    lp.net.train()
+    batches = lp.batches(epoch)
+    loss = torch.zeros(())
+    for step, b in enumerate(batches):
+        loss = train_step(lp, torch.as_tensor(b))
+        lp.done += 1
+        if lp.stop.requested():
+            lp.progress.emit("stopped", epoch=epoch, step=step, message="stopped on request; no model registered")
+            return None
+        if step % 5 == 0 or step == len(batches) - 1:
+            lp.progress.emit("step", epoch=epoch + 1, epochs=lp.cfg.epochs, step=step + 1, steps=len(batches),
+                             loss=round(loss.item(), 5), lr=lp.sched.get_last_lr()[0], eta_s=lp.eta_s(),
+                             fraction=round(lp.done / lp.total, 4))
+    return round(loss.item(), 5)
+
+
+def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
+    cfg, st = lp.cfg, lp.st
+    x01, y, t_logits = batch_inputs(lp, bi)
+    y2, lam = y, 1.0
+    if cfg.mixup > 0:
+        x01, y2, lam = mixup(x01, y, cfg.mixup, lp.mix_rng)
+    if st.teacher is not None and lp.cached is None:
+        t_logits = teacher_logits(st, x01, None if lp.folds is None else lp.folds[bi])
+    if t_logits is not None and st.teacher_positive is not None:
+        t_logits = grouped_teacher_logits(t_logits, st.teacher_positive, cfg.temperature)
+    xin = model_input(x01, lp.size, lp.mean, lp.std).contiguous(memory_format=torch.channels_last)
+    # a fused model trains each member on its own loss; any other model is a fusion of one
+    outs = lp.net(xin, members=True) if isinstance(lp.model, FusedNet) else lp.net(xin)[None]
+    loss = sum(mixed_kd_loss(o, y, y2, lam, t_logits, cfg.temperature, cfg.alpha) for o in outs)
+    lp.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    lp.opt.step()
+    lp.sched.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, size: int, mean, std, batch: int = 128) -> torch.Tensor:
+    """The model's logits on uint8 images, preprocessed exactly as ``evaluate`` and the app do."""
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = [model(model_input(images[i:i + batch].to(dev).float() / 255.0, size, mean, std)).cpu()
+            for i in range(0, len(images), batch)]
+    return torch.cat(outs)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, y: np.ndarray, size: int, mean, std, positive: list[int],
+             labels: tuple[str, str]) -> dict[str, Any]:
+    """Binary metrics of the model on a held-out part (validation, during training)."""
+    p = grouped_probs(predict_logits(model, images, size, mean, std), positive).numpy()
+    return binary_metrics(y, p, labels=labels)
+
+
+def batch_indices(n_train: int, batch: int, epoch: int, seed: int, rank: int, world: int) -> list[np.ndarray]:
+    perm = np.random.default_rng(seed * 1000 + epoch).permutation(n_train)
+    per_rank = max(1, n_train // world)
+    mine = perm[rank::world][:per_rank]
+    out = [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    return [b for b in out if len(b) > 1] or [mine]
+
+
+def batch_inputs(lp: Loop, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A batch's [0,1] pixels, hard labels and (from the cache, if any) teacher logits, on the device."""
+    dev = lp.train_x.device
+    if lp.cached is not None:
+        v = torch.randint(0, lp.cached[0].shape[0], (len(bi),), generator=lp.gen)
+        x01 = lp.cached[0][v, bi].to(dev).float() / 255.0
+        t_logits = lp.cached[1][v, bi].to(dev)
+        if lp.st.teacher_flips:
+            x01 = random_flips(x01, lp.gen)
+    else:
+        x01, t_logits = augment_batch(lp.train_x[bi.to(dev)], lp.big, lp.gen, lp.cfg.augment), None
+    return x01, lp.train_y[bi.to(dev)], t_logits
+
+
+def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Each image of a batch flipped horizontally and/or vertically, each with probability 1/2."""
+    h, v = (torch.rand(2, len(x), generator=gen) < 0.5).to(x.device).view(2, -1, 1, 1, 1)
+    x = torch.where(h, x.flip(3), x)
+    return torch.where(v, x.flip(2), x)
+
+
+def mixup(x01: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
+    """One mixing weight per batch (Zhang et al. 2018); the teacher, when there is one, sees the mixed pixels."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.as_tensor(rng.permutation(len(x01)), device=x01.device)
+    return lam * x01 + (1 - lam) * x01[perm], y[perm], lam
+
+
+def dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
+    return torch.device(name)

@@ -1,0 +1,59 @@
+"""How a run talks to whoever launched it: JSON-lines progress out, a stop request in."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+class ProgressLog:
+    """Append-only JSON lines; each line is complete when flushed, so a reader never sees half an event."""
+
+    def __init__(self, path: str | None, enabled: bool = True):
+        self.path = Path(path) if (path and enabled) else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(self, event: str, **fields: Any) -> None:
+        rec = {"event": event, "time": round(time.time(), 3), **fields}
+        log.info("%s %s", event, {k: v for k, v in fields.items() if k != "history"})
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
+
+
+class StopRequest:
+    """Set by SIGTERM or by the stop file appearing; agreed across ranks so every process stops together."""
+
+    def __init__(self, stop_file: str | None):
+        self.stop_file = Path(stop_file) if stop_file else None
+        self.flag = False
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._on_term)
+        else:
+            self._old = None
+
+    def _on_term(self, *_: Any) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        local = self.flag or bool(self.stop_file and self.stop_file.exists())
+        if dist.is_available() and dist.is_initialized():
+            t = torch.tensor([1.0 if local else 0.0])
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            local = bool(t.item() > 0)
+        return local
+
+    def restore(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)

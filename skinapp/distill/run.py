@@ -1,0 +1,120 @@
+"""One training run from start to registration: read and split the data, set up the teacher, loop, finish."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data import decode_dataset, decode_paths, scan_dataset
+from ..models import create_model, get_arch
+from ..protocol import check_parts
+from ..registry import ModelCard, Registry
+from .cache import SHIPPED_LOGITS, build_teacher_cache
+from .config import TrainConfig, TrainingError
+from .finish import finish
+from .loop import Loop, dist_info, evaluate, resolve_device, train_one_epoch
+from .progress import ProgressLog, StopRequest
+from .teacher import check_teacher_split, fold_split, resolve_heads
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
+    """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
+    cfg.validate()
+    registry = registry or Registry(cfg.weights_dir)
+    if not cfg.overwrite and cfg.name in registry.names():
+        raise TrainingError(f"model {cfg.name!r} already exists; registered: {', '.join(registry.names())}")
+    rank, world = dist_info()
+    progress = ProgressLog(cfg.progress, enabled=rank == 0)
+    stop = StopRequest(cfg.stop_file)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        return _run(cfg, registry, rank, world, progress, stop)
+    except Exception as exc:
+        progress.emit("error", message=str(exc), kind=type(exc).__name__)
+        raise
+    finally:
+        stop.restore()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: ProgressLog,
+         stop: StopRequest) -> ModelCard | None:
+    t_start = time.time()
+    spec = get_arch(cfg.arch)
+    size = cfg.image_size or spec.input_size
+    ds = scan_dataset(cfg.data, cfg.task, cfg.label_map, cfg.metadata)
+    st = resolve_heads(cfg, ds, registry)
+    tsize = st.teacher_card.input_size if st.teacher_card else 0
+    decoded = decode_dataset(ds, max(size, tsize))
+    split = cfg.split_spec.split(decoded)
+    check_parts(ds, decoded, split, cfg.test_frac > 0)
+    check_teacher_split(st, decoded, split)
+    train_idx, folds = fold_split(cfg, st, decoded, split.train, split.val)
+    dev = _prepare_device(cfg, st)
+    lp = _loop(cfg, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop)
+    progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
+                  n_val=len(split.val), n_test=len(split.test), skipped=len(decoded.skipped), epochs=cfg.epochs,
+                  steps_per_epoch=len(lp.batches(0)), world_size=world)
+    if st.teacher is not None and cfg.teacher_views > 0:
+        lp.cached = build_teacher_cache(cfg, st, lp.train_x.cpu(), [decoded.hashes[i] for i in train_idx],
+                                        size, progress, rank, folds, registry.root / SHIPPED_LOGITS)
+    # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
+    val_x, val_y = decode_paths([decoded.paths[i] for i in split.val], size), decoded.targets[split.val].numpy()
+    best: dict[str, Any] = {"auc": -1.0}
+    history = []
+    for epoch in range(cfg.epochs):
+        loss = train_one_epoch(lp, epoch)
+        if loss is None:
+            return None
+        m = evaluate(lp.model, val_x, val_y, size, spec.mean, spec.std, st.positive, ds.labels)
+        history.append({"epoch": epoch + 1, "val_auc": m["auc"], "val_accuracy": m["accuracy"],
+                        "val_sens_at_spec80": m["sens_at_spec80"], "train_loss": loss})
+        progress.emit("epoch", **history[-1], eta_s=lp.eta_s())
+        if m["auc"] > best["auc"]:  # the epoch is chosen on validation, never on test
+            best = {"auc": m["auc"], "epoch": epoch + 1,
+                    "state": {k: v.detach().clone() for k, v in lp.model.state_dict().items()}}
+    model = lp.model
+    model.load_state_dict(best["state"])
+    model.cpu().eval()
+    if rank != 0:
+        return None
+    card = finish(cfg, registry, model, st, decoded, split, val_x, len(train_idx), size, spec, history,
+                  best["epoch"], t_start)
+    progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
+                  train_time_s=card.train["train_time_s"])
+    return card
+
+
+def _prepare_device(cfg: TrainConfig, st) -> torch.device:
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if st.teacher is not None:
+        st.teacher.to(dev)
+    return dev
+
+
+def _loop(cfg: TrainConfig, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop) -> Loop:
+    """The student, its optimiser and one-cycle schedule, and the training images, on the device."""
+    spec = get_arch(cfg.arch)
+    # channels-last: about 30% less time per training step on the CPU (measured for dsnet and lite0_tiny)
+    model = create_model(cfg.arch, len(st.label_names), cfg.pretrained, cfg.drop_rate).to(
+        dev, memory_format=torch.channels_last)
+    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    targets = decoded.targets if st.head == "binary" else decoded.diagnosis_idx
+    # on a GPU, augmentation runs there too
+    lp = Loop(cfg, st, net, model, opt, None, decoded.images[train_idx].to(dev), targets[train_idx].to(dev), size,
+              max(size, tsize), spec.mean, spec.std, progress, stop, folds=folds, rank=rank, world=world)
+    lp.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=lp.total, pct_start=0.15)
+    return lp
