@@ -289,6 +289,9 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     (["evaluate", "--model", "tiny-student", "--data", "DATA", "--threshold", "1.5"], "threshold 1.5"),
     (["evaluate", "--model", "tiny-student", "--data", "DATA", "--temperature", "nan"], "temperature nan"),
     (["distill", "--data", "DATA", "--name", "x", "-T", "inf"], "temperature inf"),
+    (["distill", "--data", "DATA", "--name", "x", "--kd", "hinton"], "objective 'hinton' is not one or more of"),
+    (["distill", "--data", "DATA", "--name", "x", "--kd", "attention", "--teacher-views", "4"], "teacher views to 0"),
+    (["distill", "--data", "DATA", "--name", "x", "--kd-beta", "-1"], "attention weight beta -1.0"),
     (["predict", "EMPTY"], "no images found"),
     (["predict", "--cam-out", "IMG", "IMG"], "is not a folder"),
 ])

@@ -114,7 +114,8 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
     assert teacher.role == "teacher" and teacher.teacher is None and teacher.kd is None and teacher.default
     assert teacher.label_names == DIAGNOSES and teacher.groups == DX_GROUPS
     assert student.role == "student" and student.teacher == "tiny-teacher" and student.default
-    assert student.kd == {"temperature": DEFAULT_TEMPERATURE, "alpha": 0.5, "head": "diagnosis"}
+    assert student.kd == {"objectives": ["logit"], "temperature": DEFAULT_TEMPERATURE, "alpha": 0.5, "head": "diagnosis",
+                          "teacher_views": 4}
     assert student.label_names == DIAGNOSES and student.groups == DX_GROUPS  # head "auto" follows the teacher
     assert nokd.teacher is None and nokd.kd is None and not nokd.default
     assert nokd.label_names == ("benign", "malignant") and nokd.groups == ("benign", "malignant")

@@ -346,6 +346,27 @@ def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
     assert recipe("dsnet") != recipe(DEFAULT_STUDENT_ARCH)
 
 
+def test_train_page_offers_each_objective_with_its_knobs(env, tiny_data):
+    from skinapp import jobs
+    from skinapp.distill import option
+
+    at = page("train").run()
+    assert at.selectbox(key="train_kd").options == ["logit", "attention", "relational", "function-matching",
+                                                    "logit+attention"]
+    assert not at.info  # the logit objective runs on cached views
+    at.selectbox(key="train_kd").set_value("relational").run()
+    labels = [w.label for w in at.number_input]
+    assert "Relational scale" in labels and "Rotation task weight" in labels and "Attention weight beta" not in labels
+    assert "teacher at every training step" in at.info[0].value
+    assert option("kd_relation").help in [w.help for w in at.number_input]
+    # a student that cannot start from this teacher's layers is refused on the page, before any job
+    at.text_input(key="train_data").set_value(str(tiny_data)).run()
+    at.checkbox(key="train_init").check()
+    at.button[0].click().run()
+    assert "cannot start from tiny-teacher's layers" in at.error[0].value
+    assert not jobs.list_jobs()
+
+
 def launch(tiny_data, name: str, teacher: str | None = None, test_frac: float | None = None):
     """Fill in the Train form for a quick dsnet run, launch it and wait for the job to end."""
     from skinapp import jobs

@@ -115,8 +115,27 @@ class TrainConfig:
                       int, lo=0, hi=20)
     fold: int = _opt(0, "the fold left out", int, lo=0, hi=19)
     threads: int | None = _opt(None, "CPU threads (default: PyTorch's)", int, lo=1, hi=1024)
-    teacher_views: int = _opt(4, "precompute teacher logits on this many augmented views per image (0: the "
-                                 "teacher every step)", int, lo=0, hi=64, roles=("student",))
+    teacher_views: int | None = _opt(None, "precompute teacher logits on this many augmented views per image "
+                                           "(0: the teacher live at every step; default: 4 for the logit "
+                                           "objective, 0 for objectives that need the teacher live)", int, lo=0,
+                                     hi=64, roles=("student",))
+    kd: str = _opt("logit", "distillation objective: logit, attention, relational or function-matching; join "
+                            "several with + (e.g. logit+attention)", roles=("student",), label="objective")
+    kd_beta: float = _opt(1000.0, "attention: weight of the attention-map term (the paper's beta)", float,
+                          lo=0.0, hi=1e5, roles=("student",),
+                          label="attention weight beta")
+    kd_relation: float = _opt(1.0, "relational: scale of the distance, angle and intra-image terms (25, 50, 10)",
+                              float, lo=0.0, hi=100.0, roles=("student",),
+                          label="relational scale")
+    kd_rotation: float = _opt(0.5, "relational: weight of the self-supervised rotation task", float, lo=0.0,
+                              hi=10.0, roles=("student",),
+                          label="rotation task weight")
+    kd_mix: float = _opt(1.0, "function-matching: Beta(a, a) of each batch's mixup or cutmix", float, lo=0.05,
+                         hi=10.0, roles=("student",),
+                          label="mixing Beta parameter")
+    init_from_teacher: str | None = _opt(None, "start the student from the matching layers of this registered "
+                                               "teacher (fine-tuned on skin) instead of ImageNet (SkinDistilViT)",
+                                         roles=("student",))
     mixup: float = _opt(0.0, "Beta(a, a) mixup of each batch (0: off); with a teacher it needs --teacher-views 0",
                         float, lo=0.0, hi=10.0)
     device: str = _opt("auto", "auto: a CUDA GPU when there is one", choices=DEVICES)
@@ -136,6 +155,25 @@ class TrainConfig:
         for key in ("epochs", "lr", "batch_size"):
             if getattr(self, key) is None:
                 setattr(self, key, getattr(plan, key))
+        if self.teacher_views is None:
+            self.teacher_views = 0 if self.live_teacher else 4
+
+    @property
+    def objectives(self) -> tuple[str, ...]:
+        from .objectives import parse_kd
+
+        return parse_kd(self.kd)
+
+    @property
+    def live_teacher(self) -> bool:
+        """Objectives that need the teacher on the exact pixels of each step: its features, or mixed views."""
+        from .objectives import needs_features
+
+        try:
+            kds = self.objectives
+        except TrainingError:
+            return False  # validate() says what is wrong
+        return needs_features(kds) or "function-matching" in kds
 
     @property
     def split_spec(self) -> SplitSpec:
@@ -153,6 +191,8 @@ class TrainConfig:
             (self.folds == 0 or self.fold < self.folds, f"fold {self.fold} must be between 0 and {self.folds - 1}"),
             (not (self.mixup > 0 and self.teacher and self.teacher_views > 0),
              f"mixup {self.mixup} needs the teacher on every mixed batch: set teacher views to 0"),
+            (bool(self.objectives) and not (self.live_teacher and self.teacher and self.teacher_views > 0),
+             f"objective {self.kd!r} needs the teacher live on every step: set teacher views to 0"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -9,13 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import augment_batch, model_input
 from ..evaluation import binary_metrics, grouped_probs
 from ..models import FusedNet
 from .config import TrainConfig, TrainingError
-from .kd import grouped_teacher_logits, mixed_kd_loss
+from .features import Tap
+from .kd import grouped_teacher_logits, kd_loss, mixed_kd_loss
+from .objectives import (attention_loss, confidence_weights, intra_loss, rkd_angle, rkd_distance, rotate_quarters,
+                         strong_mix, weighted_kd_loss)
 from .progress import ProgressLog, StopRequest
 from .teacher import Setup, teacher_logits
 
@@ -41,6 +45,8 @@ class Loop:
     folds: torch.Tensor | None = None  # under a cross-fitted teacher: each training image's fold
     rank: int = 0
     world: int = 1
+    features: "FeatureKD | None" = None  # the taps and pairing of feature-level objectives
+    init: dict[str, Any] | None = None  # where the student's weights came from, when from a teacher
     done: int = 0
     t0: float = field(default_factory=time.time)
 
@@ -82,21 +88,83 @@ def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
     cfg, st = lp.cfg, lp.st
     x01, y, t_logits = batch_inputs(lp, bi)
     y2, lam = y, 1.0
-    if cfg.mixup > 0:
+    if st.teacher is not None and "function-matching" in cfg.objectives:
+        x01 = strong_mix(x01, lp.gen, cfg.kd_mix)  # no label follows the mix: only the teacher is matched
+    elif cfg.mixup > 0:
         x01, y2, lam = mixup(x01, y, cfg.mixup, lp.mix_rng)
     if st.teacher is not None and lp.cached is None:
+        if lp.features:
+            lp.features.teacher.n = len(x01)
         t_logits = teacher_logits(st, x01, None if lp.folds is None else lp.folds[bi])
+    weights = None
+    if t_logits is not None and "relational" in cfg.objectives:
+        weights = confidence_weights(t_logits, y, st.teacher_positive)
     if t_logits is not None and st.teacher_positive is not None:
         t_logits = grouped_teacher_logits(t_logits, st.teacher_positive, cfg.temperature)
     xin = model_input(x01, lp.size, lp.mean, lp.std).contiguous(memory_format=torch.channels_last)
     # a fused model trains each member on its own loss; any other model is a fusion of one
     outs = lp.net(xin, members=True) if isinstance(lp.model, FusedNet) else lp.net(xin)[None]
-    loss = sum(mixed_kd_loss(o, y, y2, lam, t_logits, cfg.temperature, cfg.alpha) for o in outs)
+    loss = sum(_logit_terms(cfg, o, y, y2, lam, t_logits, weights) for o in outs)
+    if lp.features and t_logits is not None:
+        loss = loss + lp.features.loss(lp, xin)
     lp.opt.zero_grad(set_to_none=True)
     loss.backward()
     lp.opt.step()
     lp.sched.step()
     return loss.detach()
+
+
+def _logit_terms(cfg: TrainConfig, out: torch.Tensor, y, y2, lam: float, t_logits, weights) -> torch.Tensor:
+    """The hard-label term, and the soft one when the objectives use the teacher's outputs."""
+    kds = cfg.objectives
+    if t_logits is None or not any(k in kds for k in ("logit", "relational", "function-matching")):
+        return mixed_kd_loss(out, y, y2, lam, None, cfg.temperature, cfg.alpha)
+    if "function-matching" in kds:  # the views are mixed: the teacher's outputs are the only target
+        return kd_loss(out, y, t_logits, cfg.temperature, 0.0)
+    if weights is not None:
+        return weighted_kd_loss(out, y, t_logits, weights, cfg.temperature, cfg.alpha)
+    return mixed_kd_loss(out, y, y2, lam, t_logits, cfg.temperature, cfg.alpha)
+
+
+class FeatureKD:
+    """Attention and relational terms: student and teacher stage outputs read by hooks during their forwards."""
+
+    #: the relational terms' weights before ``kd_relation`` scales them: RKD's distance and angle (Park et al.)
+    #: and the intra-image relation matrix
+    WEIGHTS = {"distance": 25.0, "angle": 50.0, "intra": 10.0}
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]],
+                 student_last: str, teacher_last: str, channels: int):
+        self.cfg, self.pairs = cfg, pairs
+        self.s_last, self.t_last = student_last, teacher_last
+        self.student = Tap(model, sorted({s for s, _ in pairs} | {student_last}))
+        self.teacher = Tap(teacher, sorted({t for _, t in pairs} | {teacher_last}))
+        self.rotation = nn.Linear(channels, 4) if "relational" in cfg.objectives else None
+
+    def loss(self, lp: Loop, xin: torch.Tensor) -> torch.Tensor:
+        cfg, s, t = self.cfg, self.student.out, self.teacher.out
+        total = xin.new_zeros(())
+        if "attention" in cfg.objectives:
+            total = total + attention_loss([s[a] for a, _ in self.pairs], [t[b] for _, b in self.pairs],
+                                           cfg.kd_beta)
+        if "relational" in cfg.objectives:
+            es, et = s[self.s_last].mean((2, 3)), t[self.t_last].float().mean((2, 3))
+            w = self.WEIGHTS
+            rel = (w["distance"] * rkd_distance(es, et) + w["angle"] * rkd_angle(es, et)
+                   + w["intra"] * intra_loss(s[self.pairs[-1][0]], t[self.pairs[-1][1]].float()))
+            xr, k = rotate_quarters(xin, lp.gen)
+            lp.net(xr.contiguous(memory_format=torch.channels_last))  # the hooks now hold the rotated pass
+            rot = F.cross_entropy(self.rotation(self.student.out[self.s_last].mean((2, 3))), k)
+            total = total + cfg.kd_relation * rel + cfg.kd_rotation * rot
+        return total
+
+    def record(self) -> dict[str, Any]:
+        return {"pairs": [list(p) for p in self.pairs], "student_embedding": self.s_last,
+                "teacher_embedding": self.t_last}
+
+    def close(self) -> None:
+        self.student.close()
+        self.teacher.close()
 
 
 @torch.no_grad()

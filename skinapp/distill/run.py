@@ -10,15 +10,17 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data import decode_dataset, decode_paths, scan_dataset
-from ..models import create_model, get_arch
+from ..models import FusedNet, create_model, get_arch
 from ..protocol import check_parts
 from ..registry import ModelCard, Registry
 from .cache import SHIPPED_LOGITS, build_teacher_cache
 from .config import TrainConfig, TrainingError
 from .finish import finish
-from .loop import Loop, dist_info, evaluate, resolve_device, train_one_epoch
+from .features import pair_stages, stage_channels, stage_names
+from .loop import FeatureKD, Loop, dist_info, evaluate, resolve_device, train_one_epoch
+from .objectives import needs_features
 from .progress import ProgressLog, StopRequest
-from .teacher import check_teacher_split, fold_split, resolve_heads
+from .teacher import check_teacher_split, fold_split, init_from_teacher, resolve_heads
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     check_teacher_split(st, decoded, split)
     train_idx, folds = fold_split(cfg, st, decoded, split.train, split.val)
     dev = _prepare_device(cfg, st)
-    lp = _loop(cfg, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop)
+    lp = _loop(cfg, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop, registry)
     progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
                   n_val=len(split.val), n_test=len(split.test), skipped=len(decoded.skipped), epochs=cfg.epochs,
                   steps_per_epoch=len(lp.batches(0)), world_size=world)
@@ -69,12 +71,33 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                                         size, progress, rank, folds, registry.root / SHIPPED_LOGITS)
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in split.val], size), decoded.targets[split.val].numpy()
+    try:
+        history, best = _epochs(cfg, lp, val_x, val_y, size, spec, st, ds, progress)
+    finally:
+        if lp.features:
+            lp.features.close()
+    if best is None:
+        return None
+    model = lp.model
+    model.load_state_dict(best["state"])
+    model.cpu().eval()
+    if rank != 0:
+        return None
+    card = finish(cfg, registry, model, st, decoded, split, val_x, len(train_idx), size, spec, history,
+                  best["epoch"], t_start, lp)
+    progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
+                  train_time_s=card.train["train_time_s"])
+    return card
+
+
+def _epochs(cfg, lp: Loop, val_x, val_y, size, spec, st, ds, progress) -> tuple[list[dict], dict | None]:
+    """Train, validate after each epoch, keep the best epoch's weights (None when stopped)."""
     best: dict[str, Any] = {"auc": -1.0}
     history = []
     for epoch in range(cfg.epochs):
         loss = train_one_epoch(lp, epoch)
         if loss is None:
-            return None
+            return history, None
         m = evaluate(lp.model, val_x, val_y, size, spec.mean, spec.std, st.positive, ds.labels)
         history.append({"epoch": epoch + 1, "val_auc": m["auc"], "val_accuracy": m["accuracy"],
                         "val_sens_at_spec80": m["sens_at_spec80"], "train_loss": loss})
@@ -82,16 +105,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
         if m["auc"] > best["auc"]:  # the epoch is chosen on validation, never on test
             best = {"auc": m["auc"], "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in lp.model.state_dict().items()}}
-    model = lp.model
-    model.load_state_dict(best["state"])
-    model.cpu().eval()
-    if rank != 0:
-        return None
-    card = finish(cfg, registry, model, st, decoded, split, val_x, len(train_idx), size, spec, history,
-                  best["epoch"], t_start)
-    progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
-                  train_time_s=card.train["train_time_s"])
-    return card
+    return history, best
 
 
 def _prepare_device(cfg: TrainConfig, st) -> torch.device:
@@ -104,17 +118,40 @@ def _prepare_device(cfg: TrainConfig, st) -> torch.device:
     return dev
 
 
-def _loop(cfg: TrainConfig, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop) -> Loop:
+def _feature_kd(cfg: TrainConfig, st, model: nn.Module, size: int, world: int) -> FeatureKD | None:
+    """Hooks and stage pairing for the attention and relational objectives (None for the others)."""
+    if not needs_features(cfg.objectives):
+        return None
+    if world > 1 or isinstance(model, FusedNet):
+        raise TrainingError(f"objective {cfg.kd!r} trains one network in one process; use the logit objective "
+                            f"for a fused student or under torchrun")
+    tc = st.teacher_card
+    pairs = pair_stages(model, size, st.teacher, tc.input_size)
+    s_last, t_last = stage_names(model)[-1], stage_names(st.teacher)[-1]
+    channels = stage_channels(model, s_last, size)
+    log.info("feature distillation pairs (student, teacher): %s", pairs)
+    return FeatureKD(cfg, model, st.teacher, pairs, s_last, t_last, channels)
+
+
+def _loop(cfg: TrainConfig, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop,
+          registry: Registry) -> Loop:
     """The student, its optimiser and one-cycle schedule, and the training images, on the device."""
     spec = get_arch(cfg.arch)
     # channels-last: about 30% less time per training step on the CPU (measured for dsnet and lite0_tiny)
-    model = create_model(cfg.arch, len(st.label_names), cfg.pretrained, cfg.drop_rate).to(
-        dev, memory_format=torch.channels_last)
+    model = create_model(cfg.arch, len(st.label_names), "none" if cfg.init_from_teacher else cfg.pretrained,
+                         cfg.drop_rate)
+    init = init_from_teacher(model, cfg.arch, registry, cfg.init_from_teacher) if cfg.init_from_teacher else None
+    model = model.to(dev, memory_format=torch.channels_last)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    features = _feature_kd(cfg, st, model, size, world) if st.teacher is not None else None
+    params = list(model.parameters()) + (list(features.rotation.to(dev).parameters())
+                                         if features and features.rotation else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     targets = decoded.targets if st.head == "binary" else decoded.diagnosis_idx
     # on a GPU, augmentation runs there too
     lp = Loop(cfg, st, net, model, opt, None, decoded.images[train_idx].to(dev), targets[train_idx].to(dev), size,
-              max(size, tsize), spec.mean, spec.std, progress, stop, folds=folds, rank=rank, world=world)
+              max(size, tsize), spec.mean, spec.std, progress, stop, folds=folds, rank=rank, world=world,
+              features=features)
+    lp.init = init
     lp.sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=lp.total, pct_start=0.15)
     return lp

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..data import DecodedData, LesionDataset, Split, fold_ids, model_input, split_digest
-from ..models import flip_invariant, fold_batchnorm
+from ..models import flip_invariant, fold_batchnorm, get_arch
 from ..protocol import SplitSpec
 from ..registry import ModelCard, Registry
 from .config import TrainConfig, TrainingError
@@ -65,6 +65,9 @@ def resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> Se
         if tcard.task != cfg.task and head == "binary":
             raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
     crossfit = (tcard.fusion or {}).get("crossfit") if tcard is not None else None
+    if crossfit and cfg.live_teacher and cfg.objectives != ("logit",):
+        raise TrainingError(f"teacher {tcard.name!r} is cross-fitted (each image scored by the member that never "
+                            f"saw it); objective {cfg.kd!r} needs one teacher on every view: use the logit objective")
     if crossfit and cfg.mixup > 0:
         raise TrainingError(f"teacher {tcard.name!r} is cross-fitted: each image is scored by the member that "
                             f"never saw it, which a mixed image does not have; set mixup to 0")
@@ -132,3 +135,46 @@ def fold_split(cfg: TrainConfig, st: Setup, decoded: DecodedData, train_idx: lis
             f"{st.teacher_card.split_seed}, data {st.teacher_card.data.get('root')}); distil on the same data with "
             f"split seed {st.teacher_card.split_seed} and validation fraction {st.teacher_card.data.get('val_frac')}")
     return train_idx, torch.tensor(ids)
+
+
+_HEADS = ("classifier.", "fc.", "head.")
+
+
+def _member_archs(card: ModelCard) -> dict[str, str]:
+    """A teacher card's networks by state-dict prefix: itself, or a fused teacher's members."""
+    members = (card.fusion or {}).get("members")
+    if members:
+        return {f"members.{m['key']}.": m["arch"] for m in members}
+    spec = get_arch(card.arch)
+    if spec.members:  # a fused architecture trained as one model (fused_lite012)
+        return {f"members.{a.rsplit('_', 1)[-1]}.": a for a in spec.members}
+    return {"": card.arch}
+
+
+def init_prefix(card: ModelCard, arch: str) -> str | None:
+    """Where in this teacher a student of ``arch`` finds its layers (None: nowhere), read from the card alone."""
+    wanted = {arch, get_arch(arch).base} - {None}
+    return next((p for p, a in _member_archs(card).items() if a in wanted), None)
+
+
+def init_from_teacher(student: nn.Module, arch: str, registry: Registry, name: str) -> dict[str, Any]:
+    """Start the student from the matching layers of a teacher fine-tuned on skin (as SkinDistilViT initialises
+    its student from the teacher's own layers): every tensor but the classifier must be found, same name and
+    shape, in the teacher or in one of a fused teacher's members."""
+    tmodel, tcard = registry.load(name)
+    match = init_prefix(tcard, arch)
+    if match is None:
+        wanted = {arch, get_arch(arch).base} - {None}
+        raise TrainingError(f"teacher {name!r} ({', '.join(_member_archs(tcard).values())}) has no layers that "
+                            f"{arch} can start from; {arch} starts from: {', '.join(sorted(wanted))}")
+    source, own = tmodel.state_dict(), student.state_dict()
+    body = [k for k in own if not k.startswith(_HEADS)]
+    copied = [k for k in body if match + k in source and source[match + k].shape == own[k].shape]
+    if len(copied) != len(body):
+        missing = sorted(set(body) - set(copied))[:3]
+        raise TrainingError(f"teacher {name!r} lacks {len(body) - len(copied)} of {arch}'s {len(body)} tensors "
+                            f"(e.g. {missing}); it cannot initialise this student")
+    own.update({k: source[match + k].to(own[k].dtype) for k in copied})
+    student.load_state_dict(own, strict=True)
+    log.info("student initialised from %d tensors of %s%s", len(copied), name, f" ({match[:-1]})" if match else "")
+    return {"teacher": name, "sha256": tcard.sha256, "member": match[:-1] or None, "tensors": len(copied)}

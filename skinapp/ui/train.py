@@ -10,6 +10,8 @@ import streamlit as st
 from skinapp import jobs
 from skinapp.data import DatasetError, resize_square, scan_dataset
 from skinapp.distill import DEFAULT_STUDENT_ARCH, default, option
+from skinapp.distill.objectives import CHOICES, KD_OBJECTIVES, parse_kd
+from skinapp.distill.teacher import init_prefix
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -91,13 +93,19 @@ def _form(reg) -> dict | None:
     # outside the form, so picking an architecture refills the schedule below with that architecture's own
     arch = st.selectbox("Student architecture", students, index=students.index(DEFAULT_STUDENT_ARCH), key="train_arch",
                         help="lite0_tiny: the default student's network (ImageNet-initialised); dsnet: the paper's")
+    kd = _objective()
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
         name = c1.text_input("New model name", value=f"my-{arch.replace('_', '-')}")
         options = teachers + ["(none: train without distillation)"]
         teacher = c1.selectbox("Teacher", options, key="train_teacher",
                                index=teachers.index(reg.default("teacher").name) if teachers else 0)
+        init = c1.checkbox("Start from the teacher's layers", key="train_init",
+                           help=option("init_from_teacher").help + ". Possible when the teacher holds the "
+                                "layers of this network (lite0_tiny from an EfficientNet-Lite0 teacher).")
         temperature = _number(c2, "Distillation temperature T", "temperature", arch, step=0.5)
+        knobs = {k: _number(c2, option(k).label.capitalize(), k, arch) for n in parse_kd(kd)
+                 for k in KD_OBJECTIVES[n].knobs}
         alpha = c2.slider("alpha (weight of the hard-label loss)", *_bounds("alpha"), default("alpha"), 0.05,
                           help=option("alpha").help)
         epochs = _number(c2, "Epochs", "epochs", arch)
@@ -114,10 +122,29 @@ def _form(reg) -> dict | None:
             "temperature": temperature, "alpha": alpha, "epochs": int(epochs), "lr": lr, "batch_size": int(batch),
             "image_size": int(size), "test_frac": float(test_frac), "threads": max(1, (os.cpu_count() or 2))}
     if teacher in teachers:
-        args["teacher"] = teacher
+        args |= {"teacher": teacher, "kd": kd} | knobs
     else:
         args["no_kd"] = True
+    if init:
+        chosen = reg.get(teacher) if teacher in teachers else None
+        if chosen is None or init_prefix(chosen, arch) is None:
+            st.error(f"{arch} cannot start from {teacher}'s layers: pick a teacher that holds them "
+                     f"(an EfficientNet-Lite0 teacher, or a fused teacher with a Lite0 member, for lite0_tiny).")
+            return None
+        args["init_from_teacher"] = teacher
     return args
+
+
+def _objective() -> str:
+    """The distillation objective, outside the form so its knobs appear as soon as it is picked."""
+    kd = st.selectbox("Distillation objective", CHOICES, key="train_kd",
+                      help="What the student learns from the teacher besides the labels.")
+    parts = parse_kd(kd)
+    st.caption(" · ".join(f"**{n}**: {KD_OBJECTIVES[n].summary} ({KD_OBJECTIVES[n].reference})" for n in parts))
+    if any(KD_OBJECTIVES[n].features for n in parts) or "function-matching" in parts:
+        st.info("This objective runs the teacher at every training step instead of once on cached views, so it "
+                "takes several times longer than the logit objective on this CPU.")
+    return kd
 
 
 @st.fragment(run_every=1.5)
