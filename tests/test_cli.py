@@ -207,7 +207,7 @@ def test_train_teacher_distill_and_no_kd(tiny_registry, tiny_data, tmp_path):
     reg = Registry(w)
     assert {"cli-teacher", "cli-student", "cli-nokd"} <= set(reg.names())
     st = reg.get("cli-student")
-    assert st.kd == {"temperature": 3.0, "alpha": 0.25, "head": "diagnosis"}
+    assert st.kd == {"objectives": ["logit"], "temperature": 3.0, "alpha": 0.25, "head": "diagnosis", "teacher_views": 4}
     assert st.input_size == 48 and st.train["epochs"] == 1
     nk = reg.get("cli-nokd")
     assert nk.teacher is None and nk.kd is None
@@ -290,7 +290,8 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     (["evaluate", "--model", "tiny-student", "--data", "DATA", "--temperature", "nan"], "temperature nan"),
     (["distill", "--data", "DATA", "--name", "x", "-T", "inf"], "temperature inf"),
     (["distill", "--data", "DATA", "--name", "x", "--kd", "hinton"], "objective 'hinton' is not one or more of"),
-    (["distill", "--data", "DATA", "--name", "x", "--kd", "attention", "--teacher-views", "4"], "teacher views to 0"),
+    (["distill", "--data", "DATA", "--name", "x", "--kd", "function-matching", "--teacher-views", "4"],
+     "teacher views to 0"),
     (["distill", "--data", "DATA", "--name", "x", "--kd-beta", "-1"], "attention weight beta -1.0"),
     (["predict", "EMPTY"], "no images found"),
     (["predict", "--cam-out", "IMG", "IMG"], "is not a folder"),

@@ -10,8 +10,9 @@ import torch
 
 from skinapp.distill import TrainConfig, TrainingError, kd_loss, train
 from skinapp.distill.features import pair_stages
-from skinapp.distill.objectives import (KD_OBJECTIVES, attention_loss, confidence_weights, cutmix, intra_loss,
-                                        parse_kd, rkd_angle, rkd_distance, rotate_quarters, weighted_kd_loss)
+from skinapp.distill.objectives import (KD_OBJECTIVES, attention_loss, attention_map, confidence_weights, cutmix,
+                                        intra_loss, intra_relations, parse_kd, rkd_angle, rkd_distance,
+                                        rotate_quarters, weighted_kd_loss)
 from skinapp.models import create_model
 from skinapp.registry import Registry
 
@@ -24,15 +25,16 @@ def test_attention_loss_by_hand():
     # student map [1, 0] -> attention [1, 0]; teacher [0, 2] -> squared [0, 4] -> normalised [0, 1]
     s = torch.tensor([[[[1.0, 0.0]]]])
     t = torch.tensor([[[[0.0, 2.0]]]])
+    assert attention_map(t).tolist() == [[0.0, 1.0]]
     # mean((1 - 0)^2, (0 - 1)^2) = 1, times beta / 2
-    assert attention_loss([s], [t], beta=1000.0).item() == pytest.approx(500.0)
-    assert attention_loss([s], [s * 3], beta=1000.0).item() == pytest.approx(0.0, abs=1e-9)  # scale-free
+    assert attention_loss([s], [attention_map(t)], beta=1000.0).item() == pytest.approx(500.0)
+    assert attention_loss([s], [attention_map(3 * s)]).item() == pytest.approx(0.0, abs=1e-9)  # scale-free
 
 
 def test_attention_pools_the_teachers_larger_map_to_the_students_size():
-    s = torch.tensor([[[[1.0, 1.0]]]])  # 1 x 2: uniform
-    t = torch.ones(1, 1, 2, 4)  # 2 x 4: uniform too, pooled to 1 x 2
-    assert attention_loss([s], [t]).item() == pytest.approx(0.0, abs=1e-9)
+    t = torch.zeros(1, 1, 2, 4)
+    t[..., :2] = 1.0  # the left half of a 2 x 4 map is active: pooled to 1 x 2, [1, 0] before normalising
+    assert attention_map(t, (1, 2)).tolist() == [[1.0, 0.0]]
 
 
 def test_rkd_distance_by_hand():
@@ -69,8 +71,9 @@ def test_rkd_angle_by_hand():
 def test_intra_instance_relations_by_hand():
     s = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # two positions, orthogonal: relations [[1, 0], [0, 1]]
     t = torch.tensor([[[[1.0, 1.0]], [[0.0, 0.0]]]])  # two positions, parallel: relations [[1, 1], [1, 1]]
-    assert intra_loss(s, t).item() == pytest.approx(0.5)  # mean of (0, 1, 1, 0)^2
-    assert intra_loss(s, s * 5).item() == pytest.approx(0.0, abs=1e-7)
+    assert intra_relations(t, (1, 2)).tolist() == [[[1.0, 1.0], [1.0, 1.0]]]
+    assert intra_loss(s, intra_relations(t, (1, 2))).item() == pytest.approx(0.5)  # mean of (0, 1, 1, 0)^2
+    assert intra_loss(s, intra_relations(5 * s, (1, 2))).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_confidence_weights_and_weighted_soft_outputs_by_hand():
@@ -110,9 +113,10 @@ def test_objective_names_are_checked():
         with pytest.raises(TrainingError, match="logit"):
             parse_kd(bad)
     with pytest.raises(TrainingError, match="teacher views to 0"):
-        TrainConfig(data="d", name="n", teacher="t", kd="attention", teacher_views=4).validate()
-    assert TrainConfig(data="d", name="n", kd="attention").teacher_views == 0  # the default follows the objective
-    assert TrainConfig(data="d", name="n").teacher_views == 4
+        TrainConfig(data="d", name="n", teacher="t", kd="function-matching", teacher_views=4).validate()
+    # the default follows the objective: function matching mixes every batch anew, so its teacher runs live
+    assert TrainConfig(data="d", name="n", kd="function-matching").teacher_views == 0
+    assert TrainConfig(data="d", name="n", kd="attention").teacher_views == 4
 
 
 def test_stages_pair_by_stride():
@@ -139,7 +143,8 @@ def test_each_objective_trains_and_is_recorded(kd, registry_copy, tiny_data):
     reg = Registry(registry_copy)
     card = train(TrainConfig(data=str(tiny_data), name=f"s-{kd.replace('+', '-')}", teacher="tiny-teacher", kd=kd,
                              **TINY | {"epochs": 2}), reg)
-    assert card.kd["objectives"] == kd.split("+") and card.kd["teacher_views"] == 0
+    assert card.kd["objectives"] == kd.split("+")
+    assert card.kd["teacher_views"] == (0 if kd == "function-matching" else 4)
     assert math.isfinite(card.metrics["auc"])
     if "attention" in kd or kd == "relational":
         assert card.kd["pairs"] == [["block1", "block1"], ["block2", "block2"], ["block3", "block3"]]
@@ -162,6 +167,38 @@ def test_each_objective_changes_what_is_learned(registry_copy, tiny_data):
         trained[kd] = reg.load(card.name)[0].state_dict()["fc.weight"]
     assert not torch.allclose(trained["logit"], trained["attention"])
     assert not torch.allclose(trained["logit"], trained["relational"])
+
+
+def test_cached_feature_targets_are_the_teachers_on_each_cached_view(registry_copy, tiny_data, tmp_path, monkeypatch):
+    """Attention and relational runs cache the teacher's feature targets beside each view; they must be what the
+    teacher gives on that view (here teacher and student share one size, so the stored view is what it saw)."""
+    from safetensors.torch import load_file
+
+    from skinapp.distill.features import pair_stages, stage_names, stage_shapes
+    from skinapp.distill.loop import FeatureKD
+    from skinapp.data import model_input
+
+    monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / "cache"))
+    reg = Registry(registry_copy)
+    train(TrainConfig(data=str(tiny_data), name="att-cached", teacher="tiny-teacher", kd="attention",
+                      teacher_views=1, **TINY), reg)
+    (path,) = (tmp_path / "cache").glob("teacher-views-*.safetensors")
+    cache = load_file(str(path))
+    assert {"feat.att0", "feat.att1", "feat.att2", "feat.emb", "feat.intra"} <= set(cache)
+    teacher, card = reg.load("tiny-teacher")
+    student = create_model("dsnet", 4, "none")
+    shapes = stage_shapes(student, 48)
+    fk = FeatureKD(TrainConfig(data="d", name="n", kd="attention"), student, teacher.eval(),
+                   pair_stages(student, 48, teacher, 48), stage_names(student)[-1], stage_names(teacher)[-1], 160,
+                   {n: s[1:] for n, s in shapes.items()})
+    x01 = cache["views"][0, :6].float() / 255
+    with torch.no_grad():
+        teacher(model_input(x01, card.input_size, card.mean, card.std))
+    live = fk.targets()
+    for name in ("att0", "att2", "emb", "intra"):
+        assert torch.allclose(cache[f"feat.{name}"][0, :6], live[name], atol=0.05), name
+    assert not torch.allclose(cache["feat.emb"][0, :6], cache["feat.emb"][0, 6:12], atol=0.05)
+    fk.close()
 
 
 def test_student_starts_from_the_teachers_layers(registry_copy, tiny_data):

@@ -116,3 +116,5 @@ def test_kd_vs_control_summary_is_mean_and_sd_over_seeds():
     (line,) = [r for r in kvc.summary(rows) if r.startswith("| dsnet")]
     assert "| 3 | 0.8700 ± 0.0100 | 0.8433 ± 0.0058 |" in line and "+0.020 [+0.000, +0.040]" in line
     assert kvc.run_name("lite0_tiny", True, 2) == "lite0-tiny-kd-s2"
+    assert kvc.run_name("dsnet", "attention", 1) == "dsnet-attention-s1"
+    assert not kvc.applies("dsnet", "init-kd") and kvc.applies("lite0_tiny", "init-kd")

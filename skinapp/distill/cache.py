@@ -32,16 +32,19 @@ def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
     return -(-teacher_views // 4) if teacher_flips else teacher_views
 
 
-def cache_key(cfg: TrainConfig, st: Setup, hashes: list[str], size: int, decoded_size: int) -> str:
+def cache_key(cfg: TrainConfig, st: Setup, hashes: list[str], size: int, decoded_size: int,
+              features: list | None = None) -> str:
     tc = st.teacher_card
     n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
     parts = [tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size, tc.input_size, decoded_size]
-    return hashlib.sha1(json.dumps(parts + (["flips", n_aug] if st.teacher_flips else [])).encode()).hexdigest()[:20]
+    parts += (["flips", n_aug] if st.teacher_flips else []) + ([features] if features else [])
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:20]
 
 
 def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashes: list[str], size: int,
                         progress: ProgressLog, rank: int = 0, folds: torch.Tensor | None = None,
-                        shipped: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        shipped: Path | None = None, features=None
+                        ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """K augmented views of every training image at the student's size, with the teacher's logits on each.
 
     The teacher then costs K forward passes per image once, instead of one per image per epoch, and the same
@@ -49,19 +52,22 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     Teacher and student still see exactly the same pixels ("function matching"). ``shipped``: a folder that may
     hold the logits alone (``teacher-logits-KEY.safetensors``, no pixels), shipped beside the registry so a fresh
     install regenerates the seeded views and skips the teacher's pass (checked on a sample first).
+    ``features`` (a ``FeatureKD``): the teacher's feature targets are cached with each view as well.
     """
     from safetensors.torch import load_file
 
-    key = cache_key(cfg, st, hashes, size, images.shape[-1])
+    key = cache_key(cfg, st, hashes, size, images.shape[-1], features.describe() if features else None)
     path = cache_dir() / f"teacher-views-{key}.safetensors"
     n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
     if path.exists():
         d = load_file(str(path))
         progress.emit("cache", message=f"teacher logits loaded from {path.name}", views=n_aug)
-        return d["views"], d["logits"]
+        return d["views"], d["logits"], {k[5:]: v for k, v in d.items() if k.startswith("feat.")}
     views = torch.empty(n_aug, len(images), 3, size, size, dtype=torch.uint8)
     logits = torch.empty(n_aug, len(images), len(st.teacher_card.label_names))
-    known, known_logits = _shipped_logits(key, (shipped, cache_dir()), logits.shape)
+    feats: dict[str, torch.Tensor] = {}
+    known, known_logits = ((None, None) if features else
+                           _shipped_logits(key, (shipped, cache_dir()), logits.shape))
     gen = torch.Generator().manual_seed(cfg.seed * 104729 + 17)
     big = max(size, st.teacher_card.input_size)
     t0 = time.time()
@@ -74,23 +80,30 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
                                                                                  known_logits[0, :8]):
                 log.warning("shipped teacher logits %s do not match this machine's views; recomputing", key)
                 known_logits = None
+            if features:
+                features.teacher.n = len(x01)
             logits[k, i:i + 64] = (known_logits[k, i:i + 64] if known_logits is not None
                                    else _teacher.teacher_logits(st, x01, batch_folds).cpu())
+            for name, t in (features.targets() if features else {}).items():
+                if name not in feats:
+                    feats[name] = torch.empty(n_aug, len(images), *t.shape[1:])
+                feats[name][k, i:i + 64] = t.cpu()
             views[k, i:i + 64] = (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
         progress.emit("cache", message="computing teacher logits" if known_logits is None else
                       f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))
     if rank == 0:
-        _save(path, views, logits)
-    return views, logits
+        _save(path, views, logits, feats)
+    return views, logits, feats
 
 
-def _save(path: Path, views: torch.Tensor, logits: torch.Tensor) -> None:
+def _save(path: Path, views: torch.Tensor, logits: torch.Tensor, feats: dict[str, torch.Tensor]) -> None:
     """The cache with its pixels, and the logits alone (what a registry can ship); each written atomically."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    for name, tensors in ((path, {"views": views, "logits": logits}),
+    full = {"views": views, "logits": logits} | {f"feat.{k}": v for k, v in feats.items()}
+    for name, tensors in ((path, full),
                           (path.with_name(path.name.replace("teacher-views-", "teacher-logits-")), {"logits": logits})):
         tmp = name.with_suffix(f".{os.getpid()}.tmp")
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))

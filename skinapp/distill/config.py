@@ -116,8 +116,8 @@ class TrainConfig:
     fold: int = _opt(0, "the fold left out", int, lo=0, hi=19)
     threads: int | None = _opt(None, "CPU threads (default: PyTorch's)", int, lo=1, hi=1024)
     teacher_views: int | None = _opt(None, "precompute teacher logits on this many augmented views per image "
-                                           "(0: the teacher live at every step; default: 4 for the logit "
-                                           "objective, 0 for objectives that need the teacher live)", int, lo=0,
+                                           "(0: the teacher live at every step; default: 4, and 0 for "
+                                           "function-matching, which mixes every batch anew)", int, lo=0,
                                      hi=64, roles=("student",))
     kd: str = _opt("logit", "distillation objective: logit, attention, relational or function-matching; join "
                             "several with + (e.g. logit+attention)", roles=("student",), label="objective")
@@ -166,14 +166,12 @@ class TrainConfig:
 
     @property
     def live_teacher(self) -> bool:
-        """Objectives that need the teacher on the exact pixels of each step: its features, or mixed views."""
-        from .objectives import needs_features
-
+        """Objectives that need the teacher on the exact pixels of each step: mixed views (function matching).
+        Feature objectives run on cached views too: the cache keeps the teacher's feature targets per view."""
         try:
-            kds = self.objectives
+            return "function-matching" in self.objectives
         except TrainingError:
             return False  # validate() says what is wrong
-        return needs_features(kds) or "function-matching" in kds
 
     @property
     def split_spec(self) -> SplitSpec:

@@ -65,15 +65,16 @@ def _strides(model: nn.Module, names: list[str], size: int) -> list[int]:
         model.train(was)
 
 
-def stage_channels(model: nn.Module, name: str, size: int) -> int:
-    """Channels of a stage's output, read on a probe image."""
-    tap = Tap(model, [name])
+def stage_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int, int]]:
+    """Each stage's output (channels, height, width) for an input of ``size`` pixels, read on a probe image."""
+    names = stage_names(model)
+    tap = Tap(model, names)
     was = model.training
     try:
         model.eval()
         with torch.no_grad():
             model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-        return int(tap.out[name].shape[1])
+        return {n: tuple(int(d) for d in tap.out[n].shape[1:]) for n in names}
     finally:
         tap.close()
         model.train(was)

@@ -18,8 +18,8 @@ from ..models import FusedNet
 from .config import TrainConfig, TrainingError
 from .features import Tap
 from .kd import grouped_teacher_logits, kd_loss, mixed_kd_loss
-from .objectives import (attention_loss, confidence_weights, intra_loss, rkd_angle, rkd_distance, rotate_quarters,
-                         strong_mix, weighted_kd_loss)
+from .objectives import (attention_loss, attention_map, confidence_weights, intra_loss, intra_relations, rkd_angle,
+                         rkd_distance, rotate_quarters, strong_mix, weighted_kd_loss)
 from .progress import ProgressLog, StopRequest
 from .teacher import Setup, teacher_logits
 
@@ -41,7 +41,7 @@ class Loop:
     std: tuple
     progress: ProgressLog
     stop: StopRequest
-    cached: tuple[torch.Tensor, torch.Tensor] | None = None  # teacher views and their logits
+    cached: tuple[torch.Tensor, torch.Tensor, dict] | None = None  # teacher views, logits, feature targets
     folds: torch.Tensor | None = None  # under a cross-fitted teacher: each training image's fold
     rank: int = 0
     world: int = 1
@@ -86,7 +86,7 @@ def train_one_epoch(lp: Loop, epoch: int) -> float | None:
 
 def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
     cfg, st = lp.cfg, lp.st
-    x01, y, t_logits = batch_inputs(lp, bi)
+    x01, y, t_logits, targets = batch_inputs(lp, bi)
     y2, lam = y, 1.0
     if st.teacher is not None and "function-matching" in cfg.objectives:
         x01 = strong_mix(x01, lp.gen, cfg.kd_mix)  # no label follows the mix: only the teacher is matched
@@ -96,6 +96,7 @@ def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
         if lp.features:
             lp.features.teacher.n = len(x01)
         t_logits = teacher_logits(st, x01, None if lp.folds is None else lp.folds[bi])
+        targets = lp.features.targets() if lp.features else None
     weights = None
     if t_logits is not None and "relational" in cfg.objectives:
         weights = confidence_weights(t_logits, y, st.teacher_positive)
@@ -105,8 +106,8 @@ def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
     # a fused model trains each member on its own loss; any other model is a fusion of one
     outs = lp.net(xin, members=True) if isinstance(lp.model, FusedNet) else lp.net(xin)[None]
     loss = sum(_logit_terms(cfg, o, y, y2, lam, t_logits, weights) for o in outs)
-    if lp.features and t_logits is not None:
-        loss = loss + lp.features.loss(lp, xin)
+    if lp.features and targets is not None:
+        loss = loss + lp.features.loss(lp, xin, targets)
     lp.opt.zero_grad(set_to_none=True)
     loss.backward()
     lp.opt.step()
@@ -127,31 +128,46 @@ def _logit_terms(cfg: TrainConfig, out: torch.Tensor, y, y2, lam: float, t_logit
 
 
 class FeatureKD:
-    """Attention and relational terms: student and teacher stage outputs read by hooks during their forwards."""
+    """Attention and relational terms. The student's stage outputs are read by hooks during its forward; the
+    teacher's become per-image targets (``targets``) that are small enough to cache with the views, so these
+    objectives cost no teacher pass per step once the cache exists."""
 
     #: the relational terms' weights before ``kd_relation`` scales them: RKD's distance and angle (Park et al.)
     #: and the intra-image relation matrix
     WEIGHTS = {"distance": 25.0, "angle": 50.0, "intra": 10.0}
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]],
-                 student_last: str, teacher_last: str, channels: int):
-        self.cfg, self.pairs = cfg, pairs
+                 student_last: str, teacher_last: str, channels: int, sizes: dict[str, tuple[int, int]]):
+        self.cfg, self.pairs, self.sizes = cfg, pairs, sizes  # sizes: each student stage's output, (h, w)
         self.s_last, self.t_last = student_last, teacher_last
         self.student = Tap(model, sorted({s for s, _ in pairs} | {student_last}))
         self.teacher = Tap(teacher, sorted({t for _, t in pairs} | {teacher_last}))
         self.rotation = nn.Linear(channels, 4) if "relational" in cfg.objectives else None
 
-    def loss(self, lp: Loop, xin: torch.Tensor) -> torch.Tensor:
-        cfg, s, t = self.cfg, self.student.out, self.teacher.out
+    def describe(self) -> list:
+        """What the cached targets depend on, for the cache key."""
+        return ["features-v1", self.pairs, sorted(self.sizes.items()), self.t_last]
+
+    def targets(self, n: int | None = None) -> dict[str, torch.Tensor]:
+        """The teacher's per-image targets from its last forward: attention vectors of each pair at the student's
+        stage size, its embedding, and the intra-image relations of the deepest pair."""
+        t = {k: v.float() for k, v in self.teacher.out.items()}
+        out = {f"att{i}": attention_map(t[b], self.sizes[a]) for i, (a, b) in enumerate(self.pairs)}
+        out["emb"] = t[self.t_last].mean((2, 3))
+        a, b = self.pairs[-1]
+        out["intra"] = intra_relations(t[b], self.sizes[a])
+        return out
+
+    def loss(self, lp: Loop, xin: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        cfg, s = self.cfg, self.student.out
         total = xin.new_zeros(())
         if "attention" in cfg.objectives:
-            total = total + attention_loss([s[a] for a, _ in self.pairs], [t[b] for _, b in self.pairs],
-                                           cfg.kd_beta)
+            total = total + attention_loss([s[a] for a, _ in self.pairs],
+                                           [targets[f"att{i}"] for i in range(len(self.pairs))], cfg.kd_beta)
         if "relational" in cfg.objectives:
-            es, et = s[self.s_last].mean((2, 3)), t[self.t_last].float().mean((2, 3))
-            w = self.WEIGHTS
-            rel = (w["distance"] * rkd_distance(es, et) + w["angle"] * rkd_angle(es, et)
-                   + w["intra"] * intra_loss(s[self.pairs[-1][0]], t[self.pairs[-1][1]].float()))
+            es, w, a = s[self.s_last].mean((2, 3)), self.WEIGHTS, self.pairs[-1][0]
+            rel = (w["distance"] * rkd_distance(es, targets["emb"]) + w["angle"] * rkd_angle(es, targets["emb"])
+                   + w["intra"] * intra_loss(s[a], targets["intra"]))
             xr, k = rotate_quarters(xin, lp.gen)
             lp.net(xr.contiguous(memory_format=torch.channels_last))  # the hooks now hold the rotated pass
             rot = F.cross_entropy(self.rotation(self.student.out[self.s_last].mean((2, 3))), k)
@@ -192,18 +208,20 @@ def batch_indices(n_train: int, batch: int, epoch: int, seed: int, rank: int, wo
     return [b for b in out if len(b) > 1] or [mine]
 
 
-def batch_inputs(lp: Loop, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A batch's [0,1] pixels, hard labels and (from the cache, if any) teacher logits, on the device."""
+def batch_inputs(lp: Loop, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
+    """A batch's [0,1] pixels, hard labels and (from the cache, if any) teacher logits and feature targets, on
+    the device."""
     dev = lp.train_x.device
-    if lp.cached is not None:
-        v = torch.randint(0, lp.cached[0].shape[0], (len(bi),), generator=lp.gen)
-        x01 = lp.cached[0][v, bi].to(dev).float() / 255.0
-        t_logits = lp.cached[1][v, bi].to(dev)
-        if lp.st.teacher_flips:
-            x01 = random_flips(x01, lp.gen)
-    else:
-        x01, t_logits = augment_batch(lp.train_x[bi.to(dev)], lp.big, lp.gen, lp.cfg.augment), None
-    return x01, lp.train_y[bi.to(dev)], t_logits
+    if lp.cached is None:
+        x01 = augment_batch(lp.train_x[bi.to(dev)], lp.big, lp.gen, lp.cfg.augment)
+        return x01, lp.train_y[bi.to(dev)], None, None
+    views, logits, feats = lp.cached
+    v = torch.randint(0, views.shape[0], (len(bi),), generator=lp.gen)
+    x01 = views[v, bi].to(dev).float() / 255.0
+    if lp.st.teacher_flips:
+        x01 = random_flips(x01, lp.gen)
+    targets = {k: t[v, bi].to(dev) for k, t in feats.items()} if feats else None
+    return x01, lp.train_y[bi.to(dev)], logits[v, bi].to(dev), targets
 
 
 def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

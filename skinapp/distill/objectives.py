@@ -79,10 +79,10 @@ def attention_map(f: torch.Tensor, size: tuple[int, int] | None = None) -> torch
     return F.normalize(a.flatten(1), dim=1)
 
 
-def attention_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], beta: float = 1000.0) -> torch.Tensor:
-    """beta / 2 * sum over stage pairs of mean((a_s - a_t)^2); the teacher's map is pooled to the student's size."""
-    terms = [(attention_map(s) - attention_map(t.detach().float(), s.shape[-2:])).pow(2).mean()
-             for s, t in zip(student, teacher)]
+def attention_loss(student: list[torch.Tensor], targets: list[torch.Tensor], beta: float = 1000.0) -> torch.Tensor:
+    """beta / 2 * sum over stage pairs of mean((a_s - a_t)^2); ``targets``: the teacher's attention vectors,
+    ``attention_map(t, size of the student's map)``, computed live or read from the cache."""
+    terms = [(attention_map(s) - t).pow(2).mean() for s, t in zip(student, targets)]
     return beta / 2 * torch.stack(terms).sum()
 
 
@@ -119,10 +119,10 @@ def intra_relations(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return p @ p.transpose(1, 2)
 
 
-def intra_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the intra-instance relation matrices at the smaller of the two resolutions."""
-    size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
-    return F.mse_loss(intra_relations(student, size), intra_relations(teacher.detach(), size))
+def intra_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the intra-instance relation matrices; ``target``: the teacher's,
+    ``intra_relations(t, size of the student's map)``."""
+    return F.mse_loss(intra_relations(student, tuple(student.shape[-2:])), target)
 
 
 def confidence_weights(teacher_logits: torch.Tensor, targets: torch.Tensor, groups: list[int] | None = None

@@ -16,7 +16,7 @@ from ..registry import ModelCard, Registry
 from .cache import SHIPPED_LOGITS, build_teacher_cache
 from .config import TrainConfig, TrainingError
 from .finish import finish
-from .features import pair_stages, stage_channels, stage_names
+from .features import pair_stages, stage_names, stage_shapes
 from .loop import FeatureKD, Loop, dist_info, evaluate, resolve_device, train_one_epoch
 from .objectives import needs_features
 from .progress import ProgressLog, StopRequest
@@ -68,7 +68,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                   steps_per_epoch=len(lp.batches(0)), world_size=world)
     if st.teacher is not None and cfg.teacher_views > 0:
         lp.cached = build_teacher_cache(cfg, st, lp.train_x.cpu(), [decoded.hashes[i] for i in train_idx],
-                                        size, progress, rank, folds, registry.root / SHIPPED_LOGITS)
+                                        size, progress, rank, folds, registry.root / SHIPPED_LOGITS, lp.features)
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in split.val], size), decoded.targets[split.val].numpy()
     try:
@@ -128,9 +128,10 @@ def _feature_kd(cfg: TrainConfig, st, model: nn.Module, size: int, world: int) -
     tc = st.teacher_card
     pairs = pair_stages(model, size, st.teacher, tc.input_size)
     s_last, t_last = stage_names(model)[-1], stage_names(st.teacher)[-1]
-    channels = stage_channels(model, s_last, size)
+    shapes = stage_shapes(model, size)
     log.info("feature distillation pairs (student, teacher): %s", pairs)
-    return FeatureKD(cfg, model, st.teacher, pairs, s_last, t_last, channels)
+    return FeatureKD(cfg, model, st.teacher, pairs, s_last, t_last, shapes[s_last][0],
+                     {n: shape[1:] for n, shape in shapes.items()})
 
 
 def _loop(cfg: TrainConfig, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop,

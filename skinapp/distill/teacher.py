@@ -13,6 +13,7 @@ from ..models import flip_invariant, fold_batchnorm, get_arch
 from ..protocol import SplitSpec
 from ..registry import ModelCard, Registry
 from .config import TrainConfig, TrainingError
+from .objectives import needs_features
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +66,16 @@ def resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> Se
         if tcard.task != cfg.task and head == "binary":
             raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
     crossfit = (tcard.fusion or {}).get("crossfit") if tcard is not None else None
-    if crossfit and cfg.live_teacher and cfg.objectives != ("logit",):
+    if crossfit and cfg.objectives != ("logit",):
         raise TrainingError(f"teacher {tcard.name!r} is cross-fitted (each image scored by the member that never "
                             f"saw it); objective {cfg.kd!r} needs one teacher on every view: use the logit objective")
     if crossfit and cfg.mixup > 0:
         raise TrainingError(f"teacher {tcard.name!r} is cross-fitted: each image is scored by the member that "
                             f"never saw it, which a mixed image does not have; set mixup to 0")
-    return Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive,
-                 teacher is not None and flip_invariant(teacher), crossfit)
+    # the flip trick serves one cached target to four flipped views: true of the outputs of a teacher averaging
+    # over flips, not of its stage features, so feature objectives cache every view
+    flips = teacher is not None and flip_invariant(teacher) and not needs_features(cfg.objectives)
+    return Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive, flips, crossfit)
 
 
 def teacher_logits(st: Setup, x01: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:

@@ -141,9 +141,9 @@ def _objective() -> str:
                       help="What the student learns from the teacher besides the labels.")
     parts = parse_kd(kd)
     st.caption(" · ".join(f"**{n}**: {KD_OBJECTIVES[n].summary} ({KD_OBJECTIVES[n].reference})" for n in parts))
-    if any(KD_OBJECTIVES[n].features for n in parts) or "function-matching" in parts:
-        st.info("This objective runs the teacher at every training step instead of once on cached views, so it "
-                "takes several times longer than the logit objective on this CPU.")
+    if "function-matching" in parts:
+        st.info("Function matching runs the teacher at every training step (each batch is mixed anew) instead of "
+                "once on cached views, so it takes several times longer than the logit objective on this CPU.")
     return kd
 
 
