@@ -428,3 +428,56 @@ def test_config_refuses_each_value_out_of_its_bounds(field, value, needle):
     TrainConfig(data="d", name="n").validate()  # the defaults themselves pass
     with pytest.raises(TrainingError, match=re.escape(needle)):
         TrainConfig(data="d", name="n", **{field: value}).validate()
+
+
+# ---------------------------------------------------------------- a teacher on someone else's folder
+
+def _folder(root: Path, folders: dict[str, bool], n: int = 8) -> Path:
+    from conftest import lesion
+
+    seed = 500
+    for name, malignant in folders.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            seed += 1
+            lesion(seed, malignant).save(root / name / f"{name}_{i}.jpg")
+    return root
+
+
+def test_a_diagnosis_teacher_teaches_a_folder_with_fewer_diagnoses(registry_copy, tmp_path):
+    data = _folder(tmp_path / "three", {"melanoma": True, "nevus": False, "dermatofibroma": False})
+    reg = Registry(registry_copy)
+    card = train(TrainConfig(data=str(data), name="three-dx", teacher="tiny-teacher", **TINY), reg)
+    assert card.label_names == ("dermatofibroma", "melanoma", "nevus") and card.kd["head"] == "diagnosis"
+    # its soft targets are the teacher's outputs for those three, in the folder's order
+    from skinapp.distill.teacher import plan_heads
+
+    plan = plan_heads("auto", "malignant", scan_dataset(data), reg.get("tiny-teacher"))
+    assert [DIAGNOSES[i] for i in plan.teacher_columns] == ["dermatofibroma", "melanoma", "nevus"]
+
+
+def test_a_diagnosis_teacher_teaches_a_benign_malignant_folder_through_its_groups(registry_copy, tmp_path):
+    from conftest import make_dataset
+    from skinapp.distill.teacher import plan_heads
+
+    data = make_dataset(tmp_path / "two", per_class=8, layout="binary")
+    reg = Registry(registry_copy)
+    plan = plan_heads("auto", "malignant", scan_dataset(data), reg.get("tiny-teacher"))
+    assert plan.head == "binary" and [DX_GROUPS[i] for i in plan.teacher_positive] == ["malignant", "malignant"]
+    card = train(TrainConfig(data=str(data), name="two-folders", teacher="tiny-teacher", **TINY), reg)
+    assert card.label_names == ("benign", "malignant") and card.kd["head"] == "binary"
+
+
+def test_a_folder_with_a_diagnosis_the_teacher_lacks_is_refused_before_any_decoding(registry_copy, tmp_path,
+                                                                                     monkeypatch):
+    from skinapp.distill import run
+
+    data = _folder(tmp_path / "new", {"melanoma": True, "vascular_lesion": False}, n=3)
+    monkeypatch.setattr(run, "decode_dataset", lambda *a: pytest.fail("decoded before refusing"))
+    with pytest.raises(TrainingError, match="also has vascular_lesion, which it cannot teach: use the binary head"):
+        train(TrainConfig(data=str(data), name="x", teacher="tiny-teacher", **TINY), Registry(registry_copy))
+    # the binary head is the way out, as the message says
+    monkeypatch.undo()
+    card = train(TrainConfig(data=str(data), name="x", teacher="tiny-teacher", head="binary", **TINY),
+                 Registry(registry_copy))
+    assert card.label_names == ("benign", "malignant")

@@ -369,6 +369,24 @@ def test_train_page_offers_each_objective_with_its_knobs(env, tiny_data):
     assert not jobs.list_jobs()
 
 
+def test_train_page_refuses_a_teacher_that_cannot_teach_the_folder(env, tmp_path):
+    """A folder with a diagnosis the default teacher never saw: the reason is on the page and no job starts."""
+    from skinapp import jobs
+    from conftest import lesion
+
+    data = tmp_path / "own"  # under env's data roots
+    for name, malignant in (("melanoma", True), ("vascular_lesion", False)):
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            lesion(i + (50 if malignant else 0), malignant).save(data / name / f"{i}.jpg")
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(data)).run()
+    assert not at.error
+    at.button[0].click().run()
+    assert "cannot teach this folder" in at.error[0].value and "vascular_lesion" in at.error[0].value
+    assert not jobs.list_jobs()
+
+
 def launch(tiny_data, name: str, teacher: str | None = None, test_frac: float | None = None):
     """Fill in the Train form for a quick dsnet run, launch it and wait for the job to end."""
     from skinapp import jobs

@@ -97,6 +97,8 @@ def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
             lp.features.teacher.n = len(x01)
         t_logits = teacher_logits(st, x01, None if lp.folds is None else lp.folds[bi])
         targets = lp.features.targets() if lp.features else None
+    if t_logits is not None and st.teacher_columns is not None:
+        t_logits = t_logits[:, st.teacher_columns]  # this folder's diagnoses only, renormalised by the softmax
     weights = None
     if t_logits is not None and "relational" in cfg.objectives:
         weights = confidence_weights(t_logits, y, st.teacher_positive)

@@ -29,6 +29,7 @@ class Setup:
     teacher_positive: list[int] | None = None  # set when a diagnosis teacher teaches a binary student
     teacher_flips: bool = False  # the teacher's output is the same for all four flips of an image
     crossfit: dict[str, Any] | None = None  # a cross-fitted teacher: which member never saw which fold
+    teacher_columns: list[int] | None = None  # the teacher's outputs for a folder with fewer diagnoses
 
     @property
     def positive(self) -> list[int]:
@@ -46,25 +47,59 @@ def load_teacher(registry: Registry, name: str) -> tuple[nn.Module, ModelCard]:
     return teacher, tcard
 
 
+@dataclass(frozen=True)
+class HeadPlan:
+    """The student's outputs, and how the teacher's map onto them."""
+    head: str
+    label_names: tuple[str, ...]
+    groups: tuple[str, ...]
+    teacher_positive: list[int] | None = None  # a diagnosis teacher's outputs summed into the positive class
+    teacher_columns: list[int] | None = None  # the teacher's outputs for this folder's diagnoses, in its order
+
+
+def plan_heads(head: str, task: str, ds: LesionDataset, tcard: ModelCard | None) -> HeadPlan:
+    """Match a teacher to a dataset folder, from its card alone (the Train page asks before launching).
+
+    A diagnosis teacher teaches a folder whose diagnoses are a subset of its own (its outputs for those, softmax
+    renormalised over them) or, through its benign/malignant groups, a binary student of any folder, the
+    two-folder layout included. Anything else is refused with the reason."""
+    binary_layout = set(ds.diagnoses) <= set(ds.labels)
+    t_names = tuple(tcard.label_names) if tcard else ()
+    if head == "auto":
+        head = "binary" if tcard is None or t_names == ds.labels or binary_layout else "diagnosis"
+    if head == "binary":
+        return HeadPlan("binary", ds.labels, ds.labels, _positive(task, ds, tcard) if tcard else None)
+    names, groups = ds.diagnoses, tuple(ds.groups[d] for d in ds.diagnoses)
+    if tcard is None or t_names == names:
+        return HeadPlan("diagnosis", names, groups)
+    unknown = [d for d in names if d not in t_names]
+    if unknown:
+        raise TrainingError(f"teacher {tcard.name!r} knows the diagnoses {', '.join(t_names)}; this folder also has "
+                            f"{', '.join(unknown)}, which it cannot teach: use the binary head (benign/malignant), "
+                            f"or a teacher trained on these diagnoses")
+    return HeadPlan("diagnosis", names, groups, teacher_columns=[t_names.index(d) for d in names])
+
+
+def _positive(task: str, ds: LesionDataset, tcard: ModelCard) -> list[int] | None:
+    t_names = tuple(tcard.label_names)
+    if t_names == ds.labels:
+        return None  # a binary teacher: its own two outputs are the soft targets
+    if tcard.task != task:
+        raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {task!r}")
+    if t_names == ds.diagnoses:  # the folder's own label map says which diagnoses are positive
+        return [i for i, d in enumerate(t_names) if ds.groups[d] == ds.labels[1]]
+    groups = tuple(tcard.groups or ())
+    if len(groups) != len(t_names) or not set(groups) <= set(ds.labels):
+        raise TrainingError(f"teacher {tcard.name!r} outputs {list(t_names)} with no {'/'.join(ds.labels)} group "
+                            f"for each; it cannot teach a binary student")
+    return [i for i, g in enumerate(groups) if g == ds.labels[1]]
+
+
 def resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> Setup:
     """The student's head, and how the teacher's outputs map onto it; refuses pairs that cannot be matched."""
+    tcard = registry.get(cfg.teacher) if cfg.teacher else None
+    plan = plan_heads(cfg.head, cfg.task, ds, tcard)  # from the card, before the weights are read
     teacher, tcard = load_teacher(registry, cfg.teacher) if cfg.teacher else (None, None)
-    head = cfg.head
-    if head == "auto":
-        head = "binary" if tcard is None or tuple(tcard.label_names) == ds.labels else "diagnosis"
-    names = ds.labels if head == "binary" else ds.diagnoses
-    groups = ds.labels if head == "binary" else tuple(ds.groups[d] for d in names)
-    teacher_positive = None
-    if tcard is not None and head == "binary" and tuple(tcard.label_names) == ds.diagnoses:
-        # binary KD from a diagnosis teacher: its probabilities summed per group are the soft targets
-        teacher_positive = [i for i, d in enumerate(ds.diagnoses) if ds.groups[d] == ds.labels[1]]
-    elif tcard is not None:
-        if tuple(tcard.label_names) != tuple(names):
-            raise TrainingError(
-                f"teacher {tcard.name!r} outputs {list(tcard.label_names)} but this run's {head} head needs "
-                f"{list(names)}; pick a teacher trained with the same head on the same diagnoses")
-        if tcard.task != cfg.task and head == "binary":
-            raise TrainingError(f"teacher {tcard.name!r} was trained for task {tcard.task!r}, not {cfg.task!r}")
     crossfit = (tcard.fusion or {}).get("crossfit") if tcard is not None else None
     if crossfit and cfg.objectives != ("logit",):
         raise TrainingError(f"teacher {tcard.name!r} is cross-fitted (each image scored by the member that never "
@@ -75,7 +110,8 @@ def resolve_heads(cfg: TrainConfig, ds: LesionDataset, registry: Registry) -> Se
     # the flip trick serves one cached target to four flipped views: true of the outputs of a teacher averaging
     # over flips, not of its stage features, so feature objectives cache every view
     flips = teacher is not None and flip_invariant(teacher) and not needs_features(cfg.objectives)
-    return Setup(ds, tuple(names), tuple(groups), head, teacher, tcard, teacher_positive, flips, crossfit)
+    return Setup(ds, plan.label_names, plan.groups, plan.head, teacher, tcard, plan.teacher_positive, flips,
+                 crossfit, plan.teacher_columns)
 
 
 def teacher_logits(st: Setup, x01: torch.Tensor, folds: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,10 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp import jobs
-from skinapp.data import DatasetError, resize_square, scan_dataset
-from skinapp.distill import DEFAULT_STUDENT_ARCH, default, option
+from skinapp.data import DatasetError, LesionDataset, resize_square, scan_dataset
+from skinapp.distill import DEFAULT_STUDENT_ARCH, TrainingError, default, option
 from skinapp.distill.objectives import CHOICES, KD_OBJECTIVES, parse_kd
-from skinapp.distill.teacher import init_prefix
+from skinapp.distill.teacher import init_prefix, plan_heads
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.ui import common
@@ -135,6 +135,19 @@ def _form(reg) -> dict | None:
     return args
 
 
+def _teacher_problem(reg, args: dict, path: str) -> str | None:
+    """Why the chosen teacher cannot teach this folder (read from its card and the folder's listing), or None."""
+    if not args.get("teacher"):
+        return None
+    counts, _, groups, _, _ = _scan(str(jobs.allowed_data_folder(path)))
+    ds = LesionDataset(Path(path), "malignant", [], tuple(sorted(counts)), dict(groups))
+    try:
+        plan_heads("auto", "malignant", ds, reg.get(args["teacher"]))
+    except TrainingError as exc:
+        return str(exc)
+    return None
+
+
 def _objective() -> str:
     """The distillation objective, outside the form so its knobs appear as soon as it is picked."""
     kd = st.selectbox("Distillation objective", CHOICES, key="train_kd",
@@ -189,6 +202,8 @@ def render() -> None:
             st.error("Fix the dataset folder first: no job was started.")
         elif not args["name"] or args["name"] in reg.names():
             st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
+        elif (problem := _teacher_problem(reg, args, path.strip())) is not None:
+            st.error(f"This teacher cannot teach this folder: {problem}. No job was started.")
         else:
             try:
                 args["data"] = str(jobs.allowed_data_folder(path.strip()))
