@@ -7,11 +7,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -129,11 +130,7 @@ def scan_dataset(root: str | Path, task: str = "malignant",
     neg, pos = get_task(task)
     if not root.is_dir():
         raise DatasetError(f"dataset folder {root} does not exist or is not a folder")
-    folders = {d.name: sorted((p for p in d.rglob("*") if is_image_file(p)
-                               and not any(part.startswith(".") for part in p.relative_to(d).parts)),
-                              key=lambda p: str(p))
-               for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
-    folders = {k: v for k, v in folders.items() if v}
+    folders = _image_folders(root)
     if not folders:
         loose = sum(1 for p in root.iterdir() if is_image_file(p))
         raise DatasetError(
@@ -171,6 +168,38 @@ def scan_dataset(root: str | Path, task: str = "malignant",
                     "photos of one lesion can only be grouped when they are near-duplicates, so a split may put "
                     "one lesion on both sides", root)
     return LesionDataset(root, task, samples, tuple(sorted(folders)), groups, meta)
+
+
+#: a dataset folder holds thousands of photos; a walk that meets more entries than this is in the wrong folder
+#: (a home folder, /, /proc) and stops with a message instead of walking the whole tree
+MAX_ENTRIES = 200_000
+
+
+def _image_folders(root: Path) -> dict[str, list[Path]]:
+    """Each non-hidden subfolder's images (at any depth, hidden parts skipped), sorted; only folders with images."""
+    seen = [0]
+
+    def unreadable(exc: OSError) -> None:
+        raise DatasetError(f"dataset folder {root}: cannot read {exc.filename} ({exc.strerror or exc}); choose a "
+                           f"folder this server may read") from None
+
+    try:
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as exc:
+        unreadable(exc)
+    out = {}
+    for d in subdirs:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(d, onerror=unreadable):
+            dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+            seen[0] += len(dirnames) + len(filenames)
+            if seen[0] > MAX_ENTRIES:
+                raise DatasetError(f"dataset folder {root} holds more than {MAX_ENTRIES:,} files and folders: it "
+                                   f"does not look like a dataset (benign/ + malignant/ or one folder per diagnosis)")
+            found += [p for p in (Path(dirpath) / f for f in filenames if not f.startswith(".")) if is_image_file(p)]
+        if found:
+            out[d.name] = sorted(found, key=str)
+    return out
 
 
 def find_metadata(root: Path) -> Path | None:
@@ -266,10 +295,13 @@ class DecodedData:
     n_with_id: int = 0  # images whose lesion the metadata names
 
 
-def decode_dataset(ds: LesionDataset, size: int) -> DecodedData:
+def decode_dataset(ds: LesionDataset, size: int, check: Callable[[], None] | None = None) -> DecodedData:
+    """``check``: called every few images (a stop request raises there, so a cancel need not wait for decoding)."""
     imgs, targets, dx, hashes, paths, skipped, phashes = [], [], [], [], [], [], []
     dindex = {d: i for i, d in enumerate(ds.diagnoses)}
-    for s in ds.samples:
+    for n, s in enumerate(ds.samples):
+        if check is not None and n % 16 == 0:
+            check()
         try:
             img = load_image(s.path)
         except InvalidImageError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .data import DatasetError
+from .registry import Registry
 
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / "runs" / "jobs"
 TERMINAL = ("done", "stopped", "error")
@@ -68,6 +69,31 @@ def _lock(root: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22): with the PID, it names one
+    process, so a dead job whose PID the system gave to another process is not taken for running."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _job_alive(spec: dict[str, Any]) -> bool:
+    pid, started = spec.get("pid"), spec.get("pid_start")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if started is not None and _start_time(pid) not in (None, started):
+        return False  # the PID now belongs to another process
+    return _pid_alive(pid)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Written whole or not at all: readers (the page, every few seconds) never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -119,7 +145,7 @@ def job_state(job_dir: Path) -> JobState:
     eta = steps[-1].get("eta_s") if steps else None
     model = None
     if last is None:
-        if _pid_alive(spec["pid"]):
+        if _job_alive(spec):
             status, message = "running", "training" if steps else _preparing(events)
         elif (job_dir / "stop").exists():
             status, message = "stopped", "cancelled; no model was registered"
@@ -184,6 +210,7 @@ def build_command(args: dict[str, Any], weights_dir: str | None) -> list[str]:
 def start_job(args: dict[str, Any], root: str | Path | None = None, weights_dir: str | None = None) -> JobState:
     """Launch a distillation subprocess; refuses while another job runs."""
     d = jobs_dir(root)
+    Registry(weights_dir).recover()  # what a job killed while registering left behind
     with _lock(d):
         running = active_job(d)
         if running is not None:
@@ -198,9 +225,9 @@ def start_job(args: dict[str, Any], root: str | Path | None = None, weights_dir:
         with open(jd / "log.txt", "w") as logf:
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, start_new_session=True)
-        spec = {"id": job_id, "args": args, "cmd": cmd, "pid": proc.pid, "started": time.time(),
-                "weights_dir": weights_dir}
-        (jd / "job.json").write_text(json.dumps(spec, indent=2))
+        spec = {"id": job_id, "args": args, "cmd": cmd, "pid": proc.pid, "pid_start": _start_time(proc.pid),
+                "started": time.time(), "weights_dir": weights_dir}
+        _write_json(jd / "job.json", spec)
     return job_state(jd)
 
 
@@ -210,10 +237,10 @@ def cancel_job(job_id: str, root: str | Path | None = None) -> None:
     if not (jd / "job.json").exists():
         raise JobError(f"no job {job_id!r}")
     (jd / "stop").touch()
-    pid = json.loads((jd / "job.json").read_text())["pid"]
-    if _pid_alive(pid):
+    spec = json.loads((jd / "job.json").read_text())
+    if _job_alive(spec):
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(spec["pid"], signal.SIGTERM)
         except ProcessLookupError:
             pass
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -133,6 +135,24 @@ def _atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_name(name: str) -> str:
+    """A model name is also a file name: letters, digits, '-', '_' or '.', not starting with '.'."""
+    if not isinstance(name, str) or not name or not all(ch.isalnum() or ch in "-_." for ch in name) \
+            or name.startswith(".") or len(name) > 100:
+        raise RegistryError(f"model name {name!r} must be 1-100 letters, digits, '-', '_' or '.', not starting "
+                            f"with '.'")
+    return name
+
+
+def _written_here(weights: Path) -> bool:
+    """A safetensors file ``register`` wrote: its metadata names the model after the file."""
+    try:
+        with safe_open(str(weights), "pt") as f:
+            return (f.metadata() or {}).get("name") == weights.stem
+    except (SafetensorError, OSError):
+        return False
 
 
 def build_network(card: ModelCard) -> nn.Module:
@@ -262,9 +282,13 @@ class Registry:
             get_arch(card.arch)
         if card.role not in ROLES:
             raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
-        if not card.name or not all(ch.isalnum() or ch in "-_." for ch in card.name) or card.name.startswith("."):
-            raise RegistryError(f"model name {card.name!r} must be letters, digits, '-', '_' or '.'")
+        check_name(card.name)
         self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            self._recover()
+            return self._register(model, card, overwrite, dtype)
+
+    def _register(self, model: nn.Module, card: ModelCard, overwrite: bool, dtype: str) -> ModelCard:
         if not overwrite and (card.name in self.names() or (self.root / f"{card.name}.json").exists()):
             raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
                                       f"{', '.join(self.names())}")
@@ -287,6 +311,34 @@ class Registry:
             raise
         log.info("registered %s (%s, %d bytes)", final.name, final.arch, final.file_bytes)
         return final
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """One writer at a time, so recovery never mistakes another writer's temp file for debris."""
+        fd = os.open(self.root, os.O_RDONLY)  # the folder itself is the lock: no lock file to leave behind
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def recover(self) -> list[str]:
+        """Remove what a writer killed mid-registration left: temp files, and weights this registry wrote whose
+        card never followed (no card, no entry). Returns the files removed."""
+        if not self.root.is_dir():
+            return []
+        with self._lock():
+            return self._recover()
+
+    def _recover(self) -> list[str]:
+        removed = [p for p in self.root.glob(".*.tmp") if p.is_file()]
+        for w in self.root.glob("*.safetensors"):
+            if not (self.root / f"{w.stem}.json").exists() and _written_here(w):
+                removed.append(w)
+        for p in removed:
+            log.warning("removing %s, left by a registration that did not finish", p)
+            p.unlink(missing_ok=True)
+        return [p.name for p in removed]
 
     def write_card(self, card: ModelCard) -> None:
         path = self.root / f"{card.name}.json"

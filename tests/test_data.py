@@ -480,3 +480,28 @@ def test_hidden_folders_inside_a_class_are_ignored(tmp_path):
     ds = scan_dataset(root)
     assert not any(".ipynb_checkpoints" in str(s.path) for s in ds.samples)
     assert ds.class_counts() == {"benign": 4, "malignant": 4}
+
+
+def test_a_folder_that_is_not_a_dataset_is_refused_without_walking_the_tree(tmp_path, monkeypatch):
+    import skinapp.data as data_mod
+
+    root = tmp_path / "home"
+    for i in range(30):
+        (root / "stuff" / f"d{i}").mkdir(parents=True)
+    monkeypatch.setattr(data_mod, "MAX_ENTRIES", 20)
+    with pytest.raises(DatasetError, match="more than 20 files and folders: it does not look like a dataset"):
+        scan_dataset(root)
+
+
+def test_an_unreadable_folder_is_a_clear_refusal(tmp_path, monkeypatch):
+    import skinapp.data as data_mod
+
+    root = make_dataset(tmp_path / "d", per_class=4)
+
+    def denied(top, onerror=None, **kw):
+        onerror(PermissionError(13, "Permission denied", str(top)))
+        return iter(())
+
+    monkeypatch.setattr(data_mod.os, "walk", denied)
+    with pytest.raises(DatasetError, match="cannot read .* \\(Permission denied\\); choose a folder this server"):
+        scan_dataset(root)

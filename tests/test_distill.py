@@ -173,9 +173,18 @@ def test_progress_log_events(tiny_data, tmp_path):
     assert all(isinstance(e["time"], float) for e in ev)
 
 
-def test_stop_file_stops_without_registering(registry_copy, tiny_data, tmp_path):
+def test_stop_file_stops_without_registering(registry_copy, tiny_data, tmp_path, monkeypatch):
+    from skinapp.distill.progress import ProgressLog
+
     stop = tmp_path / "STOP"
-    stop.write_text("")
+    real_emit = ProgressLog.emit
+
+    def emit(self, event, **fields):  # the stop file appears as training starts
+        real_emit(self, event, **fields)
+        if event == "start":
+            stop.write_text("")
+
+    monkeypatch.setattr(ProgressLog, "emit", emit)
     progress = tmp_path / "run.jsonl"
     before = sorted(p.name for p in registry_copy.iterdir())
     reg = Registry(registry_copy)
@@ -481,3 +490,47 @@ def test_a_folder_with_a_diagnosis_the_teacher_lacks_is_refused_before_any_decod
     card = train(TrainConfig(data=str(data), name="x", teacher="tiny-teacher", head="binary", **TINY),
                  Registry(registry_copy))
     assert card.label_names == ("benign", "malignant")
+
+
+# ---------------------------------------------------------------- stops and names, at every stage
+
+def test_a_bad_name_is_refused_before_any_data_is_read(registry_copy, tiny_data, monkeypatch):
+    from skinapp.distill import run
+    from skinapp.registry import RegistryError
+
+    monkeypatch.setattr(run, "scan_dataset", lambda *a: pytest.fail("read the data before checking the name"))
+    for bad in ("../evil", "", ".hidden", "a/b", "x" * 101):
+        with pytest.raises(RegistryError, match="model name"):
+            train(TrainConfig(data=str(tiny_data), name=bad, **TINY), Registry(registry_copy))
+
+
+def test_a_stop_during_decoding_ends_the_run_before_training(registry_copy, tiny_data, tmp_path):
+    stop, progress = tmp_path / "stop", tmp_path / "p.jsonl"
+    stop.touch()  # already there: decoding checks it every 16 images
+    card = train(TrainConfig(data=str(tiny_data), name="never", stop_file=str(stop), progress=str(progress),
+                             **TINY), Registry(registry_copy))
+    assert card is None and "never" not in Registry(registry_copy).names()
+    assert [e["event"] for e in events(progress, skip=())] == ["stopped"]
+
+
+def test_a_stop_during_the_teachers_pass_ends_the_run_within_one_chunk(registry_copy, tiny_data, tmp_path,
+                                                                       monkeypatch):
+    from skinapp.distill import teacher as teacher_mod
+
+    stop, progress = tmp_path / "stop", tmp_path / "p.jsonl"
+    calls = []
+    real = teacher_mod.teacher_logits
+
+    def slow_teacher(st, x, folds=None):  # the stop arrives while the cache's first chunk is computed
+        calls.append(len(x))
+        stop.touch()
+        return real(st, x, folds)
+
+    monkeypatch.setattr(teacher_mod, "teacher_logits", slow_teacher)
+    monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / "cache"))
+    card = train(TrainConfig(data=str(tiny_data), name="never", teacher="tiny-teacher", stop_file=str(stop),
+                             progress=str(progress), **TINY), Registry(registry_copy))
+    assert card is None and calls == [16]  # one chunk of the teacher's pass, then the stop was honoured
+    kinds = [e["event"] for e in events(progress, skip=())]
+    assert kinds[-1] == "stopped" and "step" not in kinds
+    assert not list((tmp_path / "cache").glob("*.safetensors"))  # no half-built cache is saved

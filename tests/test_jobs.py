@@ -92,3 +92,31 @@ def test_allowed_data_folder_refuses_everything_outside_the_roots(tmp_path, monk
         assert "exist" not in str(info.value)
     monkeypatch.delenv("SKINAPP_DATA_ROOTS")
     assert [r.name for r in data_roots()] == ["data", "datasets"]
+
+
+def test_a_dead_job_whose_pid_was_reused_is_not_running(tmp_path):
+    """The PID alone is not a process: a job records its process's start time too."""
+    import json
+    import os
+
+    job = tmp_path / "job"
+    job.mkdir()
+    me = os.getpid()
+    (job / "job.json").write_text(json.dumps({"pid": me, "pid_start": jobs._start_time(me), "started": 0.0}))
+    assert jobs.job_state(job).status == "running"
+    (job / "job.json").write_text(json.dumps({"pid": me, "pid_start": jobs._start_time(me) - 1, "started": 0.0}))
+    assert jobs.job_state(job).status == "failed"  # same PID, another process: the job is dead
+
+
+def test_job_state_is_written_whole(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+
+    writes = []
+    real_replace = jobs.os.replace
+    monkeypatch.setattr(jobs.os, "replace", lambda a, b: writes.append((Path(a).name, Path(b).name))
+                        or real_replace(a, b))
+    jobs._write_json(tmp_path / "job.json", {"pid": 1})
+    assert writes == [(".job.json.%d.tmp" % jobs.os.getpid(), "job.json")]
+    assert json.loads((tmp_path / "job.json").read_text()) == {"pid": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]

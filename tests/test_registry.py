@@ -262,3 +262,23 @@ def test_failed_card_write_leaves_no_card_and_no_temp_files(tmp_path, monkeypatc
     # the name is still free: registering again works
     reg.register(make_model(1), make_card("crash"))
     assert reg.load("crash")[1].name == "crash"
+
+
+def test_recovery_removes_what_a_killed_registration_left(tmp_path):
+    """SIGKILL between the weights and the card leaves weights without a card; mid-write, a temp file. The next
+    registration (or job start) removes both, and nothing it did not write."""
+    import torch
+    from safetensors.torch import save_file
+
+    reg = Registry(tmp_path)
+    model = make_model()
+    reg.register(model, make_card("kept"))
+    reg.register(model, make_card("orphan"))
+    (tmp_path / "orphan.json").unlink()  # as if killed before the card was written
+    (tmp_path / ".orphan.safetensors.x1y2.tmp").write_bytes(b"half a file")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "users-own.safetensors"))  # not ours: no name metadata
+    assert sorted(reg.recover()) == [".orphan.safetensors.x1y2.tmp", "orphan.safetensors"]
+    assert files(tmp_path) == {"kept.json", "kept.safetensors", "users-own.safetensors"}
+    assert reg.names() == ["kept"]
+    reg.register(model, make_card("orphan"))  # the name is free again
+    assert reg.recover() == []

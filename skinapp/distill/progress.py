@@ -32,6 +32,10 @@ class ProgressLog:
                 f.flush()
 
 
+class Stopped(Exception):
+    """Raised where a stop request is noticed outside the training steps (decoding, the teacher's pass)."""
+
+
 class StopRequest:
     """Set by SIGTERM or by the stop file appearing; agreed across ranks so every process stops together."""
 
@@ -53,6 +57,12 @@ class StopRequest:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             local = bool(t.item() > 0)
         return local
+
+    def check(self) -> None:
+        """Raise ``Stopped`` if a stop was asked for: called every few images while decoding and caching, so a
+        cancel is honoured within seconds at any stage."""
+        if self.requested():
+            raise Stopped
 
     def restore(self) -> None:
         if self._old is not None:

@@ -12,14 +12,14 @@ from torch import nn
 from ..data import decode_dataset, decode_paths, scan_dataset
 from ..models import FusedNet, create_model, get_arch
 from ..protocol import check_parts
-from ..registry import ModelCard, Registry
+from ..registry import ModelCard, Registry, check_name
 from .cache import SHIPPED_LOGITS, build_teacher_cache
 from .config import TrainConfig, TrainingError
 from .finish import finish
 from .features import pair_stages, stage_names, stage_shapes
 from .loop import FeatureKD, Loop, dist_info, evaluate, resolve_device, train_one_epoch
 from .objectives import needs_features
-from .progress import ProgressLog, StopRequest
+from .progress import ProgressLog, Stopped, StopRequest
 from .teacher import check_teacher_split, fold_split, init_from_teacher, resolve_heads
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
     """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
     cfg.validate()
+    check_name(cfg.name)  # before any data is read: a bad name must not fail after all the epochs
     registry = registry or Registry(cfg.weights_dir)
     if not cfg.overwrite and cfg.name in registry.names():
         raise TrainingError(f"model {cfg.name!r} already exists; registered: {', '.join(registry.names())}")
@@ -39,6 +40,9 @@ def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | Non
     torch.manual_seed(cfg.seed)
     try:
         return _run(cfg, registry, rank, world, progress, stop)
+    except Stopped:
+        progress.emit("stopped", message="stopped on request before training; no model registered")
+        return None
     except Exception as exc:
         progress.emit("error", message=str(exc), kind=type(exc).__name__)
         raise
@@ -56,7 +60,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     ds = scan_dataset(cfg.data, cfg.task, cfg.label_map, cfg.metadata)
     st = resolve_heads(cfg, ds, registry)
     tsize = st.teacher_card.input_size if st.teacher_card else 0
-    decoded = decode_dataset(ds, max(size, tsize))
+    decoded = decode_dataset(ds, max(size, tsize), check=stop.check)
     split = cfg.split_spec.split(decoded)
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     check_teacher_split(st, decoded, split)
@@ -68,7 +72,8 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
                   steps_per_epoch=len(lp.batches(0)), world_size=world)
     if st.teacher is not None and cfg.teacher_views > 0:
         lp.cached = build_teacher_cache(cfg, st, lp.train_x.cpu(), [decoded.hashes[i] for i in train_idx],
-                                        size, progress, rank, folds, registry.root / SHIPPED_LOGITS, lp.features)
+                                        size, progress, rank, folds, registry.root / SHIPPED_LOGITS, lp.features,
+                                        stop.check)
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in split.val], size), decoded.targets[split.val].numpy()
     try:
