@@ -65,6 +65,7 @@ def cmd_predict(args, reg: Registry) -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
     pred = Predictor(*reg.load(args.model or reg.default("student").name))
     rows, failed = [], 0
+    cam_names = cam_file_names(paths) if args.cam_out else {}
     for path in paths:
         try:
             img = load_image(path)
@@ -73,20 +74,39 @@ def cmd_predict(args, reg: Registry) -> int:
                 from PIL import Image
 
                 cam = explain(pred, img)
-                out = Path(args.cam_out) / f"{path.stem}_cam.png"
+                out = Path(args.cam_out) / cam_names[path]
                 Image.fromarray(cam.overlay).save(out)
                 r.update(cam=str(out), cam_target=cam.target, cam_ms=round(cam.latency_ms, 2))
             rows.append(r)
             if not args.json:
                 probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-                print(f"{path}: {r['label']}  ({probs}; T={r['temperature']:g}, {r['latency_ms']:.1f} ms)")
+                print(f"{shown(path)}: {r['label']}  ({probs}; T={r['temperature']:g}, {r['latency_ms']:.1f} ms)")
         except InvalidImageError as exc:
             failed += 1
             rows.append({"image": str(path), "error": str(exc)})
-            print(f"skinapp: error: {exc}", file=sys.stderr)
+            print(f"skinapp: error: {shown(exc)}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     return 2 if failed else 0
+
+
+def shown(x: object) -> str:
+    """A path or message on one line: control characters in a file name (a newline could forge a result line)
+    printed as escapes."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(x))
+
+
+def cam_file_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """One overlay file per photo: x.jpg and x.webp (or two folders' x.jpg) must not overwrite each other."""
+    names, used = {}, set()
+    for path in paths:
+        base = f"{path.stem}_{path.suffix.lstrip('.').lower() or 'img'}_cam"
+        name, k = f"{base}.png", 2
+        while name in used:
+            name, k = f"{base}-{k}.png", k + 1
+        used.add(name)
+        names[path] = name
+    return names
 
 
 def cmd_evaluate(args, reg: Registry) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -29,11 +30,12 @@ class InvalidImageError(ValueError):
 
 
 def _describe(source: ImageSource, name: str | None) -> str:
-    if name:
-        return name
-    if isinstance(source, (str, Path)):
-        return Path(source).name
-    return getattr(source, "name", None) or "the uploaded file"
+    """How messages name the file, on one line (a newline in a file name is shown as \\n)."""
+    if not name:
+        name = Path(source).name if isinstance(source, (str, Path)) else getattr(source, "name", None)
+    if not name:
+        return "the uploaded file"
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(name))
 
 
 def _open_stream(source: ImageSource, label: str) -> BinaryIO:
@@ -150,3 +152,21 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int | N
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def display_copy(img: Image.Image, max_side: int = 1024, max_aspect: float = 8.0) -> Image.Image:
+    """The photo as a page shows it: at most ``max_side`` pixels on its long side (a 49-MP upload kept whole
+    would cost a server hundreds of MB), and letterboxed on neutral grey to at most ``max_aspect``:1, since a
+    strip one pixel high cannot be drawn."""
+    w, h = img.size
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0:
+        w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        img = img.resize((w, h), Image.Resampling.LANCZOS)
+    long, short = max(w, h), min(w, h)
+    if long > max_aspect * short:
+        short = math.ceil(long / max_aspect)
+        canvas = Image.new("RGB", (long, short) if w >= h else (short, long), (128, 128, 128))
+        canvas.paste(img, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+        img = canvas
+    return img

@@ -353,3 +353,25 @@ def test_command_line_and_library_share_every_training_default(command, role):
 
     cli = _train_config(build_parser().parse_args([command, "--data", "d", "--name", "n"]), role)
     assert dataclasses.asdict(cli) == dataclasses.asdict(TrainConfig(data="d", name="n", role=role))
+
+
+def test_cam_files_of_same_stem_do_not_overwrite_each_other_and_names_print_on_one_line(weights, image, tmp_path,
+                                                                                         capsys):
+    import shutil
+
+    from skinapp.cli import cam_file_names, main
+
+    a, b = tmp_path / "x.jpg", tmp_path / "x.webp"
+    shutil.copy(image, a)
+    from PIL import Image
+    Image.open(image).save(b, format="WEBP")
+    odd = tmp_path / "two\nlines.jpg"
+    shutil.copy(image, odd)
+    cams = tmp_path / "cams"
+    assert main(["--weights", str(weights), "predict", "--model", "tiny-student", "--cam-out", str(cams),
+                 str(a), str(b), str(odd)]) == 0
+    assert sorted(p.name for p in cams.iterdir()) == ["two\nlines_jpg_cam.png", "x_jpg_cam.png", "x_webp_cam.png"]
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and any("two\\nlines.jpg:" in line for line in out)
+    same = cam_file_names([tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"])
+    assert sorted(same.values()) == ["x_jpg_cam-2.png", "x_jpg_cam.png"]

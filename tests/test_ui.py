@@ -501,3 +501,55 @@ def test_train_page_reads_only_under_its_data_roots(env, folder):
     (err,) = [e.value for e in at.error]
     assert "must be inside" in err and "SKINAPP_DATA_ROOTS" in err
     assert "does not exist" not in err and "Permission" not in err  # nothing said about the folder itself
+
+
+# ---------------------------------------------------------------- odd inputs on pages
+
+def test_an_extreme_aspect_photo_gets_a_result_not_an_exception(env):
+    from PIL import Image
+
+    img = Image.new("RGB", (20000, 8), (190, 120, 100))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value(("strip.png", buf.getvalue(), "image/png")).run()
+    assert not at.exception and not at.error
+    assert len([m for m in at.markdown if m.value.startswith("####")]) == 1
+    shown, square = at.session_state["_decoded_uploads"][next(iter(at.session_state["_decoded_uploads"]))]
+    assert shown.size == (1024, 128)  # at most 1024 px, letterboxed to 8:1
+    assert square.size == (8, 8)  # the centre square the model saw, for the overlay
+
+
+def test_file_names_are_plain_text_on_the_page(env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    name = "[see results](https://example.invalid)\n*x*.jpg"
+    at.file_uploader(key="dx_files").set_value((name, b"not an image", "image/jpeg")).run()
+    (err,) = at.error
+    assert "\\[see results\\](https\\://example.invalid)" in err.value and "\n" not in err.value
+    assert "\\*x\\*" in err.value
+
+
+def test_decoded_uploads_are_kept_per_session_under_a_byte_cap(env, monkeypatch):
+    from skinapp.ui import common
+
+    monkeypatch.setattr(common, "SESSION_IMAGE_BYTES", 2 * 300 * 300 * 3)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    files = [(f"{i}.png", png(30 + i, size=300), "image/png") for i in range(4)]
+    at.file_uploader(key="dx_files").set_value(files).run()
+    assert not at.exception
+    store = at.session_state["_decoded_uploads"]
+    held = sum(i.width * i.height * 3 for pair in store.values() for i in pair)
+    assert held <= 2 * 300 * 300 * 3 and 1 <= len(store) < 4
+    assert "_decoded_uploads" not in AppTest.from_file(APP, default_timeout=60).run().session_state  # nor another
+
+
+def test_downloaded_csv_cells_cannot_run_as_formulas():
+    import pandas as pd
+
+    from skinapp.ui.common import csv_safe
+
+    df = pd.DataFrame({"file": ["=HYPERLINK(\"http://x\")", "+1.png", "-x.png", "@a.png", "ok.png"],
+                       "p_malignant": [0.1, 0.2, 0.3, 0.4, -0.0]})
+    text = csv_safe(df).to_csv(index=False)
+    assert text.splitlines()[1:] == ["\"'=HYPERLINK(\"\"http://x\"\")\",0.1", "'+1.png,0.2", "'-x.png,0.3",
+                                     "'@a.png,0.4", "ok.png,-0.0"]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,9 +18,10 @@ import numpy as np
 import streamlit as st
 import torch
 
+from skinapp.data import resize_square
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, overlay
-from skinapp.imageio import load_image
+from skinapp.imageio import display_copy, load_image
 from skinapp.inference import Predictor
 from skinapp.registry import ModelCard, Registry, RegistryError
 
@@ -124,13 +127,29 @@ def analyse(card: ModelCard, data: bytes, filename: str) -> Analysis:
     return _analyse(card.name, card.sha256, str(registry().root), file_digest(data), data, filename)
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
-def _decode(digest: str, _data: bytes, filename: str):
-    return load_image(_data, name=filename)
+#: decoded photos a session keeps (display copies, at most 1024 px a side): past this, the oldest are dropped
+SESSION_IMAGE_BYTES = 64 * 2**20
+
+
+def _decoded(data: bytes, filename: str) -> tuple:
+    """The upload decoded once per session and kept only as two small copies: what the page shows
+    (``display_copy``) and the centre square the models see (for the Grad-CAM overlay). In this session's memory
+    (never another's, never on disk); least recently used dropped first past ``SESSION_IMAGE_BYTES``."""
+    store: OrderedDict = st.session_state.setdefault("_decoded_uploads", OrderedDict())
+    key = file_digest(data)
+    if key in store:
+        store.move_to_end(key)
+        return store[key]
+    img = load_image(data, name=filename)
+    store[key] = (display_copy(img), resize_square(img, min(512, *img.size)))
+    while len(store) > 1 and sum(i.width * i.height * 3 for pair in store.values() for i in pair) > SESSION_IMAGE_BYTES:
+        store.popitem(last=False)
+    return store[key]
 
 
 def decode(data: bytes, filename: str):
-    return _decode(file_digest(data), data, filename)
+    """The photo as the page shows it."""
+    return _decoded(data, filename)[0]
 
 
 def p_positive(card: ModelCard, logits: np.ndarray, temperature: float) -> float:
@@ -187,7 +206,30 @@ def prob_chart(card: ModelCard, p: float, key: str | None = None):
 
 
 def cam_overlay(data: bytes, filename: str, heatmap: np.ndarray, alpha: float) -> np.ndarray:
-    return overlay(decode(data, filename), heatmap, alpha)
+    return overlay(_decoded(data, filename)[1], heatmap, alpha)  # the square the model saw, not the letterbox
+
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>~|$])")
+
+
+def md(text: str) -> str:
+    """Text from a user (a file name, a typed path) as plain text inside Markdown: no live link (bracketed or
+    bare), emphasis or HTML, and control characters (a newline in a file name) shown as escapes on one line."""
+    one_line = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(text))
+    escaped = _MD_SPECIAL.sub(r"\\\1", one_line)
+    return re.sub(r"(?i)(www)\.", r"\1\\.", escaped.replace("://", "\\://"))
+
+
+CSV_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df):
+    """A table for download: text cells a spreadsheet would run as a formula (=, +, -, @ first) get a leading
+    apostrophe (OWASP's advice for CSV injection); numbers are left alone."""
+    out = df.copy()
+    for col in out.columns:
+        out[col] = [f"'{v}" if isinstance(v, str) and v.startswith(CSV_TRIGGERS) else v for v in out[col]]
+    return out
 
 
 def friendly(exc: Exception) -> str:

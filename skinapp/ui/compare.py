@@ -41,7 +41,7 @@ def render() -> None:
     try:
         img = common.decode(data, f.name)
     except InvalidImageError as exc:
-        st.error(common.friendly(exc), icon=":material/error:")
+        st.error(common.md(common.friendly(exc)), icon=":material/error:")
         return
     chosen = [name for name in chosen if common.usable(cards[name])]
     if not chosen:

@@ -89,15 +89,15 @@ def render() -> None:
         try:
             rows.append(_show_one(card, f, f.getvalue(), temperature, threshold, band, alpha))
         except InvalidImageError as exc:
-            st.error(common.friendly(exc), icon=":material/error:")
+            st.error(common.md(common.friendly(exc)), icon=":material/error:")
             rows.append({"file": f.name, "model": card.name, "error": common.friendly(exc)})
         except Exception as exc:  # never let one file break the page
             log.exception("analysis failed for one upload")
-            st.error(f"{f.name}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
+            st.error(f"{common.md(f.name)}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
             rows.append({"file": f.name, "model": card.name, "error": type(exc).__name__})
     if len(files) > 1:
         st.subheader("Results")
         df = pd.DataFrame(rows)
         st.dataframe(df, width="stretch", hide_index=True)
-        st.download_button("Download results (CSV)", df.to_csv(index=False).encode(), "skinapp_results.csv",
+        st.download_button("Download results (CSV)", common.csv_safe(df).to_csv(index=False).encode(), "skinapp_results.csv",
                            "text/csv", key="dx_csv")

@@ -58,7 +58,7 @@ def _dataset_preview(path: str) -> bool:
     try:
         counts, classes, groups, thumbs, meta = _scan(str(jobs.allowed_data_folder(path)))
     except DatasetError as exc:
-        st.error(common.friendly(exc), icon=":material/folder_off:")
+        st.error(common.md(common.friendly(exc)), icon=":material/folder_off:")
         return False
     st.success(" · ".join(f"{k}: {v}" for k, v in classes.items()) + f" — {sum(counts.values())} images")
     _metadata_note(path, meta, sum(counts.values()))
