@@ -104,10 +104,10 @@ def _form(reg) -> dict | None:
                            help=option("init_from_teacher").help + ". Possible when the teacher holds the "
                                 "layers of this network (lite0_tiny from an EfficientNet-Lite0 teacher).")
         temperature = _number(c2, "Distillation temperature T", "temperature", arch, step=0.5)
-        knobs = {k: _number(c2, option(k).label.capitalize(), k, arch) for n in parse_kd(kd)
-                 for k in KD_OBJECTIVES[n].knobs}
         alpha = c2.slider("alpha (weight of the hard-label loss)", *_bounds("alpha"), default("alpha"), 0.05,
                           help=option("alpha").help)
+        knobs = {k: _number(c2, option(k).label.capitalize(), k, arch) for n in parse_kd(kd)
+                 for k in KD_OBJECTIVES[n].knobs}
         epochs = _number(c2, "Epochs", "epochs", arch)
         lr = _number(c3, "Learning rate", "lr", arch, format="%.5f")
         batch = _number(c3, "Batch size", "batch_size", arch)
