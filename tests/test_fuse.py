@@ -67,7 +67,7 @@ def test_views_none_and_half_precision(reg, tiny_data):
 def test_gradcam_covers_every_member(reg, tiny_data):
     fuse_models(reg, ["tiny-teacher", "small-member"], "fused", str(tiny_data))
     cam = explain(Predictor(*reg.load("fused")), lesion(3, True, 64))
-    assert cam.heatmap.shape == (48, 48) and cam.overlay.shape == (48, 48, 3)
+    assert cam.heatmap.shape == (48, 48) and cam.overlay.shape == (64, 64, 3)  # overlay at the photo's 64 px
     assert float(cam.heatmap.min()) >= 0 and float(cam.heatmap.max()) <= 1
 
 

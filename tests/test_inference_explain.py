@@ -142,7 +142,8 @@ def check_cam(pred: Predictor, img: Image.Image):
     assert res.heatmap.shape == (size, size) and res.heatmap.dtype == np.float32
     assert res.heatmap.min() >= 0.0 and res.heatmap.max() <= 1.0
     assert np.isfinite(res.heatmap).all()
-    assert res.overlay.shape == (size, size, 3) and res.overlay.dtype == np.uint8
+    side = min(min(img.size), 1024)  # drawn at the photo's own resolution, not the model's input size
+    assert res.overlay.shape == (side, side, 3) and res.overlay.dtype == np.uint8
     assert res.target in pred.card.task_labels and res.latency_ms > 0
     assert_no_hooks(pred.model)
     return res
@@ -264,3 +265,29 @@ def test_latencies_are_interleaved_in_rotating_order():
     assert calls[:3] == ["a", "b", "c"]  # warm-up, one each
     assert calls[3:] == [m for m in "aabbccbbccaaccaabb"]  # each timed call right after an untimed one
     assert [len(t) for t in times] == [3, 3, 3] and all(x >= 0 for t in times for x in t)
+
+
+def test_overlay_is_drawn_at_the_photos_resolution_and_where_the_model_looked():
+    from skinapp.explain import overlay
+
+    photo = Image.new("RGB", (300, 200), (200, 150, 130))
+    heat = np.zeros((12, 12), np.float32)
+    heat[4:8, 4:8] = 1.0  # the model looked at the middle
+    out = overlay(photo, heat, alpha=0.6)
+    assert out.shape == (200, 200, 3)  # the centre square at the photo's resolution, not 12 or 96 px
+    base = np.array([200, 150, 130])
+    corner, centre = np.abs(out[5, 5].astype(int) - base).sum(), np.abs(out[100, 100].astype(int) - base).sum()
+    assert centre > 3 * corner  # where it did not look, the photo shows through
+    big = overlay(Image.new("RGB", (4000, 3000)), heat)
+    assert big.shape == (1024, 1024, 3)  # a huge photo is capped, not redrawn whole
+
+
+def test_viridis_is_matplotlibs_map_within_two_percent():
+    from skinapp.explain import legend, viridis
+
+    mpl = pytest.importorskip("matplotlib")
+    t = np.linspace(0, 1, 256)
+    ref = mpl.colormaps["viridis"](t)[:, :3] * 255
+    assert np.abs(viridis(t) - ref).max() < 0.02 * 255
+    bar = legend(64, 4)
+    assert bar.shape == (4, 64, 3) and bar[0, 0, 2] > bar[0, 0, 1] and bar[0, -1, 1] > bar[0, -1, 2]  # blue to yellow

@@ -7,6 +7,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 
 from conftest import lesion, make_dataset
@@ -553,3 +554,17 @@ def test_downloaded_csv_cells_cannot_run_as_formulas():
     text = csv_safe(df).to_csv(index=False)
     assert text.splitlines()[1:] == ["\"'=HYPERLINK(\"\"http://x\"\")\",0.1", "'+1.png,0.2", "'-x.png,0.3",
                                      "'@a.png,0.4", "ok.png,-0.0"]
+
+
+def test_grad_cam_explains_the_label_shown_at_the_users_threshold(env):
+    """The CAM is of the verdict the page shows: the side of the user's threshold the photo falls on."""
+    from skinapp.registry import Registry
+    from skinapp.ui import common
+
+    card = Registry().get("tiny-student")
+    data = png(5)
+    p = common.p_positive(card, common.analyse(card, data, "one.png").logits, card.temperature)
+    below, above = common.analyse(card, data, "one.png", threshold=p / 2), \
+        common.analyse(card, data, "one.png", threshold=(1 + p) / 2)
+    assert (below.target, above.target) == ("malignant", "benign")
+    assert not np.allclose(below.heatmap, above.heatmap)  # two different explanations, not one relabelled

@@ -20,7 +20,7 @@ import torch
 
 from skinapp.data import resize_square
 from skinapp.evaluation import grouped_probs
-from skinapp.explain import explain, overlay
+from skinapp.explain import explain, legend, overlay
 from skinapp.imageio import display_copy, load_image
 from skinapp.inference import Predictor
 from skinapp.registry import ModelCard, Registry, RegistryError
@@ -109,22 +109,32 @@ def file_digest(data: bytes) -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def _analyse(name: str, sha256: str, root: str, digest: str, _data: bytes, filename: str) -> Analysis:
-    """Forward pass + Grad-CAM once per (model, image); temperature and threshold changes are then free.
-
-    Kept in memory only (st.cache_data without persist): uploads never touch the disk.
+def _analyse(name: str, sha256: str, root: str, digest: str, _data: bytes, filename: str,
+             target: str | None = None) -> Analysis:
+    """Forward pass + Grad-CAM once per (model, image, explained label); temperature and threshold changes are
+    then free. Kept in memory only (st.cache_data without persist): uploads never touch the disk.
     """
     pred = _load(name, sha256, root)
     img = load_image(_data, name=filename)
     t0 = time.perf_counter()
     logits = pred.logits(pred.preprocess(img))[0].numpy()
     latency = (time.perf_counter() - t0) * 1000
-    cam = explain(pred, img)
+    cam = explain(pred, img, target)
     return Analysis(logits, cam.heatmap, cam.target, latency, cam.latency_ms)
 
 
-def analyse(card: ModelCard, data: bytes, filename: str) -> Analysis:
-    return _analyse(card.name, card.sha256, str(registry().root), file_digest(data), data, filename)
+def analyse(card: ModelCard, data: bytes, filename: str, threshold: float | None = None,
+            temperature: float | None = None) -> Analysis:
+    """The model's logits and a Grad-CAM of the label the page shows: the side of ``threshold`` the photo's
+    probability at ``temperature`` falls on (at 0.5 when no threshold is given)."""
+    key = (card.name, card.sha256, str(registry().root), file_digest(data), data, filename)
+    a = _analyse(*key)
+    if threshold is not None:
+        p = p_positive(card, a.logits, card.temperature if temperature is None else temperature)
+        shown = card.task_labels[1] if p >= threshold else card.task_labels[0]
+        if shown != a.target:
+            a = _analyse(*key, shown)
+    return a
 
 
 #: decoded photos a session keeps (display copies, at most 1024 px a side): past this, the oldest are dropped
@@ -203,6 +213,11 @@ def prob_chart(card: ModelCard, p: float, key: str | None = None):
     fig.update_layout(height=140, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, 1], tickformat=".0%"),
                       showlegend=False)
     return fig
+
+
+def cam_legend() -> np.ndarray:
+    """The overlay's colour bar (viridis: low contribution on the left, high on the right)."""
+    return legend(256, 10)
 
 
 def cam_overlay(data: bytes, filename: str, heatmap: np.ndarray, alpha: float) -> np.ndarray:

@@ -51,14 +51,16 @@ def _settings(cards):
 
 
 def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: float, alpha: float) -> dict:
-    a = common.analyse(card, data, f.name)
+    a = common.analyse(card, data, f.name, threshold, temperature)
     p = common.p_positive(card, a.logits, temperature)
     headline, colour = common.verdict(card, p, threshold, band)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
         c1.image(common.decode(data, f.name), caption=f.name, width="stretch")
         c2.image(common.cam_overlay(data, f.name, a.heatmap, alpha), width="stretch",
-                 caption=f"Grad-CAM: regions that raised the '{a.target}' score")
+                 caption=f"Grad-CAM: regions that raised the '{a.target}' score (the label shown at this "
+                         f"threshold)")
+        c2.image(common.cam_legend(), width="stretch", caption="colour: low → high contribution")
         c3.markdown(f"#### :{colour}[{headline}]")
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
