@@ -96,12 +96,20 @@ def _pair(reg: Registry, ds, arch: str, variant: str, seed: int, Predictor, comp
             "sens_at_spec80_control": ctl.test_metrics["sens_at_spec80"],
             "ece_kd": kd.test_metrics["ece"], "ece_control": ctl.test_metrics["ece"],
             "train_s_kd": kd.train.get("train_time_s"), "train_s_control": ctl.train.get("train_time_s"),
-            "threads": kd.train.get("threads")}
+            "threads": kd.train.get("threads"), "val_auc_kd": kd.metrics.get("auc"),
+            "val_auc_control": ctl.metrics.get("auc")}
 
 
 def _ms(values: list[float]) -> str:
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+
+
+def _val(rows: list[dict]) -> str:
+    """Validation AUC means: what a choice made on validation would have seen."""
+    if not all(x.get("val_auc_kd") is not None for x in rows):
+        return "—"
+    return f"{statistics.mean(x['val_auc_kd'] for x in rows):.4f} / {statistics.mean(x['val_auc_control'] for x in rows):.4f}"
 
 
 def _secs(values: list[float]) -> str:
@@ -110,8 +118,8 @@ def _secs(values: list[float]) -> str:
 
 def summary(rows: list[dict]) -> list[str]:
     out = ["| network | variant | seeds | test AUC, variant | test AUC, control | ΔAUC per seed [95% paired CI] | "
-           "sens@spec80 variant / control | ECE variant / control | training s (variant) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "sens@spec80 variant / control | ECE variant / control | val AUC variant / control | training s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for arch, variant in dict.fromkeys((x["arch"], x.get("variant", "kd")) for x in rows):
         r = [x for x in rows if x["arch"] == arch and x.get("variant", "kd") == variant]
         deltas = "; ".join(f"{x['delta_auc']:+.3f} [{x['delta_auc_ci'][0]:+.3f}, {x['delta_auc_ci'][1]:+.3f}]"
@@ -120,7 +128,7 @@ def summary(rows: list[dict]) -> list[str]:
         out.append(f"| {arch} | {variant} | {len(r)} | {_ms([x['auc_kd'] for x in r])} | {_ms([x['auc_control'] for x in r])} | "
                    f"{deltas} | {_ms([x['sens_at_spec80_kd'] for x in r])} / "
                    f"{_ms([x['sens_at_spec80_control'] for x in r])} | {_ms([x['ece_kd'] for x in r])} / "
-                   f"{_ms([x['ece_control'] for x in r])} | {_secs(secs)} |")
+                   f"{_ms([x['ece_control'] for x in r])} | {_val(r)} | {_secs(secs)} |")
     return out
 
 
