@@ -224,7 +224,7 @@ def cam_overlay(data: bytes, filename: str, heatmap: np.ndarray, alpha: float) -
     return overlay(_decoded(data, filename)[1], heatmap, alpha)  # the square the model saw, not the letterbox
 
 
-_MD_SPECIAL = re.compile(r"([\\`*\[\]<>~|$])")
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>~|$])")
 
 
 def md(text: str) -> str:

@@ -56,7 +56,7 @@ def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: 
     headline, colour = common.verdict(card, p, threshold, band)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
-        c1.image(common.decode(data, f.name), caption=f.name, width="stretch")
+        c1.image(common.decode(data, f.name), caption=common.md(f.name), width="stretch")
         c2.image(common.cam_overlay(data, f.name, a.heatmap, alpha), width="stretch",
                  caption=f"Grad-CAM: regions that raised the '{a.target}' score (the label shown at this "
                          f"threshold)")
