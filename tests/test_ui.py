@@ -582,3 +582,23 @@ def test_grad_cam_explains_the_label_shown_at_the_users_threshold(env):
         common.analyse(card, data, "one.png", threshold=(1 + p) / 2)
     assert (below.target, above.target) == ("malignant", "benign")
     assert not np.allclose(below.heatmap, above.heatmap)  # two different explanations, not one relabelled
+
+
+def test_diagnose_shows_which_photo_it_is_on_then_clears_it(env, monkeypatch):
+    import streamlit as st
+
+    said, cleared = [], []
+
+    class Bar:
+        def progress(self, value, text=None):
+            said.append((round(value, 2), text))
+
+        def empty(self):
+            cleared.append(True)
+
+    monkeypatch.setattr(st, "progress", lambda *a, **k: Bar())
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value([(f"{i}.png", png(40 + i), "image/png") for i in range(3)]).run()
+    assert not at.exception
+    assert [t for _, t in said] == [f"Analysing photo {i} of 3 with tiny-student…" for i in (1, 2, 3)]
+    assert [v for v, _ in said] == [0.0, 0.33, 0.67] and cleared == [True]

@@ -87,7 +87,10 @@ def render() -> None:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return
     rows = []
-    for f in files:
+    bar = st.progress(0.0) if len(files) > 1 else None  # a slow model on many photos shows where it is
+    for i, f in enumerate(files):
+        if bar is not None:
+            bar.progress(i / len(files), text=f"Analysing photo {i + 1} of {len(files)} with {card.name}…")
         try:
             rows.append(_show_one(card, f, f.getvalue(), temperature, threshold, band, alpha))
         except InvalidImageError as exc:
@@ -97,6 +100,8 @@ def render() -> None:
             log.exception("analysis failed for one upload")
             st.error(f"{common.md(f.name)}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
             rows.append({"file": f.name, "model": card.name, "error": type(exc).__name__})
+    if bar is not None:
+        bar.empty()
     if len(files) > 1:
         st.subheader("Results")
         df = pd.DataFrame(rows)
