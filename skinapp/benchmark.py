@@ -38,19 +38,24 @@ def _percentiles(times_ms: list[float]) -> tuple[float, float]:
 
 
 def interleaved_latencies(predictors: Sequence[Predictor], img: Image.Image, runs: int = 50,
-                          warmup: int = 5) -> list[list[float]]:
+                          warmup: int = 5, budget_s: float | None = None, min_runs: int = 3) -> list[list[float]]:
     """Single-image latency (preprocess + forward) of several models, one call of each per round, in rotating order.
 
     On a shared machine speed drifts over seconds; timing the models one after another turns that drift into a
     difference between models (the teacher-to-student ratio swung 6x-11x between runs here). Interleaved, a slow
     spell falls on every model alike. Each timed call follows an untimed one of the same model, so every model is
-    timed warm (caches holding its own weights), as a user who keeps one model selected sees it.
+    timed warm (caches holding its own weights), as a user who keeps one model selected sees it. ``budget_s``:
+    stop after the round that passes this many seconds (at least ``min_runs`` rounds), so a slow teacher cannot
+    hold a page for minutes; the warm-up calls are never timed.
     """
     for predictor in predictors:
         for _ in range(warmup):
             predictor.predict_image(img)
     times: list[list[float]] = [[] for _ in predictors]
+    start = time.perf_counter()
     for r in range(runs):
+        if budget_s is not None and r >= min_runs and time.perf_counter() - start > budget_s:
+            break
         for k in range(len(predictors)):
             i = (r + k) % len(predictors)
             predictors[i].predict_image(img)

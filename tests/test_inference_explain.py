@@ -267,6 +267,22 @@ def test_latencies_are_interleaved_in_rotating_order():
     assert [len(t) for t in times] == [3, 3, 3] and all(x >= 0 for t in times for x in t)
 
 
+def test_a_time_budget_bounds_the_timing_of_slow_models():
+    import time as _time
+
+    from skinapp.benchmark import interleaved_latencies
+
+    class Slow:
+        def predict_image(self, img):
+            _time.sleep(0.02)
+
+    t0 = _time.perf_counter()
+    times = interleaved_latencies([Slow(), Slow()], None, runs=10_000, warmup=1, budget_s=0.3)
+    elapsed = _time.perf_counter() - t0
+    assert 3 <= len(times[0]) == len(times[1]) < 20 and elapsed < 2.0  # not 10,000 rounds
+    assert min(min(t) for t in times) >= 15  # each timed call is the 20 ms one, warm-up excluded
+
+
 def test_overlay_is_drawn_at_the_photos_resolution_and_where_the_model_looked():
     from skinapp.explain import overlay
 

@@ -127,9 +127,14 @@ def test_compare_page(env):
     at = page("compare").run()
     assert_clean(at)
     at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png"))
-    at.slider(key="cmp_repeats").set_value(3)
+    at.slider(key="cmp_budget").set_value(1)
+    t0 = time.perf_counter()
     at.run()
     assert not at.exception
+    assert time.perf_counter() - t0 < 30  # the budget bounds the timing, whatever the models
+    (note,) = [c.value for c in at.caption if "timed runs per model" in c.value]
+    assert "within a 1 s budget" in note and "first (warm-up) run is not counted" in note
+    assert int(note.split("Median of ")[1].split()[0]) >= 3
     df = at.dataframe[0].value
     assert set(df["model"]) == {"tiny-teacher", "tiny-student"}
     assert (df["median_ms"] > 0).all()

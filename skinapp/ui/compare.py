@@ -2,24 +2,14 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from skinapp.benchmark import interleaved_latencies
 from skinapp.imageio import InvalidImageError
 from skinapp.ui import common
-
-
-def _median_latency(pred, img, repeats: int) -> float:
-    pred.logits(pred.preprocess(img))  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        pred.logits(pred.preprocess(img))
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 def render() -> None:
@@ -32,7 +22,8 @@ def render() -> None:
         return
     defaults = [reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards.values())]
     chosen = st.multiselect("Models", list(cards), default=defaults, key="cmp_models")
-    repeats = st.slider("Timing repeats (the median is shown)", 3, 50, 10, key="cmp_repeats")
+    budget = st.slider("Timing budget, seconds (models are timed in turn until it is spent)", 1, 30, 5,
+                       key="cmp_budget")
     f = st.file_uploader("One lesion photo", type=common.UPLOAD_TYPES, key="cmp_file")
     if not chosen or f is None:
         st.info("Choose at least one model and upload a photo.")
@@ -46,13 +37,17 @@ def render() -> None:
     chosen = [name for name in chosen if common.usable(cards[name])]
     if not chosen:
         return
+    with st.spinner(f"Timing {len(chosen)} model(s) in turn for about {budget} s…"):
+        # interleaved, as the benchmark does: a slow spell of a shared machine falls on every model alike
+        times = interleaved_latencies([common.predictor(cards[n]) for n in chosen], img, runs=10_000, warmup=1,
+                                      budget_s=budget)
     rows = []
     cols = st.columns(len(chosen))
-    for col, name in zip(cols, chosen):
+    for col, name, t in zip(cols, chosen, times):
         card = cards[name]
         a = common.analyse(card, data, f.name)
         p = common.p_positive(card, a.logits, card.temperature)
-        ms = _median_latency(common.predictor(card), img, repeats)
+        ms = statistics.median(t)
         label = card.task_labels[int(p >= 0.5)]
         with col:
             st.markdown(f"**{name}** · {card.role}")
@@ -72,6 +67,8 @@ def render() -> None:
     fig = go.Figure(go.Bar(x=df["model"], y=df["median_ms"], text=[f"{v:.1f} ms" for v in df["median_ms"]],
                            marker_color=["#1f6f8b" if r == "teacher" else "#7fb8a4" for r in df["role"]]))
     fig.update_layout(height=300, yaxis_title="median latency, ms (preprocess + forward)",
-                      margin=dict(l=10, r=10, t=30, b=10), title=f"Latency on this machine ({repeats} runs)")
+                      margin=dict(l=10, r=10, t=30, b=10), title="Latency on this machine")
     st.plotly_chart(fig, width="stretch", key="cmp_latency")
+    st.caption(f"Median of {len(times[0])} timed runs per model, taken in turn within a {budget} s budget; each "
+               f"model's first (warm-up) run is not counted.")
     st.dataframe(df, width="stretch", hide_index=True)
