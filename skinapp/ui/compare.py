@@ -69,6 +69,6 @@ def render() -> None:
     fig.update_layout(height=300, yaxis_title="median latency, ms (preprocess + forward)",
                       margin=dict(l=10, r=10, t=30, b=10), title="Latency on this machine")
     st.plotly_chart(fig, width="stretch", key="cmp_latency")
-    st.caption(f"Median of {len(times[0])} timed runs per model, taken in turn within a {budget} s budget; each "
-               f"model's first (warm-up) run is not counted.")
+    st.caption(f"Median of {len(times[0])} timed runs per model, taken in turn until the {budget} s budget was "
+               f"spent (at least 3 each); each model's first (warm-up) run is not counted.")
     st.dataframe(df, width="stretch", hide_index=True)
