@@ -96,6 +96,12 @@ def test_diagnose_many_files_with_bad_ones(env):
     assert len(verdicts) == 3  # good, cmyk, rgba
     df = at.dataframe[0].value
     assert list(df["file"]) == [f[0] for f in files]
+    assert list(df.columns) == ["file", "verdict", "p_malignant", "p_benign", "model", "temperature", "threshold",
+                                "latency_ms", "error"]  # a fixed order, errors last
+    bad = df[df["file"] == "empty.jpg"].iloc[0]
+    assert bad["verdict"] == "" and bad["p_malignant"] == "" and "empty" in bad["error"]  # blank, not None/NaN
+    good = df[df["file"] == "good.png"].iloc[0]
+    assert good["error"] == "" and 0 <= float(good["p_malignant"]) <= 1 and good["model"] == "tiny-student"
     assert at.get("download_button")
 
 
@@ -607,3 +613,20 @@ def test_diagnose_shows_which_photo_it_is_on_then_clears_it(env, monkeypatch):
     assert not at.exception
     assert [t for _, t in said] == [f"Analysing photo {i} of 3 with tiny-student…" for i in (1, 2, 3)]
     assert [v for v, _ in said] == [0.0, 0.33, 0.67] and cleared == [True]
+
+
+def test_results_csv_says_what_it_is_and_reads_back(env):
+    import pandas as pd
+
+    from skinapp.registry import Registry
+    from skinapp.ui.diagnose import results_csv, results_table
+
+    card = Registry().get("tiny-student")
+    rows = [{"file": "=a.png", "verdict": "Leans benign", "p_malignant": 0.2, "p_benign": 0.8, "model": card.name,
+             "temperature": 1.5, "threshold": 0.5, "latency_ms": 3.0, "error": ""},
+            {"file": "b.jpg", "model": card.name, "error": "b.jpg: the file is empty (0 bytes)."}]
+    text = results_csv(results_table(rows, card)).decode()
+    assert text.startswith("# Research and education tool") and "not a medical device" in text.splitlines()[0]
+    back = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False)
+    assert list(back["file"]) == ["'=a.png", "b.jpg"] and list(back["model"]) == [card.name] * 2
+    assert back["temperature"].tolist() == ["1.5", ""] and back["threshold"].tolist() == ["0.5", ""]

@@ -81,8 +81,8 @@ def render() -> None:
     card, temperature, threshold, band, alpha = _settings(cards)
     if not common.usable(card):
         return
-    files = st.file_uploader("Lesion photos (JPEG or PNG; drag and drop several at once)", type=common.UPLOAD_TYPES,
-                             accept_multiple_files=True, key="dx_files")
+    files = st.file_uploader(f"Lesion photos ({common.FORMATS_TEXT}; drag and drop several at once)",
+                             type=common.UPLOAD_TYPES, accept_multiple_files=True, key="dx_files")
     if not files:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return
@@ -104,7 +104,20 @@ def render() -> None:
         bar.empty()
     if len(files) > 1:
         st.subheader("Results")
-        df = pd.DataFrame(rows)
+        df = results_table(rows, card)
         st.dataframe(df, width="stretch", hide_index=True)
-        st.download_button("Download results (CSV)", common.csv_safe(df).to_csv(index=False).encode(), "skinapp_results.csv",
-                           "text/csv", key="dx_csv")
+        st.download_button("Download results (CSV)", results_csv(df), "skinapp_results.csv", "text/csv",
+                           key="dx_csv")
+
+
+def results_table(rows: list[dict], card) -> pd.DataFrame:
+    """One row per photo in a fixed column order, errors last, blanks where a photo could not be analysed."""
+    neg, pos = card.task_labels
+    cols = ["file", "verdict", f"p_{pos}", f"p_{neg}", "model", "temperature", "threshold", "latency_ms", "error"]
+    return pd.DataFrame([{c: r.get(c, "") for c in cols} for r in rows], columns=cols).astype(object)
+
+
+def results_csv(df: pd.DataFrame) -> bytes:
+    """The table as CSV, its first line saying what the numbers are not (a '#' line: read_csv(comment='#'))."""
+    notice = "# " + common.DISCLAIMER.replace("**", "") + "\n"
+    return (notice + common.csv_safe(df).to_csv(index=False)).encode()
