@@ -429,6 +429,7 @@ def test_shipped_teacher_logits_skip_the_teacher_and_are_checked(registry_copy, 
     ("augment", "heavy", "augment 'heavy' must be one of: none, standard, strong"),
     ("device", "tpu", "device 'tpu' must be one of"),
     ("folds", 1, "folds 1"),
+    ("data", " ", "no dataset folder given"),
 ])
 def test_config_refuses_each_value_out_of_its_bounds(field, value, needle):
     """The bounds live on the config's fields; the CLI and the Train page take theirs from the same place."""

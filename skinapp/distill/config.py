@@ -183,6 +183,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             _check_field(f.name, getattr(self, f.name), f.metadata.get("option"))
         checks = [
+            (bool(str(self.data).strip()), "no dataset folder given (data is empty)"),
             (self.val_frac + self.test_frac < 1.0,
              f"test fraction {self.test_frac} must leave training images beside validation fraction {self.val_frac}"),
             (self.folds != 1, f"folds {self.folds} must be 0 (off) or between 2 and 20"),
