@@ -437,7 +437,7 @@ def test_config_refuses_each_value_out_of_its_bounds(field, value, needle):
 
     TrainConfig(data="d", name="n").validate()  # the defaults themselves pass
     with pytest.raises(TrainingError, match=re.escape(needle)):
-        TrainConfig(data="d", name="n", **{field: value}).validate()
+        TrainConfig(**{"data": "d", "name": "n"} | {field: value}).validate()
 
 
 # ---------------------------------------------------------------- a teacher on someone else's folder
