@@ -16,7 +16,7 @@ from .data import TASKS, DatasetError, scan_dataset
 from .distill import TrainConfig, TrainingError, add_arguments, from_arguments, train
 from .explain import ExplainError
 from . import checks
-from .imageio import IMAGE_SUFFIXES, InvalidImageError, load_image
+from .imageio import IMAGE_SUFFIXES, InvalidImageError, load_image, one_line
 from .protocol import SPLITS
 from .models import PretrainedWeightsError, UnknownArchitectureError
 from .registry import Registry, RegistryError, model_summary
@@ -93,7 +93,7 @@ def cmd_predict(args, reg: Registry) -> int:
 def shown(x: object) -> str:
     """A path or message on one line: control characters in a file name (a newline could forge a result line)
     printed as escapes."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(x))
+    return one_line(x)
 
 
 def cam_file_names(paths: Sequence[Path]) -> dict[Path, str]:

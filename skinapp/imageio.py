@@ -35,7 +35,12 @@ def _describe(source: ImageSource, name: str | None) -> str:
         name = Path(source).name if isinstance(source, (str, Path)) else getattr(source, "name", None)
     if not name:
         return "the uploaded file"
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(name))
+    return one_line(name)
+
+
+def one_line(text: object) -> str:
+    """Text on one line: control characters (a newline in a file name could forge a line) shown as escapes."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(text))
 
 
 def _open_stream(source: ImageSource, label: str) -> BinaryIO:

@@ -44,30 +44,13 @@ class Tap:
             self.out[name] = out if self.n is None else out[:self.n]
         return hook
 
-    def read(self, names: Sequence[str] | None = None) -> list[torch.Tensor]:
-        return [self.out[n] for n in (names or self.names)]
-
     def close(self) -> None:
         for h in self.handles:
             h.remove()
 
 
-def _strides(model: nn.Module, names: list[str], size: int) -> list[int]:
-    tap = Tap(model, names)
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
-        return [max(1, round(size / tap.out[n].shape[-1])) for n in names]
-    finally:
-        tap.close()
-        model.train(was)
-
-
-def stage_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int, int]]:
-    """Each stage's output (channels, height, width) for an input of ``size`` pixels, read on a probe image."""
-    names = stage_names(model)
+def _probe(model: nn.Module, names: Sequence[str], size: int) -> dict[str, tuple[int, int, int]]:
+    """Each named stage's output (channels, height, width) for an input of ``size`` pixels, read on a probe image."""
     tap = Tap(model, names)
     was = model.training
     try:
@@ -78,6 +61,16 @@ def stage_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int, int]]
     finally:
         tap.close()
         model.train(was)
+
+
+def _strides(model: nn.Module, names: list[str], size: int) -> list[int]:
+    shapes = _probe(model, names, size)
+    return [max(1, round(size / shapes[n][-1])) for n in names]
+
+
+def stage_shapes(model: nn.Module, size: int) -> dict[str, tuple[int, int, int]]:
+    """Each stage's output (channels, height, width) for an input of ``size`` pixels."""
+    return _probe(model, stage_names(model), size)
 
 
 def _input_size(model: nn.Module, size: int) -> int:

@@ -21,7 +21,7 @@ import torch
 from skinapp.data import resize_square
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, legend, overlay
-from skinapp.imageio import display_copy, load_image
+from skinapp.imageio import display_copy, load_image, one_line
 from skinapp.inference import Predictor
 from skinapp.registry import ModelCard, Registry, RegistryError
 
@@ -231,8 +231,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>~|$])")
 def md(text: str) -> str:
     """Text from a user (a file name, a typed path) as plain text inside Markdown: no live link (bracketed or
     bare), emphasis or HTML, and control characters (a newline in a file name) shown as escapes on one line."""
-    one_line = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in str(text))
-    escaped = _MD_SPECIAL.sub(r"\\\1", one_line)
+    escaped = _MD_SPECIAL.sub(r"\\\1", one_line(text))
     return re.sub(r"(?i)(www)\.", r"\1\\.", escaped.replace("://", "\\://"))
 
 
