@@ -51,7 +51,6 @@ def cmd_models(args, reg: Registry) -> int:
 
 
 def cmd_predict(args, reg: Registry) -> int:
-    from .explain import explain
     from .inference import Predictor, expand_inputs
 
     paths = expand_inputs(args.images)
@@ -63,31 +62,67 @@ def cmd_predict(args, reg: Registry) -> int:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
+    _check_report(args)  # a bad --report path or --band is refused before any work
     pred = Predictor(*reg.load(args.model or reg.default("student").name))
-    rows, failed = [], 0
     cam_names = cam_file_names(paths) if args.cam_out else {}
+    rows, cases = [], []
     for path in paths:
-        try:
-            img = load_image(path)
-            r = pred.predict_image(img, args.temperature, args.threshold, str(path)).as_dict()
-            if args.cam_out:
-                from PIL import Image
+        row, case = _predict_one(pred, path, args, cam_names.get(path))
+        rows.append(row)
+        cases.append(case)
+        if not args.json and "error" not in row:
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
+            print(f"{shown(path)}: {row['label']}  ({probs}; T={row['temperature']:g}, {row['latency_ms']:.1f} ms)")
+    if args.report:
+        from .report import ReportSettings, case_report
 
-                cam = explain(pred, img)
-                out = Path(args.cam_out) / cam_names[path]
-                Image.fromarray(cam.overlay).save(out)
-                r.update(cam=str(out), cam_target=cam.target, cam_ms=round(cam.latency_ms, 2))
-            rows.append(r)
-            if not args.json:
-                probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-                print(f"{shown(path)}: {r['label']}  ({probs}; T={r['temperature']:g}, {r['latency_ms']:.1f} ms)")
-        except InvalidImageError as exc:
-            failed += 1
-            rows.append({"image": str(path), "error": str(exc)})
-            print(f"skinapp: error: {shown(exc)}", file=sys.stderr)
+        t = pred.card.temperature if args.temperature is None else args.temperature
+        settings = ReportSettings(t, args.threshold, args.band)
+        Path(args.report).write_bytes(case_report(pred.card, cases, settings))
+        log.info("wrote the case report to %s", args.report)
     if args.json:
         print(json.dumps(rows, indent=2))
-    return 2 if failed else 0
+    return 2 if any("error" in r for r in rows) else 0
+
+
+def _check_report(args) -> None:
+    """The report's path and settings, checked up front so a typo does not surface after minutes of Grad-CAM."""
+    if args.temperature is not None:
+        checks.temperature(args.temperature)
+    checks.threshold(args.threshold)
+    if not args.report:
+        return
+    from .report import check_band
+
+    out = Path(args.report)
+    if out.suffix.lower() != ".pdf" or out.is_dir() or not out.parent.is_dir():
+        raise ValueError(f"--report {out} must be a .pdf file in an existing folder")
+    check_band(args.band)
+
+
+def _predict_one(pred, path: Path, args, cam_name: str | None):
+    """One photo: its JSON row, and what the case report shows of it (errors in place, never a stop)."""
+    from .explain import explain
+    from .imageio import display_copy
+    from .report import CaseResult
+
+    try:
+        img = load_image(path)
+    except InvalidImageError as exc:
+        print(f"skinapp: error: {shown(exc)}", file=sys.stderr)
+        return {"image": str(path), "error": str(exc)}, CaseResult(path.name, error=str(exc))
+    p = pred.predict_image(img, args.temperature, args.threshold, str(path))
+    row = p.as_dict()
+    if not (args.cam_out or args.report):
+        return row, None
+    cam = explain(pred, img, p.label)  # the label printed at the user's threshold, as on the Diagnose page
+    if args.cam_out:
+        from PIL import Image
+
+        out = Path(args.cam_out) / cam_name
+        Image.fromarray(cam.overlay).save(out)
+        row.update(cam=str(out), cam_target=cam.target, cam_ms=round(cam.latency_ms, 2))
+    return row, CaseResult(path.name, display_copy(img), cam.overlay, cam.target, p.p_positive)
 
 
 def shown(x: object) -> str:
@@ -234,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="softmax temperature (default: the card's calibrated one)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--cam-out", dest="cam_out", help="folder for Grad-CAM overlays")
+    p.add_argument("--report", metavar="PDF", help="also write a PDF case report (photo, Grad-CAM, verdict)")
+    p.add_argument("--band", type=float, default=0.1,
+                   help="the report's 'uncertain' band around the threshold (default 0.1, as on the Diagnose page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("images", nargs="+")
     for name, helptext in (("evaluate", "metrics with 95% intervals on a dataset folder"),

@@ -295,19 +295,25 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     (["distill", "--data", "DATA", "--name", "x", "--kd-beta", "-1"], "attention weight beta -1.0"),
     (["predict", "EMPTY"], "no images found"),
     (["predict", "--cam-out", "IMG", "IMG"], "is not a folder"),
+    (["predict", "--report", "NOWHERE", "IMG"], "must be a .pdf file in an existing folder"),
+    (["predict", "--report", "IMG", "IMG"], "must be a .pdf file"),
+    (["predict", "--report", "PDF", "--band", "0.5", "IMG"], "uncertain band 0.5"),
+    (["predict", "--report", "PDF", "--band", "nan", "IMG"], "uncertain band nan"),
 ])
 def test_no_silent_nonsense(argv, needle, weights, tiny_data, image, tmp_path, capsys):
     """Each bad value ends in exit 2 and one line naming it, before any model or data is touched."""
     from skinapp.cli import main
 
     (tmp_path / "empty").mkdir()
-    subst = {"IMG": str(image), "DATA": str(tiny_data), "EMPTY": str(tmp_path / "empty")}
+    subst = {"IMG": str(image), "DATA": str(tiny_data), "EMPTY": str(tmp_path / "empty"),
+             "PDF": str(tmp_path / "case.pdf"), "NOWHERE": str(tmp_path / "no" / "case.pdf")}
     code = main(["--weights", str(weights), *[subst.get(a, a) for a in argv]])
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("skinapp: error:") and needle in lines[0], err
     assert out == ""  # in particular no half-written JSON
+    assert not (tmp_path / "case.pdf").exists()
 
 
 def test_engine_entry_points_refuse_the_same_values(weights):

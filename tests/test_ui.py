@@ -630,3 +630,42 @@ def test_results_csv_says_what_it_is_and_reads_back(env):
     back = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False)
     assert list(back["file"]) == ["'=a.png", "b.jpg"] and list(back["model"]) == [card.name] * 2
     assert back["temperature"].tolist() == ["1.5", ""] and back["threshold"].tolist() == ["0.5", ""]
+
+
+def test_diagnose_case_report_matches_the_page(env, monkeypatch):
+    """The PDF button's report carries what the page shows: each photo's verdict, P, threshold and temperature."""
+    import streamlit as st
+    from test_report import pages_text
+
+    buttons = {}
+    real = st.download_button
+
+    def spy(label, data, *args, **kwargs):
+        buttons[label] = data
+        return real(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", spy)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.slider(key="dx_thr_tiny-student").set_value(0.3)
+    at.file_uploader(key="dx_files").set_value([("one.png", png(50), "image/png"),
+                                                ("two.png", png(51, malignant=False), "image/png"),
+                                                ("bad.jpg", b"nope", "image/jpeg")]).run()
+    assert not at.exception
+    build = buttons["Download case report (PDF)"]
+    assert callable(build)  # built only when clicked
+    text = pages_text(build())
+    verdicts = [m.value.split("[")[1].rstrip("]") for m in at.markdown if m.value.startswith("####")]
+    captions = [c.value for c in at.caption if c.value.startswith("P(")]
+    assert len(text) == 3 and len(verdicts) == 2
+    for page, head, cap in zip(text[1:], verdicts, captions):
+        p = float(cap.split("= ")[1].split(" ")[0])
+        assert " ".join(head.replace("—", "-").split()) in page and f"P(malignant) = {p:.3f}" in page
+        assert "threshold 0.30" in page
+    assert "bad.jpg not analysed" in text[0]
+
+
+def test_diagnose_offers_no_report_when_no_photo_could_be_read(env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value(("bad.jpg", b"nope", "image/jpeg")).run()
+    assert not at.exception and at.error
+    assert not at.get("download_button")

@@ -6,19 +6,17 @@ re-registered under the same name is reloaded, and a new one is selectable witho
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import numpy as np
 import streamlit as st
 import torch
 
 from skinapp.data import resize_square
+from skinapp.decision import UNCERTAIN, OperatingPoint, auc_text, operating_point, verdict  # noqa: F401 (pages use them)
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, legend, overlay
 from skinapp.imageio import display_copy, load_image, one_line
@@ -70,20 +68,6 @@ def usable(card: ModelCard) -> bool:
 def predictor(card: ModelCard) -> Predictor:
     reg = registry()
     return _load(card.name, card.sha256, str(reg.root))
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def auc_text(card: ModelCard) -> str:
-    """'test AUC 0.912 [0.88, 0.94]' when the card has a locked test split, else the validation AUC, marked."""
-    auc, ci = card.test_metrics.get("auc"), card.test_metrics.get("auc_ci")
-    if _num(auc):
-        return f"test AUC {auc:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-    val = card.metrics.get("auc")
-    why = "no test AUC" if card.test_metrics else "no test split"
-    return f"val AUC {val:.3f} ({why})" if _num(val) else "AUC –"
 
 
 def model_label(card: ModelCard) -> str:
@@ -165,44 +149,6 @@ def decode(data: bytes, filename: str):
 
 def p_positive(card: ModelCard, logits: np.ndarray, temperature: float) -> float:
     return float(grouped_probs(torch.from_numpy(np.asarray(logits))[None], card.positive_indices, temperature)[0])
-
-
-class OperatingPoint(NamedTuple):
-    sensitivity: float
-    specificity: float
-    split: str  # "test" or "validation": the card's reported split
-    n: int | None
-
-
-def _card_threshold(card: ModelCard, threshold: float, temperature: float | None) -> float:
-    """The same cut on the log-odds, as a probability at the card's own temperature (where its ROC was drawn)."""
-    if temperature is None or not 0 < threshold < 1:
-        return threshold
-    log_odds = math.log(threshold / (1 - threshold)) * temperature / card.temperature
-    return 1 / (1 + math.exp(-max(-700.0, min(700.0, log_odds))))
-
-
-def operating_point(card: ModelCard, threshold: float, temperature: float | None = None) -> OperatingPoint | None:
-    """Sensitivity/specificity at a threshold (and temperature), read off the ROC of the card's reported split."""
-    split, m = card.reported
-    roc = m.get("roc") or {}
-    thr, tpr, fpr = roc.get("thresholds"), roc.get("tpr"), roc.get("fpr")
-    if not thr:
-        return None
-    cut = _card_threshold(card, threshold, temperature)
-    ok = [i for i, t in enumerate(thr) if t >= cut]
-    i = ok[-1] if ok else 0
-    return OperatingPoint(float(tpr[i]), float(1 - fpr[i]), split, m.get("n"))
-
-
-def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[str, str]:
-    """(headline, colour): an explicit 'uncertain' zone stops near-threshold scores reading as answers."""
-    neg, pos = card.task_labels
-    if abs(p - threshold) < band:
-        return "Uncertain — too close to the threshold to call", "orange"
-    if p >= threshold:
-        return f"Leans {pos}", "red"
-    return f"Leans {neg}", "green"
 
 
 def prob_chart(card: ModelCard, p: float, key: str | None = None):

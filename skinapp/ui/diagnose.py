@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from skinapp.imageio import InvalidImageError
+from skinapp.report import CaseResult, ReportSettings, case_report
 from skinapp.ui import common
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,16 @@ def _settings(cards):
     return card, temperature, threshold, band, alpha
 
 
-def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: float, alpha: float) -> dict:
+def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: float,
+              alpha: float) -> tuple[dict, CaseResult]:
     a = common.analyse(card, data, f.name, threshold, temperature)
     p = common.p_positive(card, a.logits, temperature)
     headline, colour = common.verdict(card, p, threshold, band)
+    photo, cam = common.decode(data, f.name), common.cam_overlay(data, f.name, a.heatmap, alpha)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
-        c1.image(common.decode(data, f.name), caption=common.md(f.name), width="stretch")
-        c2.image(common.cam_overlay(data, f.name, a.heatmap, alpha), width="stretch",
+        c1.image(photo, caption=common.md(f.name), width="stretch")
+        c2.image(cam, width="stretch",
                  caption=f"Grad-CAM: regions that raised the '{a.target}' score (the label shown at this "
                          f"threshold)")
         c2.image(common.cam_legend(), width="stretch", caption="colour: low → high contribution")
@@ -66,9 +69,10 @@ def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: 
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
                    f"prediction {a.latency_ms:.1f} ms · Grad-CAM {a.cam_ms:.1f} ms · model {card.name}")
     neg, pos = card.task_labels
-    return {"file": f.name, "model": card.name, f"p_{neg}": round(1 - p, 4), f"p_{pos}": round(p, 4),
-            "verdict": headline, "temperature": temperature, "threshold": threshold,
-            "latency_ms": round(a.latency_ms, 2), "error": ""}
+    row = {"file": f.name, "model": card.name, f"p_{neg}": round(1 - p, 4), f"p_{pos}": round(p, 4),
+           "verdict": headline, "temperature": temperature, "threshold": threshold,
+           "latency_ms": round(a.latency_ms, 2), "error": ""}
+    return row, CaseResult(f.name, photo, cam, a.target, p)
 
 
 def render() -> None:
@@ -86,28 +90,45 @@ def render() -> None:
     if not files:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return
-    rows = []
+    rows, cases = [], []
     bar = st.progress(0.0) if len(files) > 1 else None  # a slow model on many photos shows where it is
     for i, f in enumerate(files):
         if bar is not None:
             bar.progress(i / len(files), text=f"Analysing photo {i + 1} of {len(files)} with {card.name}…")
         try:
-            rows.append(_show_one(card, f, f.getvalue(), temperature, threshold, band, alpha))
+            row, case = _show_one(card, f, f.getvalue(), temperature, threshold, band, alpha)
         except InvalidImageError as exc:
             st.error(common.md(common.friendly(exc)), icon=":material/error:")
-            rows.append({"file": f.name, "model": card.name, "error": common.friendly(exc)})
+            row = {"file": f.name, "model": card.name, "error": common.friendly(exc)}
+            case = CaseResult(f.name, error=common.friendly(exc))
         except Exception as exc:  # never let one file break the page
             log.exception("analysis failed for one upload")
             st.error(f"{common.md(f.name)}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
-            rows.append({"file": f.name, "model": card.name, "error": type(exc).__name__})
+            row = {"file": f.name, "model": card.name, "error": type(exc).__name__}
+            case = CaseResult(f.name, error=f"could not be analysed ({type(exc).__name__})")
+        rows.append(row)
+        cases.append(case)
     if bar is not None:
         bar.empty()
+    _report_button(card, cases, ReportSettings(temperature, threshold, band))
     if len(files) > 1:
         st.subheader("Results")
         df = results_table(rows, card)
         st.dataframe(df, width="stretch", hide_index=True)
         st.download_button("Download results (CSV)", results_csv(df), "skinapp_results.csv", "text/csv",
                            key="dx_csv")
+
+
+def _report_button(card, cases: list[CaseResult], settings: ReportSettings) -> None:
+    """The PDF is built only when clicked (a callable: in memory, on Streamlit's thread, never on disk)."""
+    if not any(not c.error for c in cases):
+        return
+    st.download_button("Download case report (PDF)", lambda: case_report(card, cases, settings),
+                       "skinapp_case_report.pdf", "application/pdf", on_click="ignore", key="dx_pdf",
+                       icon=":material/picture_as_pdf:",
+                       help="Summary page, then one page per photo: the photo, its Grad-CAM, the verdict at this "
+                            "threshold and temperature, the model and its test AUC, and the not-a-medical-device "
+                            "statement.")
 
 
 def results_table(rows: list[dict], card) -> pd.DataFrame:

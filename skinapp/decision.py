@@ -1,0 +1,65 @@
+"""What a probability means at the user's threshold: the verdict wording and the operating point behind it.
+
+Plain Python (no Streamlit) so the Diagnose and Compare pages, the CLI and the PDF report say the same thing.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .registry import ModelCard
+
+
+class OperatingPoint(NamedTuple):
+    sensitivity: float
+    specificity: float
+    split: str  # "test" or "validation": the card's reported split
+    n: int | None
+
+
+def _card_threshold(card: ModelCard, threshold: float, temperature: float | None) -> float:
+    """The same cut on the log-odds, as a probability at the card's own temperature (where its ROC was drawn)."""
+    if temperature is None or not 0 < threshold < 1:
+        return threshold
+    log_odds = math.log(threshold / (1 - threshold)) * temperature / card.temperature
+    return 1 / (1 + math.exp(-max(-700.0, min(700.0, log_odds))))
+
+
+def operating_point(card: ModelCard, threshold: float, temperature: float | None = None) -> OperatingPoint | None:
+    """Sensitivity/specificity at a threshold (and temperature), read off the ROC of the card's reported split."""
+    split, m = card.reported
+    roc = m.get("roc") or {}
+    thr, tpr, fpr = roc.get("thresholds"), roc.get("tpr"), roc.get("fpr")
+    if not thr:
+        return None
+    cut = _card_threshold(card, threshold, temperature)
+    ok = [i for i, t in enumerate(thr) if t >= cut]
+    i = ok[-1] if ok else 0
+    return OperatingPoint(float(tpr[i]), float(1 - fpr[i]), split, m.get("n"))
+
+
+UNCERTAIN = "Uncertain — too close to the threshold to call"
+
+
+def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[str, str]:
+    """(headline, colour): an explicit 'uncertain' zone stops near-threshold scores reading as answers."""
+    neg, pos = card.task_labels
+    if abs(p - threshold) < band:
+        return UNCERTAIN, "orange"
+    if p >= threshold:
+        return f"Leans {pos}", "red"
+    return f"Leans {neg}", "green"
+
+
+def auc_text(card: ModelCard) -> str:
+    """'test AUC 0.912 [0.88, 0.94]' when the card has a locked test split, else the validation AUC, marked."""
+    auc, ci = card.test_metrics.get("auc"), card.test_metrics.get("auc_ci")
+    if _num(auc):
+        return f"test AUC {auc:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+    val = card.metrics.get("auc")
+    why = "no test AUC" if card.test_metrics else "no test split"
+    return f"val AUC {val:.3f} ({why})" if _num(val) else "AUC –"
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

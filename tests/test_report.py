@@ -1,0 +1,146 @@
+"""The PDF case report: its text read back, its pages rendered, and built without touching the disk."""
+from __future__ import annotations
+
+import builtins
+import io
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinapp import __version__
+from skinapp.decision import operating_point
+from skinapp.registry import Registry
+from skinapp.report import NOT_A_DEVICE, CaseResult, ReportSettings, case_report
+
+pdfium = pytest.importorskip("pypdfium2")
+WHEN = datetime(2026, 11, 30, 14, 5, 9, tzinfo=timezone.utc)
+
+
+def pages_text(pdf: bytes) -> list[str]:
+    doc = pdfium.PdfDocument(pdf)
+    try:
+        return [" ".join(doc[i].get_textpage().get_text_range().split()) for i in range(len(doc))]
+    finally:
+        doc.close()
+
+
+def render(pdf: bytes, page: int) -> np.ndarray:
+    doc = pdfium.PdfDocument(pdf)
+    try:
+        return np.asarray(doc[page].render(scale=1.0).to_pil().convert("RGB"))
+    finally:
+        doc.close()
+
+
+def solid(rgb: tuple[int, int, int], size: int = 64) -> Image.Image:
+    return Image.new("RGB", (size, size), rgb)
+
+
+@pytest.fixture(scope="module")
+def card(tiny_registry):
+    return Registry(tiny_registry).get("tiny-student")
+
+
+def cases() -> list[CaseResult]:
+    cam = np.zeros((64, 64, 3), np.uint8)
+    cam[..., 2] = 255  # pure blue: findable on the rendered page
+    return [CaseResult("lesion-a.jpg", solid((255, 0, 0)), cam, "malignant", 0.91),
+            CaseResult("lesion-b.jpg", solid((0, 160, 0)), cam, "benign", 0.12),
+            CaseResult("near.jpg", solid((255, 0, 0)), cam, "malignant", 0.52),
+            CaseResult("empty.jpg", error="the file is empty (0 bytes).")]
+
+
+def test_report_says_what_a_clinician_needs(card):
+    s = ReportSettings(1.7, 0.5, 0.1)
+    pdf = case_report(card, cases(), s, when=WHEN)
+    assert pdf.startswith(b"%PDF-")
+    text = pages_text(pdf)
+    assert len(text) == 1 + 3  # a summary, then one page per analysed photo (not the unreadable one)
+    summary = text[0]
+    auc, (lo, hi) = card.test_metrics["auc"], card.test_metrics["auc_ci"]
+    op = operating_point(card, 0.5, 1.7)
+    for needle in (card.name, card.role, card.sha256, f"skinapp {__version__}", "2026-11-30 14:05:09",
+                   f"test AUC (95% CI) {auc:.3f} [{lo:.2f}, {hi:.2f}]", "Temperature 1.70",
+                   f"sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%}", "locked test split",
+                   "lesion-a.jpg Leans malignant 0.910", "lesion-b.jpg Leans benign 0.120",
+                   "near.jpg Uncertain (near the threshold) 0.520",
+                   "empty.jpg not analysed: the file is empty (0 bytes)."):
+        assert needle in summary, needle
+    for page in text:  # every page carries the statement
+        assert " ".join(NOT_A_DEVICE.split()) in page
+    assert "P(benign) = 0.090 P(malignant) = 0.910 at temperature 1.70, threshold 0.50" in text[1]
+    assert "Leans malignant" in text[1] and "Grad-CAM: regions that raised the 'malignant' score" in text[1]
+    assert "Leans benign" in text[2] and "Uncertain" in text[3]
+
+
+def test_report_pages_show_the_photo_and_its_overlay(card):
+    pdf = case_report(card, cases()[:1], ReportSettings(1.0, 0.5, 0.1), when=WHEN)
+    page = render(pdf, 1).astype(int)
+    r, g, b = page[..., 0], page[..., 1], page[..., 2]
+    red = (r > 200) & (g < 60) & (b < 60)
+    blue = (b > 200) & (r < 60) & (g < 60)
+    h, w = red.shape
+    # each picture is an 88 mm square on the 210 x 297 mm page: the photo left of x = 100 mm, Grad-CAM right of it
+    square, cut = (88 / 210 * w) * (88 / 297 * h), round(100 / 210 * w)
+    assert red[:, :cut].sum() > 0.8 * square and red[:, cut:].sum() == 0
+    assert blue[:, cut:].sum() > 0.8 * square and blue[:, :cut].sum() == 0
+
+
+def test_report_text_is_safe_and_on_one_line(card):
+    odd = [CaseResult("Läsion\nforged line — 名.jpg", solid((9, 9, 9)), None, "benign", 0.2)]
+    text = pages_text(case_report(card, odd, ReportSettings(1.0, 0.5, 0.1), when=WHEN))
+    assert "Läsion\\nforged line - ?.jpg" in text[0] and "Läsion\\nforged line - ?.jpg" in text[1]
+
+
+@pytest.mark.parametrize("settings, needle", [((1.0, 0.5, 0.5), "uncertain band 0.5"),
+                                               ((1.0, 0.5, -0.1), "uncertain band -0.1"),
+                                               ((1.0, 1.0, 0.1), "threshold 1.0"),
+                                               ((0.0, 0.5, 0.1), "temperature 0.0")])
+def test_report_settings_refuse_nonsense(settings, needle):
+    with pytest.raises(ValueError, match=needle):
+        ReportSettings(*settings)
+
+
+def test_report_needs_a_photo(card):
+    with pytest.raises(ValueError, match="at least one photo"):
+        case_report(card, [], ReportSettings(1.0, 0.5, 0.1))
+
+
+def test_report_is_built_in_memory(card, monkeypatch):
+    """Uploads never reach the server's disk: building the report opens no file for writing."""
+    real_open = builtins.open
+
+    def no_writes(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            raise AssertionError(f"case_report opened {file!r} for writing")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", no_writes)
+    monkeypatch.setattr(io, "open", no_writes)
+    assert case_report(card, cases(), ReportSettings(1.0, 0.5, 0.1)).startswith(b"%PDF-")
+
+
+def test_cli_writes_the_same_report(tiny_registry, tiny_data, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for src in sorted((tiny_data / "melanoma").glob("*.jpg"))[:2]:
+        (photos / src.name).write_bytes(src.read_bytes())
+    (photos / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "case.pdf"
+    r = subprocess.run([sys.executable, "-m", "skinapp", "--weights", str(tiny_registry), "predict", "--model",
+                        "tiny-student", "--threshold", "0.4", "--band", "0.05", "--report", str(out), str(photos)],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 2 and "broken.png" in r.stderr  # the bad photo is reported, the others still are
+    text = pages_text(out.read_bytes())
+    assert len(text) == 3
+    assert "threshold 0.40 (uncertain within +/-0.05)" in text[1] and "tiny-student" in text[0]
+    assert "broken.png not analysed" in text[0]
+    for line in r.stdout.splitlines():  # the report and the printed verdicts agree
+        name, label = line.split(": ")[0], line.split(": ")[1].split()[0]
+        page = next(t for t in text[1:] if Path(name).name in t)
+        assert f"Leans {label}" in page or "Uncertain" in page
