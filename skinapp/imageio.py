@@ -15,10 +15,12 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from .dicomio import DicomError, is_dicom, read_dicom
+
 log = logging.getLogger(__name__)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Pixel ceiling (width x height). Dermoscopes produce at most ~25 MP; anything larger is refused, not decoded.
 MAX_PIXELS = 50_000_000
 
@@ -122,7 +124,13 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int | N
         max_pixels = MAX_PIXELS
     label = _describe(source, name)
     stream = _open_stream(source, label)
-    allowed = ", ".join(f for f in ALLOWED_FORMATS)
+    allowed = ", ".join(ALLOWED_FORMATS) + " or DICOM (colour photographs)"
+    if is_dicom(stream.getbuffer()):
+        try:
+            rgb = read_dicom(stream.getvalue(), max_pixels)
+        except DicomError as exc:
+            raise InvalidImageError(f"{label}: {exc}") from None
+        return _big_enough(rgb, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -149,9 +157,13 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int | N
         raise InvalidImageError(
             f"{label}: the image is damaged or incomplete and cannot be decoded."
         ) from None
+    log.debug("loaded %s (%s, %dx%d)", label, fmt, rgb.width, rgb.height)
+    return _big_enough(rgb, label)
+
+
+def _big_enough(rgb: Image.Image, label: str) -> Image.Image:
     if rgb.width < 8 or rgb.height < 8:
         raise InvalidImageError(f"{label}: the image is too small ({rgb.width}x{rgb.height} pixels).")
-    log.debug("loaded %s (%s, %dx%d)", label, fmt, rgb.width, rgb.height)
     return rgb
 
 

@@ -25,8 +25,8 @@ from skinapp.registry import ModelCard, Registry, RegistryError
 
 DISCLAIMER = ("**Research and education tool — not a medical device, not for diagnosis.** Outputs are model "
               "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"]
-FORMATS_TEXT = "JPEG, PNG, BMP, TIFF or WEBP"
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "dcm", "dicom"]
+FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WEBP or DICOM colour photographs"
 
 
 def training_enabled() -> bool:
