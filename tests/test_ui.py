@@ -144,10 +144,37 @@ def test_compare_page(env):
     df = at.dataframe[0].value
     assert set(df["model"]) == {"tiny-teacher", "tiny-student"}
     assert (df["median_ms"] > 0).all()
-    if len(set(df["label"])) == 1:  # the agreement line matches the table
-        assert any(f"All 2 models agree: {df['label'][0]}" in s.value for s in at.success)
+    verdicts = set(df["verdict"])
+    if len(verdicts) == 1 and "Uncertain" not in df["verdict"][0]:  # the agreement line matches the table
+        assert any(f"All 2 models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.success)
+    elif len(verdicts) == 1:
+        assert any("No model can call this photo" in i.value for i in at.info)
     else:
-        assert any("The models disagree" in w.value for w in at.warning)
+        assert any("The models do not agree at threshold 0.50" in w.value for w in at.warning)
+    assert "c.png" in image_captions(at)  # the photo itself, beside the overlays
+
+
+@pytest.mark.parametrize("threshold, band", [(0.05, 0.0), (0.95, 0.0), (0.5, 0.3)])
+def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
+    """Same threshold and band as Diagnose (carried over from it), same verdict wording, read off the same P."""
+    from skinapp.registry import Registry
+    from skinapp.ui.common import verdict
+
+    at = page("compare")
+    at.session_state["_decision"] = {"threshold": threshold, "band": band}  # as Diagnose leaves it
+    at.run()
+    assert at.slider(key="cmp_thr").value == threshold and at.slider(key="cmp_band").value == band
+    at.slider(key="cmp_budget").set_value(1)
+    at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png")).run()
+    assert not at.exception
+    reg = Registry(env)
+    df = at.dataframe[0].value
+    for _, row in df.iterrows():
+        assert row["verdict"] == verdict(reg.get(row["model"]), row["p_malignant"], threshold, band)[0]
+    headlines = [m.value for m in at.markdown if m.value.startswith("##### ")]
+    assert [h.split("[")[1].rstrip("]") for h in headlines] == list(df["verdict"])
+    if threshold == 0.05:
+        assert set(df["verdict"]) == {"Leans malignant"} and "All 2 models: Leans malignant" in at.success[0].value
 
 
 def test_compare_bad_file(env):
@@ -646,7 +673,7 @@ def test_diagnose_case_report_matches_the_page(env, monkeypatch):
 
     monkeypatch.setattr(st, "download_button", spy)
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.slider(key="dx_thr_tiny-student").set_value(0.3)
+    at.slider(key="dx_tiny-student_thr").set_value(0.3)
     at.file_uploader(key="dx_files").set_value([("one.png", png(50), "image/png"),
                                                 ("two.png", png(51, malignant=False), "image/png"),
                                                 ("bad.jpg", b"nope", "image/jpeg")]).run()

@@ -151,6 +151,23 @@ def p_positive(card: ModelCard, logits: np.ndarray, temperature: float) -> float
     return float(grouped_probs(torch.from_numpy(np.asarray(logits))[None], card.positive_indices, temperature)[0])
 
 
+THRESHOLD_HELP = ("A photo whose P({pos}) is at or above the threshold leans {pos}; within the 'uncertain' band "
+                  "around it, the page says it is too close to call. Kept when you switch page.")
+
+
+def decision_sliders(thr_col, band_col, card: ModelCard, key: str) -> tuple[float, float]:
+    """The threshold and 'uncertain' band every page uses, remembered across pages (and models) in this
+    session, so Diagnose and Compare call a photo the same way."""
+    last = st.session_state.get("_decision", {"threshold": 0.5, "band": 0.1})
+    pos = card.task_labels[1]
+    threshold = thr_col.slider(f"Decision threshold on P({pos})", 0.05, 0.95, last["threshold"], 0.01,
+                               key=f"{key}_thr", help=THRESHOLD_HELP.format(pos=pos))
+    band = band_col.slider("'Uncertain' band around the threshold (±)", 0.0, 0.3, last["band"], 0.01,
+                           key=f"{key}_band")
+    st.session_state["_decision"] = {"threshold": threshold, "band": band}
+    return threshold, band
+
+
 def prob_chart(card: ModelCard, p: float, key: str | None = None):
     import plotly.graph_objects as go
 

@@ -22,9 +22,11 @@ def render() -> None:
         return
     defaults = [reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards.values())]
     chosen = st.multiselect("Models", list(cards), default=defaults, key="cmp_models")
-    budget = st.slider("Timing budget, seconds (models are timed in turn until it is spent)", 1, 30, 5,
+    c1, c2, c3 = st.columns(3)
+    threshold, band = common.decision_sliders(c1, c2, cards[(chosen or defaults or list(cards))[0]], "cmp")
+    budget = c3.slider("Timing budget, seconds (models are timed in turn until it is spent)", 1, 30, 5,
                        key="cmp_budget")
-    f = st.file_uploader("One lesion photo", type=common.UPLOAD_TYPES, key="cmp_file")
+    f = st.file_uploader(f"One lesion photo ({common.FORMATS_TEXT})", type=common.UPLOAD_TYPES, key="cmp_file")
     if not chosen or f is None:
         st.info("Choose at least one model and upload a photo.")
         return
@@ -41,34 +43,53 @@ def render() -> None:
         # interleaved, as the benchmark does: a slow spell of a shared machine falls on every model alike
         times = interleaved_latencies([common.predictor(cards[n]) for n in chosen], img, runs=10_000, warmup=1,
                                       budget_s=budget)
-    rows = []
-    cols = st.columns(len(chosen))
-    for col, name, t in zip(cols, chosen, times):
-        card = cards[name]
-        a = common.analyse(card, data, f.name)
-        p = common.p_positive(card, a.logits, card.temperature)
-        ms = statistics.median(t)
-        label = card.task_labels[int(p >= 0.5)]
-        with col:
-            st.markdown(f"**{name}** · {card.role}")
-            st.image(common.cam_overlay(data, f.name, a.heatmap, 0.45), width="stretch",
-                     caption=f"Grad-CAM ({a.target})")
-            st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{name}")
-            st.caption(f"{label} · P = {p:.3f} · {ms:.1f} ms median")
-        rows.append({"model": name, "role": card.role, "arch": card.arch, "label": label,
-                     f"p_{card.task_labels[1]}": round(p, 4), "median_ms": round(ms, 2), "params": card.params,
-                     "size": common.human_size(card.file_bytes)})
-    df = pd.DataFrame(rows)
-    labels = set(df["label"])
-    if len(labels) == 1:
-        st.success(f"All {len(rows)} models agree: {labels.pop()}.")
+    cols = st.columns(len(chosen) + 1)
+    cols[0].image(img, caption=common.md(f.name), width="stretch")
+    rows = [_one_model(col, cards[name], data, f.name, t, threshold, band)
+            for col, name, t in zip(cols[1:], chosen, times)]
+    _agreement(rows, threshold, band)
+    _latency_chart(rows, len(times[0]), budget)
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+
+
+def _one_model(col, card, data: bytes, filename: str, times: list[float], threshold: float, band: float) -> dict:
+    """One model's column, worded as on Diagnose (at its own calibrated temperature), and its table row."""
+    a = common.analyse(card, data, filename, threshold, card.temperature)
+    p = common.p_positive(card, a.logits, card.temperature)
+    headline, colour = common.verdict(card, p, threshold, band)
+    ms = statistics.median(times)
+    with col:
+        st.markdown(f"**{common.md(card.name)}** · {card.role}")
+        st.image(common.cam_overlay(data, filename, a.heatmap, 0.45), width="stretch",
+                 caption=f"Grad-CAM: regions that raised the '{a.target}' score")
+        st.markdown(f"##### :{colour}[{headline}]")
+        st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
+        st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "
+                   f"{ms:.1f} ms median")
+    return {"model": card.name, "role": card.role, "arch": card.arch, "verdict": headline,
+            f"p_{card.task_labels[1]}": round(p, 4), "temperature": round(card.temperature, 3),
+            "median_ms": round(ms, 2), "params": card.params, "size": common.human_size(card.file_bytes)}
+
+
+def _agreement(rows: list[dict], threshold: float, band: float) -> None:
+    """Agreement in the verdicts' own words: two models that both say 'Uncertain' agree on nothing."""
+    verdicts = {r["verdict"] for r in rows}
+    where = f"at threshold {threshold:.2f} (uncertain within ±{band:.2f})"
+    if len(verdicts) == 1 and common.UNCERTAIN not in verdicts:
+        st.success(f"All {len(rows)} models: {verdicts.pop()}, {where}." if len(rows) > 1
+                   else f"{rows[0]['model']}: {verdicts.pop()}, {where}.")
+    elif len(verdicts) == 1:
+        st.info(f"No model can call this photo {where}: every one is too close to the threshold.")
     else:
-        st.warning("The models disagree on this photo: " + ", ".join(f"{r['model']} → {r['label']}" for r in rows))
+        st.warning(f"The models do not agree {where}: " + "; ".join(f"{r['model']}: {r['verdict']}" for r in rows))
+
+
+def _latency_chart(rows: list[dict], n_runs: int, budget: int) -> None:
+    df = pd.DataFrame(rows)
     fig = go.Figure(go.Bar(x=df["model"], y=df["median_ms"], text=[f"{v:.1f} ms" for v in df["median_ms"]],
                            marker_color=["#1f6f8b" if r == "teacher" else "#7fb8a4" for r in df["role"]]))
     fig.update_layout(height=300, yaxis_title="median latency, ms (preprocess + forward)",
                       margin=dict(l=10, r=10, t=30, b=10), title="Latency on this machine")
     st.plotly_chart(fig, width="stretch", key="cmp_latency")
-    st.caption(f"Median of {len(times[0])} timed runs per model, taken in turn until the {budget} s budget was "
+    st.caption(f"Median of {n_runs} timed runs per model, taken in turn until the {budget} s budget was "
                f"spent (at least 3 each); each model's first (warm-up) run is not counted.")
-    st.dataframe(df, width="stretch", hide_index=True)

@@ -41,12 +41,10 @@ def _settings(cards):
     temperature = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
                             key=f"dx_T_{card.name}", help=T_HELP)
     c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
-    threshold = c2.slider(f"Decision threshold on P({card.task_labels[1]})", 0.05, 0.95, 0.5, 0.01,
-                          key=f"dx_thr_{card.name}")
+    threshold, band = common.decision_sliders(c2, c3, card, f"dx_{card.name}")
     caption = _operating_caption(card, threshold, temperature)
     if caption:
         c2.caption(caption)
-    band = c3.slider("'Uncertain' band around the threshold (±)", 0.0, 0.3, 0.1, 0.01, key="dx_band")
     alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
     return card, temperature, threshold, band, alpha
 
