@@ -65,6 +65,10 @@ def test_upload_in_real_browser(server, tmp_path):
 
     image = tmp_path / "lesion.png"
     lesion(11, True, 160).save(image)
+    from dicoms import PHI_STRINGS, dicom_bytes
+
+    dicom = tmp_path / "dermoscope.dcm"
+    dicom.write_bytes(dicom_bytes(lesion(12, False, 160)))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
              "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -74,7 +78,7 @@ def test_upload_in_real_browser(server, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(server, timeout=60_000)
             page.get_by_text("not a medical device").first.wait_for(timeout=60_000)
-            page.locator("input[type=file]").first.set_input_files(str(image))
+            page.locator("input[type=file]").first.set_input_files([str(image), str(dicom)])
             page.get_by_text("P(malignant) =").first.wait_for(timeout=60_000)
             page.get_by_text("Grad-CAM:").first.wait_for(timeout=30_000)
             page.wait_for_function(
@@ -82,6 +86,40 @@ def test_upload_in_real_browser(server, tmp_path):
                 ".length >= 2", timeout=30_000)
             page.wait_for_selector(".js-plotly-plot", timeout=30_000)
             assert page.locator("[data-testid=stException]").count() == 0
+            page.get_by_text("dermoscope.dcm").first.wait_for(timeout=30_000)
+            assert not [s for s in PHI_STRINGS if s in page.content()]
             page.screenshot(path=str(ARTIFACTS / "e2e_diagnose.png"), full_page=True)
+            with page.expect_download(timeout=60_000) as download:
+                page.get_by_role("button", name="Download case report (PDF)").first.click()
+            pdf = tmp_path / "report.pdf"
+            download.value.save_as(pdf)
+            _check_report(pdf.read_bytes(), page)
+            _compare(page, server, image)
         finally:
             browser.close()
+
+
+def _check_report(pdf: bytes, page) -> None:
+    """The downloaded report names both photos with the verdicts the page shows, and no patient detail."""
+    from dicoms import PHI_STRINGS
+    from test_report import pages_text
+
+    text = pages_text(pdf)
+    assert len(text) == 3 and "lesion.png" in text[0] and "dermoscope.dcm" in text[0]
+    shown = [h.inner_text() for h in page.locator("h4").all()]
+    for headline in shown:
+        assert " ".join(headline.replace("—", "-").split()) in " ".join(text[1:])
+    assert not [s for s in PHI_STRINGS if s in " ".join(text)]
+
+
+def _compare(page, server: str, image: Path) -> None:
+    """Compare carries the threshold over from Diagnose and words its verdicts the same way."""
+    page.goto(server + "/compare", timeout=60_000)
+    page.get_by_text("Timing budget").first.wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    page.get_by_text("timed runs per model").first.wait_for(timeout=90_000)
+    assert page.get_by_text("lesion.png").count() >= 1  # the photo's caption, beside the overlays
+    verdicts = [h.inner_text() for h in page.locator("h5").all()]
+    assert len(verdicts) == 2 and all(v.startswith(("Leans ", "Uncertain")) for v in verdicts)
+    assert page.locator("[data-testid=stException]").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "e2e_compare.png"), full_page=True)
