@@ -295,13 +295,18 @@ class DecodedData:
     n_with_id: int = 0  # images whose lesion the metadata names
 
 
-def decode_dataset(ds: LesionDataset, size: int, check: Callable[[], None] | None = None) -> DecodedData:
-    """``check``: called every few images (a stop request raises there, so a cancel need not wait for decoding)."""
+def decode_dataset(ds: LesionDataset, size: int, check: Callable[[], None] | None = None,
+                   report: Callable[[int], None] | None = None) -> DecodedData:
+    """``check``: called every few images (a stop request raises there, so a cancel need not wait for decoding);
+    ``report``: told how many images are done, at the same points and at the end (a job's progress bar)."""
     imgs, targets, dx, hashes, paths, skipped, phashes = [], [], [], [], [], [], []
     dindex = {d: i for i, d in enumerate(ds.diagnoses)}
     for n, s in enumerate(ds.samples):
-        if check is not None and n % 16 == 0:
-            check()
+        if n % 16 == 0:
+            if check is not None:
+                check()
+            if report is not None:
+                report(n)
         try:
             img = load_image(s.path)
         except InvalidImageError as exc:
@@ -313,6 +318,8 @@ def decode_dataset(ds: LesionDataset, size: int, check: Callable[[], None] | Non
         targets.append(s.target)
         dx.append(dindex[s.diagnosis])
         paths.append(s.path)
+    if report is not None:
+        report(len(ds.samples))
     if skipped:
         log.warning("skipped %d unreadable file(s) in %s", len(skipped), ds.root)
     if len(set(targets)) < 2:

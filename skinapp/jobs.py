@@ -54,6 +54,22 @@ class JobState:
     def losses(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == "step"]
 
+    @property
+    def preparation(self) -> tuple[str, float, float | None] | None:
+        """(stage, fraction done, seconds left) of the latest preparation stage, until training starts."""
+        if self.status != "running" or self.losses:
+            return None
+        prep = [e for e in self.events if e.get("event") == "prepare"]
+        if not prep:
+            return None
+        return _stage(prep[-1])
+
+
+def _stage(e: dict[str, Any]) -> tuple[str, float, float | None]:
+    done, total = e.get("done", 0), max(1, e.get("total", 1))
+    eta = e.get("elapsed_s", 0) / done * (total - done) if done else None
+    return e.get("stage", "preparing"), min(1.0, done / total), eta
+
 
 def jobs_dir(root: str | Path | None = None) -> Path:
     d = Path(root or os.environ.get("SKINAPP_JOBS") or DEFAULT_JOBS_DIR)
@@ -130,10 +146,14 @@ def read_events(path: Path) -> list[dict[str, Any]]:
 
 
 def _preparing(events: list[dict[str, Any]]) -> str:
-    cache = [e for e in events if e.get("event") == "cache"]
-    if cache and "view" in cache[-1]:
-        return f"teacher logits: augmented pass {cache[-1]['view']} of {cache[-1]['views']} done"
-    return "loading the teacher's logits" if cache else "loading data"
+    last = next((e for e in reversed(events) if e.get("event") in ("prepare", "cache")), None)
+    if last is None:
+        return "loading data"
+    if last["event"] == "prepare":
+        return f"{last.get('stage', 'preparing')}: {last.get('done', 0)} of {last.get('total', '?')}"
+    if "view" in last:
+        return f"teacher logits: augmented pass {last['view']} of {last['views']} done"
+    return "loading the teacher's logits"
 
 
 def job_state(job_dir: Path) -> JobState:

@@ -120,3 +120,46 @@ def test_job_state_is_written_whole(tmp_path, monkeypatch):
     assert writes == [(".job.json.%d.tmp" % jobs.os.getpid(), "job.json")]
     assert json.loads((tmp_path / "job.json").read_text()) == {"pid": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["job.json"]
+
+
+def test_preparation_has_its_own_progress_and_eta(tmp_path):
+    import json
+    import os
+
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text(json.dumps({"pid": os.getpid(), "started": 0.0}))
+    events = [{"event": "prepare", "stage": "decoding the photos", "done": 400, "total": 1600, "elapsed_s": 10.0}]
+    (job / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    state = jobs.job_state(job)
+    assert state.preparation == ("decoding the photos", 0.25, 30.0)
+    assert state.message == "decoding the photos: 400 of 1600"
+    events.append({"event": "prepare", "stage": "the teacher's pass", "done": 0, "total": 900, "elapsed_s": 0.1})
+    (job / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert jobs.job_state(job).preparation == ("the teacher's pass", 0.0, None)  # no ETA from nothing done
+    events.append({"event": "step", "epoch": 1, "epochs": 2, "step": 1, "steps": 5, "loss": 0.7, "fraction": 0.1})
+    (job / "progress.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    state = jobs.job_state(job)
+    assert state.preparation is None and state.message == "training" and state.fraction == 0.1
+
+
+def test_decoding_reports_how_far_it_is(tiny_data):
+    from skinapp.data import decode_dataset, scan_dataset
+
+    ds = scan_dataset(tiny_data)
+    said = []
+    decode_dataset(ds, 32, report=said.append)
+    assert said == list(range(0, len(ds.samples), 16)) + [len(ds.samples)]
+
+
+def test_stage_events_are_throttled_but_the_last_always_comes(tmp_path):
+    import json
+
+    from skinapp.distill.progress import ProgressLog, Stage
+
+    path = tmp_path / "p.jsonl"
+    stage = Stage(ProgressLog(str(path)), "decoding the photos", 100, every_s=60)
+    for n in range(0, 101, 10):
+        stage.update(n)
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(e["event"], e["done"], e["total"]) for e in events] == [("prepare", 100, 100)]

@@ -696,3 +696,48 @@ def test_diagnose_offers_no_report_when_no_photo_could_be_read(env):
     at.file_uploader(key="dx_files").set_value(("bad.jpg", b"nope", "image/jpeg")).run()
     assert not at.exception and at.error
     assert not at.get("download_button")
+
+
+def test_train_progress_bar_reads_100_only_when_done():
+    from types import SimpleNamespace as NS
+
+    from skinapp.ui.train import _bar
+
+    running = NS(preparation=None, status="running", fraction=1.0, eta_s=3.0)
+    assert _bar(running) == (0.99, "Training: 99%, about 3 s left")
+    assert _bar(NS(preparation=None, status="done", fraction=1.0, eta_s=0.0)) == (1.0, "100% — done")
+    prep = NS(preparation=("decoding the photos", 0.5, 12.0), status="running", fraction=0.0, eta_s=None)
+    assert _bar(prep) == (0.5, "Preparing — decoding the photos: 50%, about 12 s left")
+
+
+def test_train_charts_have_labelled_axes_and_sane_ranges():
+    from skinapp.ui.train import _auc_chart, _counts_chart, _loss_chart
+
+    auc = _auc_chart([{"epoch": 1, "val_auc": 0.7}, {"epoch": 2, "val_auc": 0.8}])
+    assert auc.layout.xaxis.title.text == "epoch" and auc.layout.yaxis.title.text == "AUC"
+    assert tuple(auc.layout.yaxis.range) == (0, 1.02)
+    loss = _loss_chart([{"epoch": 1, "step": 5, "steps": 10, "loss": 0.6}, {"epoch": 2, "step": 10, "steps": 10,
+                                                                           "loss": 0.4}])
+    assert list(loss.data[0].x) == [0.5, 2.0] and loss.layout.xaxis.title.text == "epoch"
+    counts = _counts_chart({"melanoma": 5, "nevus": 7}, {"melanoma": "malignant", "nevus": "benign"})
+    assert [t.name for t in counts.data] == ["malignant", "benign"] and counts.layout.legend.title.text
+
+
+def test_train_history_follows_the_job_it_shows(env, tmp_path):
+    """The job history sits in the refreshed fragment: a job that ends shows as ended there too."""
+    import json
+
+    from skinapp import jobs
+
+    job = jobs.jobs_dir() / "20261130-000000-abc"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"pid": os.getpid(), "pid_start": None, "started": 1.0,
+                                              "args": {"name": "slow-one"}}))
+    (job / "progress.jsonl").write_text("")
+    at = page("train").run()
+    df = at.dataframe[-1].value
+    assert list(df["status"]) == [jobs.job_state(job).status]
+    (job / "progress.jsonl").write_text(json.dumps({"event": "done", "name": "slow-one"}) + "\n")
+    at.run()
+    assert list(at.dataframe[-1].value["status"]) == ["done"]
+    assert any("slow-one" in m.value and "done" in m.value for m in at.markdown)

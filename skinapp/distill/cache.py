@@ -13,7 +13,7 @@ import torch
 from ..data import augment_batch, resize_batch
 from . import teacher as _teacher
 from .config import TrainConfig
-from .progress import ProgressLog
+from .progress import ProgressLog, Stage
 from .teacher import Setup
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     big = max(size, st.teacher_card.input_size)
     t0 = time.time()
     dev = next(st.teacher.parameters()).device
+    stage = Stage(progress, "the teacher's pass over the training photos", n_aug * len(images))
     for k in range(n_aug):
         for i in range(0, len(images), 64):
             x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
@@ -87,6 +88,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
                 _teacher_pass(st, x01, batch_folds, features, check, logits[k, i:i + 64], feats, (k, i, n_aug,
                                                                                                   len(images)))
             views[k, i:i + 64] = (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
+            stage.update(k * len(images) + i + len(x01))
         progress.emit("cache", message="computing teacher logits" if known_logits is None else
                       f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))

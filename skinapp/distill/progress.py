@@ -32,6 +32,23 @@ class ProgressLog:
                 f.flush()
 
 
+class Stage:
+    """One preparation stage (decoding the photos, the teacher's pass) as 'prepare' events, at most one a second
+    and always the last, so the Train page shows a bar and an ETA before the first training step."""
+
+    def __init__(self, progress: ProgressLog, name: str, total: int, every_s: float = 1.0):
+        self.progress, self.name, self.total, self.every_s = progress, name, total, every_s
+        self.t0 = self.last = time.time()
+
+    def update(self, done: int, total: int | None = None) -> None:
+        now = time.time()
+        if done < self.total and now - self.last < self.every_s:
+            return
+        self.last = now
+        self.progress.emit("prepare", stage=self.name, done=done, total=total or self.total,
+                           elapsed_s=round(now - self.t0, 2))
+
+
 class Stopped(Exception):
     """Raised where a stop request is noticed outside the training steps (decoding, the teacher's pass)."""
 

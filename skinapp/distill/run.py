@@ -19,7 +19,7 @@ from .finish import finish
 from .features import pair_stages, stage_names, stage_shapes
 from .loop import FeatureKD, Loop, dist_info, evaluate, resolve_device, train_one_epoch
 from .objectives import needs_features
-from .progress import ProgressLog, Stopped, StopRequest
+from .progress import ProgressLog, Stage, Stopped, StopRequest
 from .teacher import check_teacher_split, fold_split, init_from_teacher, resolve_heads
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     ds = scan_dataset(cfg.data, cfg.task, cfg.label_map, cfg.metadata)
     st = resolve_heads(cfg, ds, registry)
     tsize = st.teacher_card.input_size if st.teacher_card else 0
-    decoded = decode_dataset(ds, max(size, tsize), check=stop.check)
+    decoded = decode_dataset(ds, max(size, tsize), check=stop.check,
+                             report=Stage(progress, "decoding the photos", len(ds.samples)).update)
     split = cfg.split_spec.split(decoded)
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     check_teacher_split(st, decoded, split)

@@ -176,11 +176,11 @@ def _card_details(card) -> None:
 
 
 def _card_json(card) -> None:
-    with st.expander("Full model card (JSON)"):
+    with st.expander("Full model card (JSON)", expanded=True):
         d = dataclasses.asdict(card)
         for key in ("metrics", "test_metrics"):
             d[key] = {k: v for k, v in d[key].items() if k not in CURVES}
-        st.json(d, expanded=False)
+        st.json(d, expanded=1)  # its sections open, their long lists folded
 
 
 def _paired() -> None:
@@ -219,8 +219,9 @@ def _sweep() -> None:
             st.caption("Dashed: the same DSNet trained without distillation. " + " ".join(
                 f"{c['name']}: {c['description']} AUC {c['auc_mean']:.4f} ± {c['auc_sd']:.4f} "
                 f"over {c['seeds']} seed(s)." for c in controls))
-        fig.update_layout(height=320, xaxis_type="log", xaxis_title="T", yaxis_title="validation AUC",
-                          margin=dict(l=10, r=10, t=10, b=10))
+        fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
+                          yaxis_title="validation AUC", margin=dict(l=10, r=10, t=10, b=10),
+                          xaxis=dict(tickvals=list(df["T"]), ticktext=[f"{t:g}" for t in df["T"]]))
         st.plotly_chart(fig, width="stretch", key="models_sweep")
 
 

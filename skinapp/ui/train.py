@@ -62,16 +62,25 @@ def _dataset_preview(path: str) -> bool:
         return False
     st.success(" · ".join(f"{k}: {v}" for k, v in classes.items()) + f" — {sum(counts.values())} images")
     _metadata_note(path, meta, sum(counts.values()))
-    fig = go.Figure(go.Bar(x=list(counts), y=list(counts.values()),
-                           marker_color=["#c0392b" if groups[d] in ("malignant", "melanoma") else "#3a8d5c"
-                                         for d in counts]))
-    fig.update_layout(height=240, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="images")
-    st.plotly_chart(fig, width="stretch", key="train_counts")
+    st.plotly_chart(_counts_chart(counts, groups), width="stretch", key="train_counts")
     if thumbs:
-        cols = st.columns(len(thumbs))
+        cols = st.columns(max(len(thumbs), 6))  # at least six, so a few thumbnails stay small
         for col, (dx, img) in zip(cols, thumbs):
-            col.image(img, caption=dx.replace("_", " "), width=112)
+            col.image(img, caption=dx.replace("_", " "), width="stretch")
     return True
+
+
+def _counts_chart(counts: dict[str, int], groups: dict[str, str]) -> go.Figure:
+    """Images per folder, one colour (and legend entry) per task label."""
+    fig = go.Figure()
+    for label in dict.fromkeys(groups[d] for d in counts):
+        folders = [d for d in counts if groups[d] == label]
+        positive = label in ("malignant", "melanoma")
+        fig.add_bar(x=[d.replace("_", " ") for d in folders], y=[counts[d] for d in folders], name=label,
+                    marker_color="#c0392b" if positive else "#3a8d5c")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="images",
+                      xaxis_title="folder (diagnosis)", legend_title_text="counts as", barmode="stack")
+    return fig
 
 
 def _bounds(name: str) -> tuple:
@@ -162,21 +171,16 @@ def _objective() -> str:
 
 @st.fragment(run_every=1.5)
 def _follow(job_id: str) -> None:
+    """The job's status, bar, curves and log, and the job history: all refreshed together while it runs."""
     state = jobs.job_state(jobs.jobs_dir() / job_id)
-    st.markdown(f"**Job {state.id}** — {state.spec['args'].get('name')}: {state.status} ({state.message})")
-    eta = f", about {state.eta_s:.0f} s left" if state.eta_s and state.status == "running" else ""
-    st.progress(min(1.0, state.fraction), text=f"{state.fraction:.0%}{eta}")
+    st.markdown(f"**Job {state.id}** — {common.md(state.spec['args'].get('name', ''))}: {state.status} "
+                f"({common.md(state.message)})")
+    st.progress(*_bar(state))
     c1, c2 = st.columns(2)
     if state.losses:
-        fig = go.Figure(go.Scatter(y=[e["loss"] for e in state.losses], mode="lines", name="loss"))
-        fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="training loss")
-        c1.plotly_chart(fig, width="stretch", key=f"loss_{job_id}")
+        c1.plotly_chart(_loss_chart(state.losses), width="stretch", key=f"loss_{job_id}")
     if state.history:
-        fig = go.Figure(go.Scatter(x=[e["epoch"] for e in state.history], y=[e["val_auc"] for e in state.history],
-                                   mode="lines+markers"))
-        fig.update_layout(height=220, margin=dict(l=10, r=10, t=30, b=10), title="validation AUC",
-                          xaxis_title="epoch")
-        c2.plotly_chart(fig, width="stretch", key=f"auc_{job_id}")
+        c2.plotly_chart(_auc_chart(state.history), width="stretch", key=f"auc_{job_id}")
     if state.status == "running":
         if st.button("Cancel", key=f"cancel_{job_id}"):
             jobs.cancel_job(job_id)
@@ -184,16 +188,57 @@ def _follow(job_id: str) -> None:
     elif state.status == "done":
         st.success(f"Model {state.model} is registered and selectable in Diagnose and Compare.")
     elif state.status == "failed":
-        st.error(f"Training failed: {state.message}")
+        st.error(f"Training failed: {common.md(state.message)}")
     with st.expander("Log", expanded=state.status == "failed"):
         st.code(jobs.log_tail(job_id) or "(empty)")
+    _history()
+
+
+def _bar(state) -> tuple[float, str]:
+    """Preparation (decoding, the teacher's pass) has its own bar and ETA; training's bar stops at 99% until
+    the model is registered, so 100% always means done."""
+    prep = state.preparation
+    if prep is not None:
+        stage, fraction, eta = prep
+        left = f", about {eta:.0f} s left" if eta is not None and fraction < 1 else ""
+        return min(fraction, 0.99), f"Preparing — {stage}: {fraction:.0%}{left}"
+    if state.status == "done":
+        return 1.0, "100% — done"
+    fraction = min(state.fraction, 0.99)
+    left = f", about {state.eta_s:.0f} s left" if state.eta_s and state.status == "running" else ""
+    return fraction, f"Training: {fraction:.0%}{left}" if state.status == "running" else f"{fraction:.0%}"
+
+
+def _loss_chart(steps: list[dict]) -> go.Figure:
+    x = [e["epoch"] - 1 + e["step"] / e["steps"] for e in steps]
+    fig = go.Figure(go.Scatter(x=x, y=[e["loss"] for e in steps], mode="lines", name="training loss"))
+    fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title="Training loss",
+                      xaxis_title="epoch", yaxis_title="loss (on the batch)", xaxis=dict(rangemode="tozero"))
+    return fig
+
+
+def _auc_chart(history: list[dict]) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=[e["epoch"] for e in history], y=[e["val_auc"] for e in history],
+                               mode="lines+markers", name="validation AUC"))
+    fig.update_layout(height=240, margin=dict(l=10, r=10, t=30, b=10), title="Validation AUC",
+                      xaxis_title="epoch", yaxis_title="AUC", yaxis=dict(range=[0, 1.02]),
+                      xaxis=dict(dtick=1 if len(history) <= 20 else None, rangemode="tozero"))
+    return fig
+
+
+def _history() -> None:
+    history = jobs.list_jobs()
+    if history:
+        with st.expander(f"Job history ({len(history)})"):
+            st.dataframe([{"job": h.id, "model": h.spec["args"].get("name"), "status": h.status,
+                           "message": h.message} for h in history], width="stretch", hide_index=True)
 
 
 def render() -> None:
     st.title("Train a student by distillation")
     reg = common.registry()
     path = st.text_input("Dataset folder on this server", value=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "",
-                         key="train_data", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis, inside "
+                         key="train_data", placeholder=f"e.g. {jobs.data_roots()[-1] / 'my-lesions'}", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis, inside "
                          + " or ".join(str(r) for r in jobs.data_roots()))
     valid = bool(path.strip()) and _dataset_preview(path.strip())
     args = _form(reg)
@@ -215,7 +260,3 @@ def render() -> None:
     current = st.session_state.get("train_job") or (history[0].id if history else None)
     if current:
         _follow(current)
-    if history:
-        with st.expander(f"Job history ({len(history)})"):
-            st.dataframe([{"job": h.id, "model": h.spec["args"].get("name"), "status": h.status,
-                           "message": h.message} for h in history], width="stretch", hide_index=True)
