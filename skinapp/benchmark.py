@@ -84,7 +84,9 @@ def benchmark_predictor(predictor: Predictor, img: Image.Image, single: list[flo
             "latency_ms_p50": round(p50, 3), "latency_ms_p95": round(p95, 3),
             "throughput_ips": round(throughput, 1), "batch": batch,
             "cam_ms_p50": round(_percentiles(cams)[0], 3), "params": card.params, "mflops": card.mflops,
-            "file_bytes": card.file_bytes, "dtype": card.dtype, "threads": torch.get_num_threads(), "runs": len(single)}
+            "file_bytes": card.file_bytes, "dtype": card.dtype, "runtime": card.runtime, "precision": card.precision,
+            "source": card.source, "threads": getattr(predictor.model, "threads", torch.get_num_threads()),
+            "runs": len(single)}
 
 
 def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None = None, threads: int | None = None,
@@ -97,6 +99,6 @@ def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None 
     img = image or synthetic_lesion()
     log.info("benchmark on %s, %d torch threads, image %dx%d", platform.processor() or platform.machine(),
              torch.get_num_threads(), img.width, img.height)
-    predictors = [Predictor(*registry.load(name)) for name in names]
+    predictors = [Predictor.from_registry(name, registry, threads) for name in names]
     single = interleaved_latencies(predictors, img, runs)
     return [benchmark_predictor(p, img, t) for p, t in zip(predictors, single)]

@@ -63,7 +63,7 @@ def cmd_predict(args, reg: Registry) -> int:
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     _check_report(args)  # a bad --report path or --band is refused before any work
-    pred = Predictor(*reg.load(args.model or reg.default("student").name))
+    pred = Predictor.from_registry(args.model or reg.default("student").name, reg)
     cam_names = cam_file_names(paths) if args.cam_out else {}
     rows, cases = [], []
     for path in paths:
@@ -147,10 +147,10 @@ def cam_file_names(paths: Sequence[Path]) -> dict[Path, str]:
 def cmd_evaluate(args, reg: Registry) -> int:
     from .inference import Predictor, compare_on_dataset, evaluate_dataset
 
-    pred = Predictor(*reg.load(args.model))
+    pred = Predictor.from_registry(args.model, reg)
     ds = scan_dataset(args.data, args.task or pred.card.task, args.label_map, args.metadata)
     if args.against:
-        c = compare_on_dataset(pred, Predictor(*reg.load(args.against)), ds, args.split)
+        c = compare_on_dataset(pred, Predictor.from_registry(args.against, reg), ds, args.split)
         _emit(c, args.json, f"{c['model_a']} vs {c['model_b']} on {c['data']} ({c['split']}, n={c['n']}): AUC "
                             f"{c['auc_a']:.4f} vs {c['auc_b']:.4f}, difference {c['delta_auc']:+.4f} (95% CI "
                             f"{c['delta_auc_ci'][0]:+.4f} to {c['delta_auc_ci'][1]:+.4f}; DeLong p = "
@@ -171,7 +171,7 @@ def cmd_evaluate(args, reg: Registry) -> int:
 def cmd_calibrate(args, reg: Registry) -> int:
     from .inference import Predictor, calibrate_on_split
 
-    pred = Predictor(*reg.load(args.model))
+    pred = Predictor.from_registry(args.model, reg)
     card = pred.card
     ds = scan_dataset(args.data, card.task, args.label_map, args.metadata)
     t, metrics, test = calibrate_on_split(pred, ds)
@@ -197,10 +197,11 @@ def cmd_benchmark(args, reg: Registry) -> int:
         reg.get(n)
     image = load_image(args.image) if args.image else None
     rows = run_benchmark(names, reg, args.threads, args.runs, image)
-    lines = [f"{'model':28} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>8} {'CAM ms':>8} {'params':>11} {'MFLOPs':>9} "
-             f"{'bytes':>11}"]
-    lines += [f"{r['model']:28} {r['latency_ms_p50']:8.2f} {r['latency_ms_p95']:8.2f} {r['throughput_ips']:8.1f} "
-              f"{r['cam_ms_p50']:8.2f} {r['params']:11,} {r['mflops']:9.1f} {r['file_bytes']:11,}" for r in rows]
+    lines = [f"{'model':28} {'runtime':12} {'p50 ms':>8} {'p95 ms':>8} {'img/s':>8} {'CAM ms':>8} {'params':>11} "
+             f"{'MFLOPs':>9} {'bytes':>11}"]
+    lines += [f"{r['model']:28} {r['runtime'] + ' ' + r['precision']:12} {r['latency_ms_p50']:8.2f} "
+              f"{r['latency_ms_p95']:8.2f} {r['throughput_ips']:8.1f} {r['cam_ms_p50']:8.2f} {r['params']:11,} "
+              f"{r['mflops']:9.1f} {r['file_bytes']:11,}" for r in rows]
     if rows:
         lines.append(f"(torch threads: {rows[0]['threads']}; single-image latency = preprocess + forward)")
     _emit(rows, args.json, "\n".join(lines))
@@ -215,6 +216,19 @@ def cmd_compress(args, reg: Registry) -> int:
     _emit(model_summary(card) | {"compression": c}, args.json,
           f"registered {card.name}: {c['source_bytes']:,} -> {c['bytes']:,} bytes ({c['ratio']}x); change on the "
           f"validation split: " + ", ".join(f"{k} {v:+.4f}" for k, v in c["change"].items()))
+    return 0
+
+
+def cmd_export(args, reg: Registry) -> int:
+    from .export import export_model
+
+    card = export_model(reg, args.model, args.data, args.name, args.int8, args.label_map, args.metadata,
+                        args.overwrite)
+    par, test = card.export["parity"], card.test_metrics.get("change", {})
+    _emit(model_summary(card) | {"export": card.export, "test_change": test}, args.json,
+          f"registered {card.name} ({card.precision}, onnx, {card.file_bytes:,} bytes) from {card.source}: "
+          f"probabilities within {par['max_abs_p']:.2g} of the source on {par['images']} validation images; "
+          f"test AUC change {test.get('auc', float('nan')):+.4f}")
     return 0
 
 
@@ -307,6 +321,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-map", dest="label_map")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("export", help="register an ONNX Runtime copy of a model (fp32, or --int8), measured")
+    p.add_argument("--model", required=True)
+    p.add_argument("--name", help="name of the copy (default: MODEL-onnx or MODEL-onnx-int8)")
+    p.add_argument("--data", required=True, help="the dataset the source was trained on (its validation split "
+                                                 "checks the copy and calibrates int8; test is only reported)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    p.add_argument("--label-map", dest="label_map")
+    p.add_argument("--metadata", help="CSV with image and lesion_id columns (default: found beside the data)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("fuse", help="register a teacher fused from registered models (mean probability)")
     p.add_argument("--members", required=True, help="comma-separated registered models, trained on one split")
     p.add_argument("--name", required=True)
@@ -349,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     reg = Registry(args.weights)
     handlers = {"models": cmd_models, "predict": cmd_predict, "evaluate": cmd_evaluate,
-                "calibrate": cmd_calibrate, "benchmark": cmd_benchmark, "compress": cmd_compress,
+                "calibrate": cmd_calibrate, "benchmark": cmd_benchmark, "compress": cmd_compress, "export": cmd_export,
                 "fuse": cmd_fuse,
                 "train-teacher": lambda a, r: cmd_train(a, r, "teacher"),
                 "distill": lambda a, r: cmd_train(a, r, "student")}

@@ -126,6 +126,6 @@ def explain(predictor, img: Image.Image, target: str | None = None, alpha: float
     if target not in card.task_labels:
         raise ExplainError(f"unknown Grad-CAM target {target!r}; choose one of: {', '.join(card.task_labels)}")
     indices = [i for i, g in enumerate(card.groups) if g == target]
-    heat = gradcam(predictor.model, x, card.cam_layer, indices)
+    heat = gradcam(predictor.cam_model(), x, card.cam_layer, indices)
     latency = (time.perf_counter() - t0) * 1000
     return CamResult(heat, overlay(img, heat, alpha), target, latency)

@@ -100,7 +100,7 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
         description=description or f"Fused from {', '.join(members)}: mean probability over members and "
                                    f"{len(VIEW_SETS[views])} view(s)")
     registry.register(model, card, overwrite=overwrite, dtype=dtype)
-    pred = Predictor(*registry.load(name))
+    pred = Predictor.from_registry(name, registry)
     ds = scan_dataset(data, first.task, label_map)
     temp, metrics, test_metrics = calibrate_on_split(pred, ds)
     log.info("fused %s: val AUC %.4f at T = %.3f", name, metrics["auc"], temp)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from .evaluation import (binary_metrics, bootstrap_ci, ece_null, grouped_probs, 
 from .protocol import Selection, SplitSpec, fit_and_report, select, subgroup_attributes
 from .models import fold_batchnorm, model_lock
 from .imageio import ImageSource, InvalidImageError, is_image_file, load_image
-from .registry import ModelCard, Registry
+from .registry import ModelCard, Registry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +44,43 @@ class Prediction:
 class Predictor:
     """A loaded model and its card. Read-only after construction, so one instance can serve many users."""
 
-    def __init__(self, model: nn.Module, card: ModelCard):
-        # channels-last lets oneDNN pick its fast convolution kernels on the CPU (measured: dsnet forward
-        # 3.4 ms -> 1.8 ms on 2 threads), and folded BatchNorms save a layer each; done once here, before the
-        # model is shared
-        self.model = fold_batchnorm(model, card.input_size).to(memory_format=torch.channels_last)
+    def __init__(self, model: nn.Module, card: ModelCard, registry: Registry | None = None):
         self.card = card
         self.positive = card.positive_indices
+        self.onnx = card.runtime == "onnx"
+        # channels-last lets oneDNN pick its fast convolution kernels on the CPU (measured: dsnet forward
+        # 3.4 ms -> 1.8 ms on 2 threads), and folded BatchNorms save a layer each; done once here, before the
+        # model is shared. An ONNX Runtime session has made its own such choices.
+        self.model = model if self.onnx else fold_batchnorm(model, card.input_size).to(
+            memory_format=torch.channels_last)
+        self.registry = registry
+        self._cam: nn.Module | None = None
+        self._cam_lock = threading.Lock()
 
     @classmethod
-    def from_registry(cls, name: str, registry: Registry | None = None) -> "Predictor":
-        return cls(*(registry or Registry()).load(name))
+    def from_registry(cls, name: str, registry: Registry | None = None, threads: int | None = None) -> "Predictor":
+        registry = registry or Registry()
+        return cls(*registry.load(name, threads), registry=registry)
+
+    def cam_model(self) -> nn.Module:
+        """The PyTorch network Grad-CAM runs on: this model, or for an ONNX copy the model it was made from
+        (loaded on first use and kept), since gradients need PyTorch."""
+        if not self.onnx:
+            return self.model
+        with self._cam_lock:
+            if self._cam is None:
+                if self.registry is None or not self.card.source:
+                    raise RegistryError(f"model {self.card.name!r} is an ONNX copy whose source model is not known "
+                                        f"here, so it has no Grad-CAM")
+                self._cam = Predictor.from_registry(self.card.source, self.registry).model
+            return self._cam
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         return to_tensor(img, self.card.input_size, self.card.mean, self.card.std)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onnx:  # ONNX Runtime sessions are safe under concurrent calls: no lock
+            return self.model(x)
         with model_lock(self.model), torch.inference_mode():
             return self.model(x.contiguous(memory_format=torch.channels_last))
 

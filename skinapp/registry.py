@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes, save_file
 from torch import nn
 
 from .models import build_fused, count_mflops, count_params, create_model, get_arch
@@ -79,6 +79,15 @@ class ModelCard:
     default: bool = False
     description: str = ""
     fusion: dict[str, Any] | None = None  # a model fused from registered ones: members, sizes, views
+    runtime: str = "torch"  # "onnx": the weights file is an ONNX graph run by ONNX Runtime
+    source: str | None = None  # the registered model this copy was made from (Grad-CAM runs on it)
+    export: dict[str, Any] | None = None  # how an ONNX copy was made: opset, runtime, quantisation, parity
+
+    @property
+    def precision(self) -> str:
+        if self.export and self.export.get("precision"):
+            return self.export["precision"]
+        return "fp16" if self.dtype == "float16" else "fp32"
 
     @property
     def reported(self) -> tuple[str, dict[str, Any]]:
@@ -147,7 +156,11 @@ def check_name(name: str) -> str:
 
 
 def _written_here(weights: Path) -> bool:
-    """A safetensors file ``register`` wrote: its metadata names the model after the file."""
+    """A weights file ``register`` wrote: its metadata names the model after the file."""
+    if weights.suffix == ".onnx":
+        from .runtime import graph_name
+
+        return graph_name(weights) == weights.stem
     try:
         with safe_open(str(weights), "pt") as f:
             return (f.metadata() or {}).get("name") == weights.stem
@@ -168,7 +181,8 @@ def model_summary(card: ModelCard) -> dict:
             "weights": card.weights, "input_size": card.input_size, "temperature": card.temperature,
             "dtype": card.dtype, "val_auc": card.metrics.get("auc"), "test_auc": card.test_metrics.get("auc"),
             "test_auc_ci": card.test_metrics.get("auc_ci"), "test_n": card.test_metrics.get("n"),
-            "protocol": card.data.get("protocol", "legacy: no locked test split"), "task": card.task}
+            "protocol": card.data.get("protocol", "legacy: no locked test split"), "task": card.task,
+            "runtime": card.runtime, "precision": card.precision, "source": card.source}
 
 
 @dataclass(frozen=True)
@@ -250,18 +264,29 @@ class Registry:
         marked = [c for c in cards if c.default]
         return marked[0] if marked else cards[0]
 
-    def load(self, name: str) -> tuple[nn.Module, ModelCard]:
-        """Build the network and load its weights after checking the file's sha256 and every key."""
+    def load(self, name: str, threads: int | None = None) -> tuple[nn.Module, ModelCard]:
+        """Build the network and load its weights after checking the file's sha256 and every key; an ONNX copy
+        comes back as an ONNX Runtime session (``threads`` intra-op threads) behind the same call."""
         card = self.get(name)
         path = self.root / card.weights
         if not path.is_file():
             raise ModelFileError(f"weights file {path} for model {name!r} is missing")
-        digest = sha256_file(path)
+        data = path.read_bytes()  # hashed and then used from memory: the file cannot change in between
+        digest = hashlib.sha256(data).hexdigest()
         if digest != card.sha256:
             raise ModelFileError(f"weights file {path} does not match its model card (sha256 {digest[:12]}... "
                                  f"expected {card.sha256[:12]}...): it was altered or replaced")
+        if card.runtime == "onnx":
+            from .runtime import OnnxModel, OnnxRuntimeError
+
+            try:
+                return OnnxModel(data, threads, name=card.name), card
+            except OnnxRuntimeError as exc:
+                raise ModelFileError(f"weights file {path} cannot be run: {exc}") from None
+        if card.runtime != "torch":
+            raise ModelFileError(f"model {name!r} has runtime {card.runtime!r}; choose torch or onnx")
         try:
-            state = load_file(str(path))
+            state = load_bytes(data)
         except (SafetensorError, OSError) as exc:
             raise ModelFileError(f"weights file {path} cannot be read: {exc}") from None
         model = build_network(card)
@@ -312,6 +337,31 @@ class Registry:
         log.info("registered %s (%s, %d bytes)", final.name, final.arch, final.file_bytes)
         return final
 
+    def register_onnx(self, graph: bytes, card: ModelCard, overwrite: bool = False) -> ModelCard:
+        """An ONNX copy: the graph as NAME.onnx, then its card (runtime onnx), under the registry's lock."""
+        if card.role not in ROLES:
+            raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
+        check_name(card.name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            self._recover()
+            if not overwrite and (card.name in self.names() or (self.root / f"{card.name}.json").exists()):
+                raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
+                                          f"{', '.join(self.names())}")
+            path = self.root / f"{card.name}.onnx"
+            _atomic_write(path, lambda tmp: Path(tmp).write_bytes(graph))
+            final = dataclasses.replace(
+                card, runtime="onnx", weights=path.name, sha256=sha256_file(path), file_bytes=path.stat().st_size,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), default=False)
+            try:
+                self.write_card(final)
+            except BaseException:
+                if not (self.root / f"{card.name}.json").exists():
+                    path.unlink(missing_ok=True)
+                raise
+        log.info("registered %s (onnx %s, %d bytes)", final.name, final.precision, final.file_bytes)
+        return final
+
     @contextmanager
     def _lock(self) -> Iterator[None]:
         """One writer at a time, so recovery never mistakes another writer's temp file for debris."""
@@ -332,13 +382,21 @@ class Registry:
 
     def _recover(self) -> list[str]:
         removed = [p for p in self.root.glob(".*.tmp") if p.is_file()]
-        for w in self.root.glob("*.safetensors"):
+        for w in [*self.root.glob("*.safetensors"), *self.root.glob("*.onnx")]:
             if not (self.root / f"{w.stem}.json").exists() and _written_here(w):
                 removed.append(w)
         for p in removed:
             log.warning("removing %s, left by a registration that did not finish", p)
             p.unlink(missing_ok=True)
         return [p.name for p in removed]
+
+    def remove(self, name: str) -> None:
+        """Unregister a model: its card first (no card, no entry), then its weights file."""
+        card = self.get(name)
+        with self._lock():
+            (self.root / f"{name}.json").unlink(missing_ok=True)
+            (self.root / card.weights).unlink(missing_ok=True)
+        log.info("removed %s", name)
 
     def write_card(self, card: ModelCard) -> None:
         path = self.root / f"{card.name}.json"

@@ -44,7 +44,7 @@ def registry() -> Registry:
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=16)
 def _load(name: str, sha256: str, root: str) -> Predictor:
-    return Predictor(*Registry(root).load(name))
+    return Predictor.from_registry(name, Registry(root))
 
 
 def broken_models_note() -> None:
@@ -72,7 +72,8 @@ def predictor(card: ModelCard) -> Predictor:
 
 def model_label(card: ModelCard) -> str:
     default = " ★" if card.default else ""
-    return (f"{card.name}{default} — {card.role}, {card.params / 1e6:.2f} M params, "
+    runtime = f", ONNX Runtime {card.precision}" if card.runtime == "onnx" else ""
+    return (f"{card.name}{default} — {card.role}{runtime}, {card.params / 1e6:.2f} M params, "
             f"{card.file_bytes / 1e6:.1f} MB, {auc_text(card)}")
 
 

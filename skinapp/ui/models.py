@@ -53,7 +53,8 @@ def _split_cell(card) -> str:
 def _row(card) -> dict:
     s, t = model_summary(card), card.test_metrics
     return {"name": s["name"], "role": s["role"], "default": s["default"], "arch": s["arch"],
-            "teacher": s["teacher"] or "—", "params": s["params"], "size": common.human_size(s["file_bytes"]),
+            "teacher": s["teacher"] or "—", "runtime": f"{s['runtime']} {s['precision']}",
+            "params": s["params"], "size": common.human_size(s["file_bytes"]),
             "val AUC": _shown(s["val_auc"]), "test AUC": _shown(s["test_auc"]),
             "test AUC 95% CI": _ci(s["test_auc_ci"]) or "—",
             "test sens@spec80": _with_ci(t.get("sens_at_spec80"), t.get("sens_at_spec80_ci")),
@@ -61,7 +62,8 @@ def _row(card) -> dict:
 
 
 def _table_columns() -> dict:
-    narrow = {k: st.column_config.Column(width=70) for k in ("role", "size", "val AUC", "test AUC", "test ECE")}
+    narrow = {k: st.column_config.Column(width=70) for k in ("role", "size", "val AUC", "test AUC", "test ECE",
+                                                              "runtime")}
     return narrow | {"name": st.column_config.TextColumn(pinned=True),
                      "default": st.column_config.CheckboxColumn(width=60),
                      "params": st.column_config.NumberColumn(format="compact", width=60),

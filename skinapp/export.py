@@ -1,0 +1,94 @@
+"""``python -m skinapp export``: a registered model as an ONNX Runtime copy (fp32, or static int8), measured.
+
+The copy is its own registry entry (``NAME.onnx`` + card with ``runtime: onnx``, ``source``, ``export``). It is
+judged against its source on the source's own split: probabilities on real validation images (fp32 must agree
+within ``PARITY``), AUC and the rest on validation and on the locked test split. int8 calibration reads
+validation images only, never test ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+import torch
+
+from .compress import copy_metrics
+from .data import DatasetError, decode_dataset, model_input, scan_dataset
+from .inference import Predictor, dataset_logits, split_logits
+from .registry import ModelCard, Registry, RegistryError, check_name
+from .runtime import INT8_SETTINGS, OPSET, export_graph, quantize_int8
+
+log = logging.getLogger(__name__)
+
+PARITY = 1e-4  # the most an fp32 copy's probability may differ from its source's, on any validation image
+CALIBRATION_IMAGES = 256
+
+
+class ExportError(RegistryError):
+    """The model cannot be exported, or its copy does not agree with it."""
+
+
+def export_model(registry: Registry, name: str, data: str, new_name: str | None = None, int8: bool = False,
+                 label_map: str | None = None, metadata: str | None = None, overwrite: bool = False) -> ModelCard:
+    source = Predictor.from_registry(name, registry)
+    card = source.card
+    if source.onnx:
+        raise ExportError(f"model {name!r} is already an ONNX copy; export its source {card.source!r} instead")
+    new_name = check_name(new_name or f"{name}-onnx{'-int8' if int8 else ''}")
+    ds = scan_dataset(data, card.task, label_map, metadata)
+    decoded = decode_dataset(ds, card.input_size)
+    val = split_logits(source, ds, "val", decoded)
+    if val.selection.split != "val":
+        raise DatasetError(f"{ds.root} is not {name}'s own data ({val.selection.note}); export with the folder it "
+                           f"was trained on, so the copy is calibrated and checked on its validation split")
+    graph = export_graph(_plain(source.model), card.input_size, new_name)
+    info = {"exporter": f"torch.onnx (TorchScript) {torch.__version__}", "opset": OPSET,
+            "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
+    if int8:
+        graph, calib = _int8(graph, card, decoded, val.selection.index, new_name)
+        info |= {"precision": "int8", "quantisation": INT8_SETTINGS | calib}
+    copy = dataclasses.replace(card, name=new_name, source=name, export=info, default=False,
+                               description=f"ONNX Runtime {info['precision']} copy of {name}. {card.description}")
+    registry.register_onnx(graph, copy, overwrite=overwrite)
+    made = Predictor.from_registry(new_name, registry)
+    parity = _parity(source, made, decoded, val.selection.index, val.logits)
+    if not int8 and parity["max_abs_p"] > PARITY:
+        registry.remove(new_name)
+        raise ExportError(f"the ONNX copy of {name} differs from it by {parity['max_abs_p']:.2g} in probability "
+                          f"(allowed {PARITY:g}); no copy was registered")
+    updates = copy_metrics(source, made, ds, decoded)
+    return registry.update(new_name, export=info | {"parity": parity}, **updates)
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    """The predictor's network back in the default memory format (the exporter traces strides too)."""
+    return model.to(memory_format=torch.contiguous_format).eval()
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _int8(graph: bytes, card: ModelCard, decoded, val_index: np.ndarray, name: str) -> tuple[bytes, dict]:
+    """Quantise on a seeded sample of validation images, recorded by count and digest."""
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(val_index, size=min(CALIBRATION_IMAGES, len(val_index)), replace=False))
+    batches = (model_input(decoded.images[torch.as_tensor(pick[i:i + 32])].float() / 255.0, card.input_size,
+                           card.mean, card.std).numpy() for i in range(0, len(pick), 32))
+    digest = hashlib.sha256("\n".join(decoded.hashes[i] for i in pick).encode()).hexdigest()[:16]
+    return quantize_int8(graph, batches, name), {"calibration_images": int(len(pick)),
+                                                 "calibration_split": "validation", "calibration_digest": digest}
+
+
+def _parity(source: Predictor, copy: Predictor, decoded, index: np.ndarray, src_logits: torch.Tensor) -> dict:
+    """How far the copy's outputs are from the source's on the same validation images."""
+    logits = dataset_logits(copy, decoded, index)
+    p_src, p_copy = source.probabilities(src_logits), copy.probabilities(logits)
+    agree = ((p_src >= 0.5) == (p_copy >= 0.5)).float().mean()
+    return {"images": int(len(index)), "split": "validation",
+            "max_abs_p": float((p_src - p_copy).abs().max()), "max_abs_logit": float((src_logits - logits).abs().max()),
+            "label_agreement": round(float(agree), 6)}

@@ -1,0 +1,183 @@
+"""ONNX Runtime copies: registered with their source, checked like safetensors, same answers, Grad-CAM via the
+source, int8 calibrated on validation images only."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import lesion
+from skinapp.data import decode_dataset, model_input, scan_dataset
+from skinapp.explain import explain
+from skinapp.inference import Predictor, split_logits
+from skinapp.registry import ModelFileError, Registry
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_registry, tiny_data, tmp_path_factory):
+    """A registry copy holding tiny-student's fp32 and int8 ONNX copies; the int8 calibration batches kept."""
+    from skinapp import export, runtime
+
+    root = tmp_path_factory.mktemp("onnx") / "weights"
+    shutil.copytree(tiny_registry, root)
+    reg = Registry(root)
+    export.export_model(reg, "tiny-student", str(tiny_data))
+    seen = []
+    real = runtime.quantize_int8
+
+    def spy(graph, batches, name):
+        batches = [b.copy() for b in batches]
+        seen.extend(batches)
+        return real(graph, batches, name)
+
+    export.quantize_int8 = spy
+    try:
+        export.export_model(reg, "tiny-student", str(tiny_data), int8=True)
+    finally:
+        export.quantize_int8 = real
+    return reg, np.concatenate(seen)
+
+
+def test_copies_are_registered_with_their_source(exported):
+    reg, _ = exported
+    src = reg.get("tiny-student")
+    for name, precision in (("tiny-student-onnx", "fp32"), ("tiny-student-onnx-int8", "int8")):
+        card = reg.get(name)
+        assert (card.runtime, card.precision, card.source, card.weights) == ("onnx", precision, "tiny-student",
+                                                                             f"{name}.onnx")
+        assert card.export["opset"] >= 13 and card.export["runtime"].startswith("onnxruntime")
+        assert card.input_size == src.input_size and card.label_names == src.label_names and not card.default
+        assert "auc" in card.test_metrics["change"] and card.test_metrics["n"] == src.test_metrics["n"]
+    assert reg.get("tiny-student-onnx").export["parity"]["max_abs_p"] <= 1e-4
+    q = reg.get("tiny-student-onnx-int8").export["quantisation"]
+    assert q["calibration_split"] == "validation" and q["format"] == "QDQ" and q["calibration_images"] > 0
+
+
+def test_fp32_copy_gives_the_sources_probabilities(exported, tiny_data):
+    reg, _ = exported
+    src, copy = Predictor.from_registry("tiny-student", reg), Predictor.from_registry("tiny-student-onnx", reg)
+    for seed in range(6):
+        img = lesion(seed, seed % 2 == 0, 70)
+        assert copy.predict_image(img).p_positive == pytest.approx(src.predict_image(img).p_positive, abs=1e-4)
+
+
+def test_int8_calibration_reads_validation_images_only(exported, tiny_data):
+    reg, calib = exported
+    card = reg.get("tiny-student")
+    ds = scan_dataset(tiny_data)
+    decoded = decode_dataset(ds, card.input_size)
+    pred = Predictor.from_registry("tiny-student", reg)
+
+    def inputs(split):
+        index = split_logits(pred, ds, split, decoded).selection.index
+        return model_input(decoded.images[torch.as_tensor(index)].float() / 255, card.input_size, card.mean,
+                           card.std).numpy()
+
+    val, test = inputs("val"), inputs("test")
+    assert len(calib) == reg.get("tiny-student-onnx-int8").export["quantisation"]["calibration_images"]
+    for x in calib:
+        assert np.isclose(val, x, atol=1e-6).all(axis=(1, 2, 3)).any()
+        assert not np.isclose(test, x, atol=1e-6).all(axis=(1, 2, 3)).any()
+
+
+def test_a_tampered_graph_is_refused(exported, tmp_path):
+    reg, _ = exported
+    root = tmp_path / "w"
+    shutil.copytree(reg.root, root)
+    path = root / "tiny-student-onnx.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="does not match its model card"):
+        Registry(root).load("tiny-student-onnx")
+
+
+def test_grad_cam_of_a_copy_comes_from_its_source(exported):
+    reg, _ = exported
+    img = lesion(3, True, 64)
+    src, copy = Predictor.from_registry("tiny-student", reg), Predictor.from_registry("tiny-student-onnx", reg)
+    a, b = explain(src, img, "malignant"), explain(copy, img, "malignant")
+    assert np.allclose(a.heatmap, b.heatmap, atol=1e-5) and b.target == "malignant"
+
+
+def test_one_session_serves_concurrent_callers(exported):
+    reg, _ = exported
+    copy = Predictor.from_registry("tiny-student-onnx", reg, threads=1)
+    xs = [copy.preprocess(lesion(s, s % 2 == 0, 64)) for s in range(8)]
+    want = [copy.logits(x) for x in xs]
+    got: dict[int, list] = {}
+
+    def worker(k):
+        got[k] = [copy.logits(x) for x in xs for _ in range(5)][::5]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(got[k], want))
+
+
+def test_an_onnx_copy_is_not_exported_again(exported, tiny_data):
+    from skinapp.export import ExportError, export_model
+
+    reg, _ = exported
+    with pytest.raises(ExportError, match="already an ONNX copy; export its source 'tiny-student'"):
+        export_model(reg, "tiny-student-onnx", str(tiny_data))
+
+
+def test_recovery_removes_an_orphan_graph_but_not_a_users_file(exported, tmp_path):
+    reg, _ = exported
+    root = tmp_path / "w"
+    shutil.copytree(reg.root, root)
+    (root / "tiny-student-onnx.json").unlink()  # killed between the graph and its card
+    (root / "mine.onnx").write_bytes(b"a user's own file")
+    removed = Registry(root).recover()
+    assert removed == ["tiny-student-onnx.onnx"] and (root / "mine.onnx").exists()
+
+
+def test_cli_lists_predicts_and_benchmarks_copies(exported, tmp_path):
+    reg, _ = exported
+    image = tmp_path / "x.png"
+    lesion(5, True, 80).save(image)
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "skinapp", "--weights", str(reg.root), *args, "--json"],
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    rows = {r["name"]: r for r in run("models")}
+    assert (rows["tiny-student-onnx-int8"]["runtime"], rows["tiny-student-onnx-int8"]["precision"],
+            rows["tiny-student-onnx-int8"]["source"]) == ("onnx", "int8", "tiny-student")
+    assert (rows["tiny-student"]["runtime"], rows["tiny-student"]["source"]) == ("torch", None)
+    (p,) = run("predict", "--model", "tiny-student-onnx", str(image))
+    src = Predictor.from_registry("tiny-student", reg).predict(image)
+    assert p["p_positive"] == pytest.approx(src.p_positive, abs=1e-4)
+    bench = run("benchmark", "--models", "tiny-student,tiny-student-onnx", "--runs", "3", "--threads", "1")
+    assert [(b["runtime"], b["precision"]) for b in bench] == [("torch", "fp32"), ("onnx", "fp32")]
+    assert all(b["latency_ms_p50"] > 0 and b["cam_ms_p50"] > 0 for b in bench)
+
+
+def test_diagnose_runs_an_onnx_copy(exported, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from test_ui import APP, png
+
+    reg, _ = exported
+    monkeypatch.setenv("SKINAPP_WEIGHTS", str(reg.root))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.selectbox(key="dx_model").set_value(reg.get("tiny-student-onnx-int8")).run()
+    at.file_uploader(key="dx_files").set_value(("a.png", png(9), "image/png")).run()
+    assert not at.exception and not at.error
+    assert any(c.value.startswith("P(malignant) =") for c in at.caption)
+    assert "ONNX Runtime int8" in at.selectbox(key="dx_model").format_func(at.selectbox(key="dx_model").value)
