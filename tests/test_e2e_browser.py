@@ -95,6 +95,7 @@ def test_upload_in_real_browser(server, tmp_path):
             download.value.save_as(pdf)
             _check_report(pdf.read_bytes(), page)
             _compare(page, server, image)
+            _other_pages(page, server)
         finally:
             browser.close()
 
@@ -123,3 +124,14 @@ def _compare(page, server: str, image: Path) -> None:
     assert len(verdicts) == 2 and all(v.startswith(("Leans ", "Uncertain")) for v in verdicts)
     assert page.locator("[data-testid=stException]").count() == 0
     page.screenshot(path=str(ARTIFACTS / "e2e_compare.png"), full_page=True)
+
+
+def _other_pages(page, server: str) -> None:
+    """Models and Train open without an error; their screenshots are saved for a reviewer."""
+    for path, ready, shot in (("/models", "Model card", "e2e_models.png"), ("/train", "Launch training",
+                                                                          "e2e_train.png")):
+        page.goto(server + path, timeout=60_000)
+        page.get_by_text(ready).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(1500)  # charts draw after the text
+        assert page.locator("[data-testid=stException]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
