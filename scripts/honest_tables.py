@@ -29,9 +29,9 @@ def _ci(v) -> str:
 
 
 def model_rows(cards: list[ModelCard]) -> list[str]:
-    out = ["| model | role | params | size | val AUC | test AUC [95% CI] | test sens@spec80 [95% CI] | test ECE "
-           "(T = 1 → fitted T) | T | split |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| model | role | runtime | params | size | val AUC | test AUC [95% CI] | test sens@spec80 [95% CI] | "
+           "test ECE (T = 1 → fitted T) | T | split |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in cards:
         t = c.test_metrics
         name = f"`{c.name}`" + (" (default)" if c.default else "")
@@ -41,7 +41,8 @@ def model_rows(cards: list[ModelCard]) -> list[str]:
                     f"locked test, n = {t['n']}")
         else:
             test = ("—", "—", "—", f"none: made before the locked test split (val n = {c.metrics.get('n')})")
-        out.append(f"| {name} | {c.role} | {c.params:,} | {c.file_bytes / 1e6:.2f} MB | {c.metrics['auc']:.3f} | "
+        out.append(f"| {name} | {c.role} | {c.runtime} {c.precision} | {c.params:,} | {c.file_bytes / 1e6:.2f} MB | "
+                   f"{c.metrics['auc']:.3f} | "
                    f"{test[0]} | {test[1]} | {test[2]} | {c.temperature:.2f} | {test[3]} |")
     return out
 
@@ -51,16 +52,21 @@ def same_split(a: ModelCard, b: ModelCard) -> bool:
     return bool(da and db and da.get("test") == db.get("test"))
 
 
+def _copy(c: ModelCard) -> bool:
+    """An fp16 or ONNX copy: judged against its source in its own card, not paired again."""
+    return bool(c.source) or "compression" in c.metrics
+
+
 def pairs(cards: list[ModelCard]) -> list[tuple[ModelCard, ModelCard, str]]:
     """(student, reference, relation): each distilled student against its control (same network, input size,
     no teacher) and its teacher, where both were made under the same locked test split."""
     by_name = {c.name: c for c in cards}
     out = []
     for s in cards:
-        if s.role != "student" or not s.teacher or "compression" in s.metrics:
+        if s.role != "student" or not s.teacher or _copy(s):
             continue
         controls = [c for c in cards if c.role == "student" and not c.teacher and c.arch == s.arch
-                    and c.input_size == s.input_size and "compression" not in c.metrics]
+                    and c.input_size == s.input_size and not _copy(c)]
         for c in controls:
             if same_split(s, c):
                 out.append((s, c, "vs its no-KD control"))
@@ -77,7 +83,8 @@ def compare_all(cards: list[ModelCard], data: str) -> list[dict]:
     reg, rows = Registry(), []
     for a, b, relation in pairs(cards):
         ds = scan_dataset(data, a.task)
-        r = compare_on_dataset(Predictor(*reg.load(a.name)), Predictor(*reg.load(b.name)), ds, "auto")
+        r = compare_on_dataset(Predictor.from_registry(a.name, reg), Predictor.from_registry(b.name, reg), ds,
+                               "auto")
         rows.append({"relation": relation} | {k: r[k] for k in ("model_a", "model_b", "split", "n", "n_positive",
                                                                  "auc_a", "auc_b", "delta_auc", "delta_auc_ci",
                                                                  "p_delong")})

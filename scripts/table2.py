@@ -39,7 +39,8 @@ def main() -> int:
                  else "val", "--json")
         b = bench[card.name]
         pc = ev["per_class"]
-        rows.append({"model": card.name, "role": card.role, "arch": card.arch, "teacher": card.teacher,
+        rows.append({"model": card.name, "role": card.role, "runtime": f"{b['runtime']} {b['precision']}",
+                     "arch": card.arch, "teacher": card.teacher,
                      "params": card.params, "mflops": card.mflops, "file_bytes": card.file_bytes,
                      "train_time_s": card.train.get("train_time_s"), "latency_ms_p50": b["latency_ms_p50"],
                      "latency_ms_p95": b["latency_ms_p95"], "throughput_ips": b["throughput_ips"],
@@ -54,12 +55,12 @@ def main() -> int:
           f"p50 over {args.runs} runs, the models timed in turn (interleaved), each warm; "
           "throughput = forward on batches of 32; AUC etc. on each model's locked test split where it has one, "
           "else on its validation split (optimistic: tuned on it).\n")
-    print("| model | role | params | MFLOPs | size | train s | p50 ms | p95 ms | img/s | Grad-CAM ms | AUC | acc | "
-          "bal. acc | benign P/R/F1 | malignant P/R/F1 | split (n) |")
-    print("|" + "---|" * 16)
+    print("| model | role | runtime | params | MFLOPs | size | train s | p50 ms | p95 ms | img/s | Grad-CAM ms | AUC | "
+          "acc | bal. acc | benign P/R/F1 | malignant P/R/F1 | split (n) |")
+    print("|" + "---|" * 17)
     for r in rows:
         b, m = r["per_class"]["benign"], r["per_class"]["malignant"]
-        print(f"| {r['model']} | {r['role']} | {r['params']:,} | {r['mflops']:.0f} | {r['file_bytes'] / 1e6:.2f} MB | "
+        print(f"| {r['model']} | {r['role']} | {r['runtime']} | {r['params']:,} | {r['mflops']:.0f} | {r['file_bytes'] / 1e6:.2f} MB | "
               f"{r['train_time_s'] or '-'} | {r['latency_ms_p50']:.2f} | {r['latency_ms_p95']:.2f} | "
               f"{r['throughput_ips']:.0f} | {r['cam_ms_p50']:.1f} | {r['auc']:.4f} [{r['auc_ci'][0]:.3f}, "
               f"{r['auc_ci'][1]:.3f}] | {r['accuracy']:.4f} | "

@@ -21,7 +21,7 @@ def compress_model(registry: Registry, name: str, new_name: str, data: str, dtyp
     model, card = registry.load(name)
     ds = scan_dataset(data, card.task, label_map)
     decoded = decode_dataset(ds, card.input_size)  # the copy has the same input size: decode the folder once
-    copy = dataclasses.replace(card, name=new_name, default=False, created="",
+    copy = dataclasses.replace(card, name=new_name, default=False, created="", source=name,
                                description=f"{dtype} copy of {name}. {card.description}".strip())
     new = registry.register(model, copy, overwrite=overwrite, dtype=dtype)
     updates = copy_metrics(Predictor(model, card), Predictor.from_registry(new_name, registry), ds, decoded)

@@ -1,6 +1,8 @@
 """The experiment scripts' bookkeeping: tables built from per-run records (the runs themselves are CLI calls)."""
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import sys
@@ -90,6 +92,8 @@ def test_honest_tables_pairs_only_models_that_share_a_locked_test_split():
              _card("kd-fp16", teacher="t", compression=True), _card("old-nokd", test=None),
              _card("other-split-nokd", test="T2"), _card("kd-old-teacher", teacher="old-t"),
              _card("old-t", role="teacher", arch="fused", test=None)]
+    cards.append(dataclasses.replace(_card("kd-onnx-int8", teacher="t"), source="kd", runtime="onnx",
+                                     export={"precision": "int8"}))  # a copy: judged in its own card
     got = [(a.name, b.name, rel) for a, b, rel in tables.pairs(cards)]
     assert got == [("kd", "nokd", "vs its no-KD control"), ("kd", "t", "vs its teacher"),
                    ("kd-old-teacher", "nokd", "vs its no-KD control")]
@@ -98,6 +102,7 @@ def test_honest_tables_pairs_only_models_that_share_a_locked_test_split():
     old = next(r for r in rows if r.startswith("| `old-nokd`"))
     assert "made before the locked test split" in old and "| — |" in old
     assert "0.800 [0.760, 0.830]" in next(r for r in rows if r.startswith("| `kd` "))
+    assert "| onnx int8 |" in next(r for r in rows if r.startswith("| `kd-onnx-int8` "))
 
 
 def test_honest_tables_writes_between_markers_only(tmp_path):
