@@ -63,7 +63,7 @@ def cmd_predict(args, reg: Registry) -> int:
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     _check_report(args)  # a bad --report path or --band is refused before any work
-    pred = Predictor.from_registry(args.model or reg.default("student").name, reg)
+    pred = Predictor.from_registry(args.model or reg.default("student").name, reg, _threads(args))
     cam_names = cam_file_names(paths) if args.cam_out else {}
     rows, cases = [], []
     for path in paths:
@@ -125,6 +125,15 @@ def _predict_one(pred, path: Path, args, cam_name: str | None):
     return row, CaseResult(path.name, display_copy(img), cam.overlay, cam.target, p.p_positive)
 
 
+def _threads(args) -> int | None:
+    """--threads for PyTorch (process-wide) and for an ONNX Runtime session (per model)."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args.threads
+
+
 def shown(x: object) -> str:
     """A path or message on one line: control characters in a file name (a newline could forge a result line)
     printed as escapes."""
@@ -147,10 +156,10 @@ def cam_file_names(paths: Sequence[Path]) -> dict[Path, str]:
 def cmd_evaluate(args, reg: Registry) -> int:
     from .inference import Predictor, compare_on_dataset, evaluate_dataset
 
-    pred = Predictor.from_registry(args.model, reg)
+    pred = Predictor.from_registry(args.model, reg, _threads(args))
     ds = scan_dataset(args.data, args.task or pred.card.task, args.label_map, args.metadata)
     if args.against:
-        c = compare_on_dataset(pred, Predictor.from_registry(args.against, reg), ds, args.split)
+        c = compare_on_dataset(pred, Predictor.from_registry(args.against, reg, _threads(args)), ds, args.split)
         _emit(c, args.json, f"{c['model_a']} vs {c['model_b']} on {c['data']} ({c['split']}, n={c['n']}): AUC "
                             f"{c['auc_a']:.4f} vs {c['auc_b']:.4f}, difference {c['delta_auc']:+.4f} (95% CI "
                             f"{c['delta_auc_ci'][0]:+.4f} to {c['delta_auc_ci'][1]:+.4f}; DeLong p = "
@@ -283,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, help="softmax temperature (default: the card's calibrated one)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--cam-out", dest="cam_out", help="folder for Grad-CAM overlays")
+    p.add_argument("--threads", type=int, help="CPU threads for the model (PyTorch or ONNX Runtime)")
     p.add_argument("--report", metavar="PDF", help="also write a PDF case report (photo, Grad-CAM, verdict)")
     p.add_argument("--band", type=float, default=0.1,
                    help="the report's 'uncertain' band around the threshold (default 0.1, as on the Diagnose page)")
@@ -293,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)
         p.add_argument("--data", required=True)
+        p.add_argument("--threads", type=int, help="CPU threads for the model (PyTorch or ONNX Runtime)")
         p.add_argument("--label-map", dest="label_map")
         p.add_argument("--metadata", help="CSV with image and lesion_id columns (default: found beside the data)")
         p.add_argument("--json", action="store_true")
