@@ -157,9 +157,11 @@ def test_progress_log_events(tiny_data, tmp_path):
     assert card is not None and reg.names() == ["p1"]
     ev = events(progress)
     kinds = [e["event"] for e in ev]
-    assert kinds[0] == "start" and kinds[-1] == "done"
+    prep = [e for e in ev[:kinds.index("start")] if e["event"] == "prepare"]
+    assert kinds.index("start") == len(prep) and kinds[-1] == "done"  # preparation, then training
+    assert prep[-1]["stage"] == "decoding the photos" and prep[-1]["done"] == prep[-1]["total"] == 32
     assert kinds.count("epoch") == 2 and "step" in kinds and "error" not in kinds
-    start = ev[0]
+    start = ev[len(prep)]
     assert start["n_train"] + start["n_val"] + start["n_test"] == 32 and start["epochs"] == 2 and start["world_size"] == 1
     steps = [e for e in ev if e["event"] == "step"]
     assert all("eta_s" in e and e["eta_s"] >= 0 and 0 < e["fraction"] <= 1 for e in steps)
@@ -192,7 +194,7 @@ def test_stop_file_stops_without_registering(registry_copy, tiny_data, tmp_path,
                              progress=str(progress), stop_file=str(stop), **TINY | {"epochs": 3}), reg)
     assert card is None
     assert sorted(p.name for p in registry_copy.iterdir()) == before
-    kinds = [e["event"] for e in events(progress)]
+    kinds = [e["event"] for e in events(progress) if e["event"] != "prepare"]
     assert kinds[0] == "start" and kinds[-1] == "stopped"
     assert "done" not in kinds and "epoch" not in kinds
     assert "stopped-student" not in reg.names()
@@ -305,7 +307,7 @@ def test_torchrun_two_processes(registry_copy, tiny_data, tmp_path):
     ev = events(progress)
     # only rank 0 writes progress: one start, one done
     assert [e["event"] for e in ev].count("start") == 1 and ev[-1]["event"] == "done"
-    assert ev[0]["world_size"] == 2
+    assert next(e for e in ev if e["event"] == "start")["world_size"] == 2
     Registry(registry_copy).load("ddp-student")
 
 
