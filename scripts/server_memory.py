@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -41,8 +40,8 @@ def drive(url: str, chromium: str, photos: list[Path], teacher: str, pid: int) -
             page.goto(url, timeout=120_000)
             page.get_by_text("not a medical device").first.wait_for(timeout=120_000)
             page.get_by_test_id("stSelectbox").first.click()
-            page.get_by_role("option", name=re.compile(re.escape(teacher))).first.click()
-            page.get_by_text(f"{teacher} ★").first.wait_for(timeout=60_000)
+            page.get_by_role("option", name=f"{teacher} ★", exact=False).first.click()
+            page.wait_for_timeout(2000)
             for i in range(0, len(photos), 5):
                 t0 = time.perf_counter()
                 page.locator("input[type=file]").first.set_input_files([str(q) for q in photos[i:i + 5]])
@@ -51,6 +50,7 @@ def drive(url: str, chromium: str, photos: list[Path], teacher: str, pid: int) -
                 marks[f"after_{done}_mb"] = rss_mb(pid)
                 marks[f"batch_{i // 5 + 1}_s"] = round(time.perf_counter() - t0, 1)
             marks["exceptions"] = page.locator("[data-testid=stException]").count()
+            marks["answered_by_teacher"] = page.get_by_text(f"model {teacher}").count()
         finally:
             browser.close()
     return marks
@@ -83,7 +83,8 @@ def main() -> int:
     report = {k: round(v, 1) if isinstance(v, float) else v for k, v in report.items()}
     report |= {"teacher": teacher, "photos": args.photos, "limit_mb": args.limit_mb}
     print(json.dumps(report, indent=2))
-    return 0 if report["end_mb"] <= args.limit_mb and not report["exceptions"] else 1
+    ok = report["answered_by_teacher"] == args.photos and not report["exceptions"]
+    return 0 if ok and report["end_mb"] <= args.limit_mb else 1
 
 
 if __name__ == "__main__":
