@@ -86,10 +86,8 @@ def cmd_predict(args, reg: Registry) -> int:
 
 
 def _check_report(args) -> None:
-    """The report's path and settings, checked up front so a typo does not surface after minutes of Grad-CAM."""
-    if args.temperature is not None:
-        checks.temperature(args.temperature)
-    checks.threshold(args.threshold)
+    """The report's path and band, checked up front so a typo does not surface after minutes of Grad-CAM
+    (temperature and threshold are checked for every command by ``_check_args``)."""
     if not args.report:
         return
     from .report import check_band

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-
 import time
 from dataclasses import dataclass
 from typing import Sequence

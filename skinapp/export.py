@@ -7,6 +7,7 @@ validation images only, never test ones.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -63,8 +64,9 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
 
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:
-    """The predictor's network back in the default memory format (the exporter traces strides too)."""
-    return model.to(memory_format=torch.contiguous_format).eval()
+    """A copy of the predictor's network in the default memory format (the exporter traces strides too); the
+    predictor keeps its channels-last one, which it goes on using to judge the copy."""
+    return copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
 
 
 def _ort_version() -> str:

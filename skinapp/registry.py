@@ -155,6 +155,10 @@ def check_name(name: str) -> str:
     return name
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _written_here(weights: Path) -> bool:
     """A weights file ``register`` wrote: its metadata names the model after the file."""
     if weights.suffix == ".onnx":
@@ -280,7 +284,7 @@ class Registry:
             from .runtime import OnnxModel, OnnxRuntimeError
 
             try:
-                return OnnxModel(data, threads, name=card.name), card
+                return OnnxModel(data, threads), card
             except OnnxRuntimeError as exc:
                 raise ModelFileError(f"weights file {path} cannot be run: {exc}") from None
         if card.runtime != "torch":
@@ -305,40 +309,24 @@ class Registry:
         """Save weights then card atomically; the card is written last, so a crash never leaves a broken entry."""
         if not card.fusion:
             get_arch(card.arch)
-        if card.role not in ROLES:
-            raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
-        check_name(card.name)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            self._recover()
-            return self._register(model, card, overwrite, dtype)
-
-    def _register(self, model: nn.Module, card: ModelCard, overwrite: bool, dtype: str) -> ModelCard:
-        if not overwrite and (card.name in self.names() or (self.root / f"{card.name}.json").exists()):
-            raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
-                                      f"{', '.join(self.names())}")
         if dtype not in ("float32", "float16"):
             raise RegistryError(f"dtype {dtype!r} must be float32 or float16")
         cast = torch.float16 if dtype == "float16" else torch.float32
         state = {k: (v.detach().to(cast) if v.is_floating_point() else v.detach()).contiguous().cpu()
                  for k, v in model.state_dict().items()}
-        weights = self.root / f"{card.name}.safetensors"
-        _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"name": card.name, "arch": card.arch}))
-        final = dataclasses.replace(
-            card, weights=weights.name, sha256=sha256_file(weights), file_bytes=weights.stat().st_size,
-            params=count_params(model), mflops=round(count_mflops(model, card.input_size), 2), dtype=dtype,
-            created=card.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        try:
-            self.write_card(final)
-        except BaseException:
-            if not (self.root / f"{card.name}.json").exists():
-                weights.unlink(missing_ok=True)  # no card, no entry: leave no orphan weights either
-            raise
-        log.info("registered %s (%s, %d bytes)", final.name, final.arch, final.file_bytes)
-        return final
+        return self._write_entry(
+            card, "safetensors", lambda tmp: save_file(state, tmp, metadata={"name": card.name, "arch": card.arch}),
+            overwrite, params=count_params(model), mflops=round(count_mflops(model, card.input_size), 2), dtype=dtype,
+            created=card.created or _now())
 
     def register_onnx(self, graph: bytes, card: ModelCard, overwrite: bool = False) -> ModelCard:
-        """An ONNX copy: the graph as NAME.onnx, then its card (runtime onnx), under the registry's lock."""
+        """An ONNX copy: the graph as NAME.onnx, then its card (runtime onnx)."""
+        return self._write_entry(card, "onnx", lambda tmp: Path(tmp).write_bytes(graph), overwrite,
+                                 runtime="onnx", created=_now(), default=False)
+
+    def _write_entry(self, card: ModelCard, suffix: str, write, overwrite: bool, **fields: Any) -> ModelCard:
+        """One entry under the registry's lock: the weights file (``write`` fills a temp path), then the card with
+        the file's name, sha256 and size and ``fields``; without its card, the weights file is removed again."""
         if card.role not in ROLES:
             raise RegistryError(f"unknown role {card.role!r}; choose one of: {', '.join(ROLES)}")
         check_name(card.name)
@@ -348,18 +336,17 @@ class Registry:
             if not overwrite and (card.name in self.names() or (self.root / f"{card.name}.json").exists()):
                 raise DuplicateModelError(f"model {card.name!r} is already registered; registered models: "
                                           f"{', '.join(self.names())}")
-            path = self.root / f"{card.name}.onnx"
-            _atomic_write(path, lambda tmp: Path(tmp).write_bytes(graph))
-            final = dataclasses.replace(
-                card, runtime="onnx", weights=path.name, sha256=sha256_file(path), file_bytes=path.stat().st_size,
-                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), default=False)
+            path = self.root / f"{card.name}.{suffix}"
+            _atomic_write(path, write)
+            final = dataclasses.replace(card, weights=path.name, sha256=sha256_file(path),
+                                        file_bytes=path.stat().st_size, **fields)
             try:
                 self.write_card(final)
             except BaseException:
                 if not (self.root / f"{card.name}.json").exists():
-                    path.unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)  # no card, no entry: leave no orphan weights either
                 raise
-        log.info("registered %s (onnx %s, %d bytes)", final.name, final.precision, final.file_bytes)
+        log.info("registered %s (%s %s, %d bytes)", final.name, final.arch, final.precision, final.file_bytes)
         return final
 
     @contextmanager

@@ -29,7 +29,7 @@ class OnnxRuntimeError(RuntimeError):
 class OnnxModel:
     """An ONNX Runtime session behind the call a PyTorch model offers."""
 
-    def __init__(self, graph: bytes, threads: int | None = None, name: str = "model"):
+    def __init__(self, graph: bytes, threads: int | None = None):
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -45,20 +45,14 @@ class OnnxModel:
             raise OnnxRuntimeError(f"ONNX Runtime cannot load it ({type(exc).__name__})") from None
         self.input = self.session.get_inputs()[0].name
         self.threads = opts.intra_op_num_threads
-        self.name = name
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.session.run(None, {self.input: x.detach().float().contiguous().numpy()})[0]
         return torch.from_numpy(out)
 
-    def eval(self) -> "OnnxModel":
-        return self
-
 
 def export_graph(model: nn.Module, input_size: int, name: str, opset: int = OPSET) -> bytes:
     """The model as an ONNX graph with a free batch size, named in its metadata."""
-    import onnx
-
     model = model.eval()
     x = torch.zeros(1, 3, input_size, input_size)
     buf = io.BytesIO()
@@ -66,12 +60,11 @@ def export_graph(model: nn.Module, input_size: int, name: str, opset: int = OPSE
         warnings.simplefilter("ignore")  # that writes any opset and a dynamic batch from a plain module
         torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
-    graph = onnx.load_from_string(buf.getvalue())
-    onnx.helper.set_model_props(graph, {NAME_KEY: name})
-    return graph.SerializeToString()
+    return rename_graph(buf.getvalue(), name)
 
 
 def rename_graph(graph: bytes, name: str) -> bytes:
+    """The graph with ``name`` in its metadata (how recovery tells our files from a user's)."""
     import onnx
 
     g = onnx.load_from_string(graph)
