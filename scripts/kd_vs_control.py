@@ -11,6 +11,10 @@ compares each with its control on the same test images (`evaluate --against`: Δ
 interval) and summarises mean ± sd over seeds. Variants: ``kd`` (the logit objective), each other objective by
 name, ``init`` (no KD, started from the teacher's matching layers: what initialisation alone gives) and ``init-kd``
 (both). A variant a network cannot take (dsnet has no layers in an EfficientNet teacher) is skipped.
+A network may carry an input size and its own variants: ``lite0_tiny@128:init-kd`` trains lite0_tiny at 128 px,
+only as ``init-kd`` (variants joined by ``+``; and its control at 128 px). ``--jobs N`` trains N runs at a time (on a GPU), variant by
+variant in the order given, so a run cut short by a time limit still leaves whole rows of the table;
+``--train-only`` / ``--compare-only`` split training (e.g. on a lent GPU) from the comparison.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry  # noqa: E402
+from skinapp.studies import summarise_pairs  # noqa: E402
 
 NETWORKS = {
     "lite0_tiny": ["--arch", "lite0_tiny", "--pretrained", "package", "--epochs", "20", "--lr", "2e-3",
@@ -39,7 +44,22 @@ INIT_NETWORKS = ("lite0_tiny",)  # the networks whose layers an EfficientNet-Lit
 
 def run_name(arch: str, variant: str | bool, seed: int) -> str:
     variant = {True: "kd", False: "nokd"}.get(variant, variant)
-    return f"{arch.replace('_', '-')}-{variant}-s{seed}"
+    base, size, _ = network(arch)
+    return f"{base.replace('_', '-')}{f'-{size}px' if size else ''}-{variant}-s{seed}"
+
+
+def network(spec: str) -> tuple[str, int | None, list[str] | None]:
+    """``lite0_tiny@128:init-kd+kd`` -> (architecture, input size or None, the only variants it takes or None)."""
+    head, _, only = spec.partition(":")
+    arch, _, size = head.partition("@")
+    if arch not in NETWORKS:
+        raise SystemExit(f"unknown network {arch!r}; choose from: {', '.join(NETWORKS)}")
+    return arch, int(size) if size else None, only.split("+") if only else None
+
+
+def network_args(spec: str) -> list[str]:
+    arch, size, _ = network(spec)
+    return [*NETWORKS[arch], *(["--image-size", str(size)] if size else [])]
 
 
 def variant_args(variant: str, args) -> list[str]:
@@ -53,22 +73,40 @@ def variant_args(variant: str, args) -> list[str]:
     return table[variant]
 
 
-def applies(arch: str, variant: str) -> bool:
+def applies(spec: str, variant: str) -> bool:
+    arch, _, only = network(spec)
+    if only is not None and variant != "nokd" and variant not in only:
+        return False
     return not variant.startswith("init") or arch in INIT_NETWORKS
 
 
 def train_missing(args, reg: Registry, seeds: list[int], variants: list[str]) -> None:
-    for arch in args.networks:
-        for seed in seeds:
-            for variant in ["nokd", *variants]:
-                name = run_name(arch, variant, seed)
-                if name in reg.names() or not applies(arch, variant):
+    """Variant by variant (the control first), network by network, seed by seed; ``args.jobs`` at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cmds = []
+    for variant in ["nokd", *variants]:
+        for spec in args.networks:
+            for seed in seeds:
+                name = run_name(spec, variant, seed)
+                if name in reg.names() or not applies(spec, variant):
                     continue
-                cmd = [sys.executable, "-m", "skinapp", "--weights", str(reg.root), "distill", "--data", args.data,
-                       "--name", name, "--seed", str(seed), "--threads", args.threads, *NETWORKS[arch],
-                       *variant_args(variant, args)]
-                print("+", " ".join(cmd), file=sys.stderr, flush=True)
-                subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+                cmds.append([sys.executable, "-m", "skinapp", "--weights", str(reg.root), "distill", "--data",
+                             args.data, "--name", name, "--seed", str(seed), "--threads", args.threads,
+                             "--device", args.device, *network_args(spec), *variant_args(variant, args),
+                             *args.extra])
+    with ThreadPoolExecutor(args.jobs) as pool:
+        failed = [c for c, rc in zip(cmds, pool.map(_run, cmds)) if rc]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(cmds)} runs failed: " + ", ".join(c[c.index("--name") + 1]
+                                                                                  for c in failed))
+
+
+def _run(cmd: list[str]) -> int:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+    print(f"{'done' if rc == 0 else f'FAILED ({rc})'}: {cmd[cmd.index('--name') + 1]}", file=sys.stderr, flush=True)
+    return rc
 
 
 def compare(args, reg: Registry, seeds: list[int], variants: list[str]) -> list[dict]:
@@ -89,7 +127,8 @@ def compare(args, reg: Registry, seeds: list[int], variants: list[str]) -> list[
 def _pair(reg: Registry, ds, arch: str, variant: str, seed: int, Predictor, compare_on_dataset) -> dict:
     kd, ctl = (reg.get(run_name(arch, v, seed)) for v in (variant, "nokd"))
     c = compare_on_dataset(Predictor(*reg.load(kd.name)), Predictor(*reg.load(ctl.name)), ds, "auto")
-    return {"arch": arch, "variant": variant, "seed": seed, "kd": kd.name, "control": ctl.name, "split": c["split"],
+    return {"arch": network(arch)[0], "image_size": network(arch)[1], "variant": variant, "seed": seed,
+            "teacher": kd.train.get("teacher"), "kd": kd.name, "control": ctl.name, "split": c["split"],
             "n": c["n"], "auc_kd": c["auc_a"], "auc_control": c["auc_b"], "delta_auc": c["delta_auc"],
             "delta_auc_ci": c["delta_auc_ci"], "p_delong": c["p_delong"],
             "sens_at_spec80_kd": kd.test_metrics["sens_at_spec80"],
@@ -100,35 +139,27 @@ def _pair(reg: Registry, ds, arch: str, variant: str, seed: int, Predictor, comp
             "val_auc_control": ctl.metrics.get("auc")}
 
 
-def _ms(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+def _ms(m_sd: tuple[float, float]) -> str:
+    return f"{m_sd[0]:.4f} ± {m_sd[1]:.4f}"
 
 
-def _val(rows: list[dict]) -> str:
-    """Validation AUC means: what a choice made on validation would have seen."""
-    if not all(x.get("val_auc_kd") is not None for x in rows):
-        return "—"
-    return f"{statistics.mean(x['val_auc_kd'] for x in rows):.4f} / {statistics.mean(x['val_auc_control'] for x in rows):.4f}"
-
-
-def _secs(values: list[float]) -> str:
-    return f"{statistics.mean(values):.0f}" if values else "—"
+def _two(pair) -> str:
+    return "—" if pair is None else f"{_ms(pair[0])} / {_ms(pair[1])}"
 
 
 def summary(rows: list[dict]) -> list[str]:
     out = ["| network | variant | seeds | test AUC, variant | test AUC, control | ΔAUC per seed [95% paired CI] | "
-           "sens@spec80 variant / control | ECE variant / control | val AUC variant / control | training s |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for arch, variant in dict.fromkeys((x["arch"], x.get("variant", "kd")) for x in rows):
-        r = [x for x in rows if x["arch"] == arch and x.get("variant", "kd") == variant]
-        deltas = "; ".join(f"{x['delta_auc']:+.3f} [{x['delta_auc_ci'][0]:+.3f}, {x['delta_auc_ci'][1]:+.3f}]"
-                           for x in r)
-        secs = [x["train_s_kd"] for x in r if x.get("train_s_kd")]
-        out.append(f"| {arch} | {variant} | {len(r)} | {_ms([x['auc_kd'] for x in r])} | {_ms([x['auc_control'] for x in r])} | "
-                   f"{deltas} | {_ms([x['sens_at_spec80_kd'] for x in r])} / "
-                   f"{_ms([x['sens_at_spec80_control'] for x in r])} | {_ms([x['ece_kd'] for x in r])} / "
-                   f"{_ms([x['ece_control'] for x in r])} | {_val(r)} | {_secs(secs)} |")
+           "seeds above / below 0 | sens@spec80 variant / control | ECE variant / control | "
+           "val AUC variant / control | training s |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in summarise_pairs(rows):
+        deltas = "; ".join(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" for d, lo, hi in s["deltas"])
+        val = "—" if None in s["val_auc"] else f"{s['val_auc'][0]:.4f} / {s['val_auc'][1]:.4f}"
+        size = f" {s['image_size']} px" if s["image_size"] else ""
+        secs = "—" if s["train_s"] is None else f"{s['train_s']:.0f}"
+        out.append(f"| {s['network']}{size} | {s['variant']} | {s['seeds']} | {_ms(s['auc'])} | "
+                   f"{_ms(s['auc_control'])} | {deltas} | {s['seeds_better']} / {s['seeds_worse']} | "
+                   f"{_two(s['sens_at_spec80'])} | {_two(s['ece'])} | {val} | {secs} |")
     return out
 
 
@@ -142,20 +173,31 @@ def main() -> int:
     ap.add_argument("--networks", default=",".join(NETWORKS), help="comma-separated: " + ", ".join(NETWORKS))
     ap.add_argument("-T", "--temperature", type=float, default=20.0)
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained at a time (on a GPU)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--train-only", action="store_true", help="train the missing runs, compare nothing")
+    mode.add_argument("--compare-only", action="store_true", help="compare the runs already trained")
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "kd-vs-control"))
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "results" / "kd_vs_control.json"))
+    ap.add_argument("extra", nargs="*", help="after --: more distill options for every run (they win)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     args.networks = args.networks.split(",")
     for v in variants:
         variant_args(v, args)  # every name checked before hours of training
+    for spec in args.networks:
+        network(spec)
     reg = Registry(args.scratch)
     if args.teacher not in reg.names():
         reg.root.mkdir(parents=True, exist_ok=True)
         for ext in ("json", "safetensors"):
             shutil.copy(DEFAULT_WEIGHTS_DIR / f"{args.teacher}.{ext}", reg.root)
-    train_missing(args, reg, seeds, variants)
+    if not args.compare_only:
+        train_missing(args, reg, seeds, variants)
+    if args.train_only:
+        return 0
     rows = compare(args, reg, seeds, variants)
     Path(args.out_json).write_text(json.dumps(rows, indent=2) + "\n")
     print("\n".join(summary(rows)))

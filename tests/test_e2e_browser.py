@@ -134,4 +134,14 @@ def _other_pages(page, server: str) -> None:
         page.get_by_text(ready).first.wait_for(timeout=60_000)
         page.wait_for_timeout(1500)  # charts draw after the text
         assert page.locator("[data-testid=stException]").count() == 0
+        if path == "/models":
+            _tables_fit(page)
         page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+
+
+def _tables_fit(page) -> None:
+    """The registry tables (and every other table on the page) fit their column: no sideways scrolling."""
+    scrollers = "[data-testid=stDataFrame] .dvn-scroller"
+    page.wait_for_function(f'document.querySelectorAll("{scrollers}").length >= 2', timeout=60_000)
+    widths = page.evaluate(f'() => [...document.querySelectorAll("{scrollers}")].map(e => [e.scrollWidth, e.clientWidth])')
+    assert widths and all(scroll <= client for scroll, client in widths), widths

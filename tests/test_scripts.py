@@ -116,10 +116,23 @@ def test_honest_tables_writes_between_markers_only(tmp_path):
 def test_kd_vs_control_summary_is_mean_and_sd_over_seeds():
     kvc = load("kd_vs_control")
     rows = [{"arch": "dsnet", "seed": s, "auc_kd": a, "auc_control": c, "delta_auc": a - c,
-             "delta_auc_ci": [a - c - 0.02, a - c + 0.02], "sens_at_spec80_kd": 0.7, "sens_at_spec80_control": 0.6,
+             "delta_auc_ci": [a - c - 0.025, a - c + 0.025], "sens_at_spec80_kd": 0.7, "sens_at_spec80_control": 0.6,
              "ece_kd": 0.05, "ece_control": 0.06} for s, a, c in ((0, 0.86, 0.84), (1, 0.88, 0.84), (2, 0.87, 0.85))]
     (line,) = [r for r in kvc.summary(rows) if r.startswith("| dsnet")]
-    assert "| 3 | 0.8700 ± 0.0100 | 0.8433 ± 0.0058 |" in line and "+0.020 [+0.000, +0.040]" in line
+    assert "| 3 | 0.8700 ± 0.0100 | 0.8433 ± 0.0058 |" in line and "+0.020 [-0.005, +0.045]" in line
     assert kvc.run_name("lite0_tiny", True, 2) == "lite0-tiny-kd-s2"
     assert kvc.run_name("dsnet", "attention", 1) == "dsnet-attention-s1"
     assert not kvc.applies("dsnet", "init-kd") and kvc.applies("lite0_tiny", "init-kd")
+    assert "| 1 / 0 |" in line  # only seed 1's interval lies above zero
+
+
+def test_kd_vs_control_networks_carry_an_input_size_and_their_own_variants():
+    kvc = load("kd_vs_control")
+    assert kvc.network("lite0_tiny@128:init-kd+kd") == ("lite0_tiny", 128, ["init-kd", "kd"])
+    assert kvc.run_name("lite0_tiny@180:init-kd", "nokd", 0) == "lite0-tiny-180px-nokd-s0"
+    assert kvc.network_args("lite0_tiny@180")[-2:] == ["--image-size", "180"]
+    assert kvc.network_args("dsnet") == kvc.NETWORKS["dsnet"]
+    assert kvc.applies("lite0_tiny@128:init-kd", "nokd") and kvc.applies("lite0_tiny@128:init-kd", "init-kd")
+    assert not kvc.applies("lite0_tiny@128:init-kd", "kd")
+    with pytest.raises(SystemExit, match="unknown network 'resnet'.*lite0_tiny, dsnet"):
+        kvc.network("resnet@96")

@@ -187,8 +187,10 @@ def test_compare_bad_file(env):
 def test_models_page(env):
     at = page("models").run()
     assert_clean(at)
-    df = at.dataframe[0].value
-    assert set(df["name"]) == {"tiny-teacher", "tiny-student", "tiny-nokd"}
+    identity, performance = (at.dataframe[0].value, at.dataframe[1].value)
+    assert set(identity["name"]) == set(performance["name"]) == {"tiny-teacher", "tiny-student", "tiny-nokd"}
+    assert list(identity.columns) == ["name", "role", "default", "architecture", "teacher", "runtime", "params", "file"]
+    assert list(performance.columns)[:3] == ["name", "val AUC", "test AUC"]
     assert len(at.get("plotly_chart")) >= 2  # ROC + reliability
 
 
@@ -277,7 +279,7 @@ def test_models_table_reports_the_locked_test_split(env):
     cards = {c.name: c for c in Registry(env).cards()}
     at = page("models").run()
     assert_clean(at)
-    df = at.dataframe[0].value.set_index("name")
+    df = next(d.value for d in at.dataframe if "test AUC" in d.value).set_index("name")
     for name in ("tiny-teacher", "tiny-student"):
         t = cards[name].test_metrics
         assert df.loc[name, "test AUC"] == f"{t['auc']:.3f}"
@@ -335,7 +337,7 @@ def test_models_paired_comparisons_only_when_there_are_some(env, tmp_path, monke
     assert_clean(at)
     assert "Paired comparisons on the same images" in [h.value for h in at.subheader]
     row = next(d.value for d in at.dataframe if "ΔAUC (A − B)" in d.value).iloc[0]
-    assert (row["ΔAUC (A − B)"], row["95% CI"], row["DeLong p"]) == ("+0.020", "-0.011 to +0.052", 0.21)
+    assert (row["ΔAUC (A − B)"], row["95% CI"], row["DeLong p"]) == ("+0.020", "-0.011 to +0.052", "0.21")
 
 
 def test_train_page_says_whether_it_can_group_lesions(env, tiny_data, tmp_path):
@@ -741,3 +743,24 @@ def test_train_history_follows_the_job_it_shows(env, tmp_path):
     at.run()
     assert list(at.dataframe[-1].value["status"]) == ["done"]
     assert any("slow-one" in m.value and "done" in m.value for m in at.markdown)
+
+
+def test_models_page_shows_each_objective_against_its_control(env, tmp_path, monkeypatch):
+    from skinapp.ui import models
+
+    rows = [{"arch": "dsnet", "image_size": None, "variant": "relational", "seed": s, "teacher": "tiny-teacher",
+             "auc_kd": a, "auc_control": 0.80, "delta_auc": a - 0.80, "delta_auc_ci": ci, "val_auc_kd": 0.81,
+             "val_auc_control": 0.79} for s, a, ci in ((0, 0.83, [0.01, 0.05]), (1, 0.81, [-0.02, 0.04]))]
+    study = tmp_path / "objectives.json"
+    study.write_text(json.dumps(rows))
+    monkeypatch.setattr(models, "OBJECTIVES_FILE", study)
+    at = page("models").run()
+    assert_clean(at)
+    assert "Distillation objectives against their controls" in [h.value for h in at.subheader]
+    row = next(d.value for d in at.dataframe if "objective" in d.value).iloc[0]
+    assert (row["network"], row["objective"], row["ΔAUC"], row["seeds better / worse"]) == (
+        "dsnet 96 px", "relational", "+0.020", "1 / 0")
+    assert row["ΔAUC per seed"] == "+0.030, +0.010"
+    monkeypatch.setattr(models, "OBJECTIVES_FILE", tmp_path / "absent.json")
+    at = page("models").run()
+    assert "Distillation objectives against their controls" not in [h.value for h in at.subheader]

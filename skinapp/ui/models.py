@@ -1,4 +1,5 @@
-"""Models: the registry, each model card, ROC curves, reliability diagrams, subgroups and the temperature sweep.
+"""Models: the registry, each model card, ROC curves, reliability diagrams, subgroups, the distillation
+objectives against their controls and the temperature sweep.
 
 Every number says which split it is on: the locked test split when a card has one (only reported, never used
 for a choice), else the validation split it was tuned on.
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp.registry import model_summary
+from skinapp.studies import summarise_pairs
 from skinapp.ui import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -21,6 +23,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SWEEP_FILE = RESULTS / "temperature_sweep96.json"
 CONTROLS_FILE = RESULTS / "controls96.json"  # the same dsnet without distillation, for reference
 PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
+OBJECTIVES_FILE = RESULTS / "kd_objectives_lite012.json"  # each KD objective against its control, 3 seeds
 SHORT_SPLIT = {"test": "test", "validation": "val"}
 CURVES = ("roc", "reliability", "reliability_before")
 
@@ -50,31 +53,53 @@ def _split_cell(card) -> str:
     return "no test split (legacy)" if "protocol" not in card.data else "no test split (test fraction 0)"
 
 
-def _row(card) -> dict:
-    s, t = model_summary(card), card.test_metrics
-    return {"name": s["name"], "role": s["role"], "default": s["default"], "arch": s["arch"],
+def _identity_row(card) -> dict:
+    s = model_summary(card)
+    return {"name": s["name"], "role": s["role"], "default": s["default"], "architecture": s["arch"],
             "teacher": s["teacher"] or "—", "runtime": f"{s['runtime']} {s['precision']}",
-            "params": s["params"], "size": common.human_size(s["file_bytes"]),
-            "val AUC": _shown(s["val_auc"]), "test AUC": _shown(s["test_auc"]),
+            "params": s["params"], "file": common.human_size(s["file_bytes"])}
+
+
+def _performance_row(card) -> dict:
+    s, t = model_summary(card), card.test_metrics
+    return {"name": s["name"], "val AUC": _shown(s["val_auc"]), "test AUC": _shown(s["test_auc"]),
             "test AUC 95% CI": _ci(s["test_auc_ci"]) or "—",
-            "test sens@spec80": _with_ci(t.get("sens_at_spec80"), t.get("sens_at_spec80_ci")),
+            "test sens@spec80 (95% CI)": _with_ci(t.get("sens_at_spec80"), t.get("sens_at_spec80_ci")),
             "test ECE": _shown(t.get("ece")), "T": round(card.temperature, 3), "split": _split_cell(card)}
 
 
-def _table_columns() -> dict:
-    narrow = {k: st.column_config.Column(width=70) for k in ("role", "size", "val AUC", "test AUC", "test ECE",
-                                                              "runtime")}
-    return narrow | {"name": st.column_config.TextColumn(pinned=True),
-                     "default": st.column_config.CheckboxColumn(width=60),
-                     "params": st.column_config.NumberColumn(format="compact", width=60),
-                     "T": st.column_config.NumberColumn(width=50)}
+NAME = {"name": st.column_config.TextColumn(pinned=True, width=180)}
+IDENTITY_COLUMNS = NAME | {"role": st.column_config.TextColumn(width=70),
+                           "default": st.column_config.CheckboxColumn(width=60),
+                           "architecture": st.column_config.TextColumn(width=155),
+                           "teacher": st.column_config.TextColumn(width=120),
+                           "runtime": st.column_config.TextColumn(width=90),
+                           "params": st.column_config.NumberColumn(format="compact", width=70),
+                           "file": st.column_config.TextColumn(width=80)}
+PERFORMANCE_COLUMNS = NAME | {"val AUC": st.column_config.TextColumn(width=70),
+                              "test AUC": st.column_config.TextColumn(width=70),
+                              "test AUC 95% CI": st.column_config.TextColumn(width=110),
+                              "test sens@spec80 (95% CI)": st.column_config.TextColumn(width=170),
+                              "test ECE": st.column_config.TextColumn(width=70),
+                              "T": st.column_config.NumberColumn(width=55),
+                              "split": st.column_config.TextColumn(width=150)}
+
+
+def _rows_height(n: int) -> int:
+    """Pixels for a table that shows all its n rows (Streamlit's rows are 35 px, plus the header)."""
+    return 35 * (n + 1) + 3
 
 
 def _registry_table(cards) -> None:
-    st.dataframe(pd.DataFrame([_row(c) for c in cards]), width="stretch", hide_index=True,
-                 column_config=_table_columns())
+    """Two tables of few columns each, so that both fit beside the sidebar without scrolling sideways."""
+    st.dataframe(pd.DataFrame([_identity_row(c) for c in cards]), width="stretch", hide_index=True,
+                 column_config=IDENTITY_COLUMNS, height=_rows_height(len(cards)))
+    st.markdown("**How well each model does**")
+    st.dataframe(pd.DataFrame([_performance_row(c) for c in cards]), width="stretch", hide_index=True,
+                 column_config=PERFORMANCE_COLUMNS, height=_rows_height(len(cards)))
     st.caption("val: the validation split, where epochs and the temperature were chosen. test: the locked, "
-               "lesion-grouped test split, only reported, never used for a choice; intervals are 95% bootstrap.")
+               "lesion-grouped test split, only reported, never used for a choice; intervals are 95% bootstrap. "
+               "T: the calibration temperature fitted on validation.")
 
 
 def _roc_title(splits: set[str]) -> str:
@@ -195,10 +220,39 @@ def _paired() -> None:
         "split": r.get("split"), "n": r.get("n"), "AUC A": _rounded(r.get("auc_a")), "AUC B": _rounded(r.get("auc_b")),
         "ΔAUC (A − B)": f"{r['delta_auc']:+.3f}" if isinstance(r.get("delta_auc"), (int, float)) else "—",
         "95% CI": f"{r['delta_auc_ci'][0]:+.3f} to {r['delta_auc_ci'][1]:+.3f}" if r.get("delta_auc_ci") else "—",
-        "DeLong p": _rounded(r.get("p_delong"), 4)} for r in rows]), width="stretch", hide_index=True)
+        "DeLong p": f"{r['p_delong']:.2g}" if isinstance(r.get("p_delong"), (int, float)) else "—"}
+        for r in rows]), width="stretch", hide_index=True)
     st.caption("Both models scored on the same images. ΔAUC is A minus B; its interval is a 95% paired bootstrap "
                "(both models on the same resamples); p is DeLong's test. An interval that spans 0 shows no "
                "difference these images can detect.")
+
+
+def _pm(m_sd) -> str:
+    return f"{m_sd[0]:.3f} ± {m_sd[1]:.3f}"
+
+
+def _objective_row(s: dict) -> dict:
+    return {"network": s["network"] + (f" {s['image_size']} px" if s["image_size"] else " 96 px"),
+            "objective": s["variant"], "seeds": s["seeds"], "test AUC": _pm(s["auc"]),
+            "control": _pm(s["auc_control"]), "ΔAUC": f"{s['delta_auc'][0]:+.3f}",
+            "seeds better / worse": f"{s['seeds_better']} / {s['seeds_worse']}",
+            "ΔAUC per seed": ", ".join(f"{d:+.3f}" for d, _, _ in s["deltas"]),
+            "val AUC": "—" if None in s["val_auc"] else f"{s['val_auc'][0]:.3f} / {s['val_auc'][1]:.3f}"}
+
+
+def _objectives() -> None:
+    if not OBJECTIVES_FILE.exists():
+        return
+    summary = summarise_pairs(json.loads(OBJECTIVES_FILE.read_text()))
+    st.subheader("Distillation objectives against their controls")
+    st.dataframe(pd.DataFrame([_objective_row(s) for s in summary]), width="stretch", hide_index=True,
+                 height=_rows_height(len(summary)))
+    teachers = sorted({s["teacher"] for s in summary if s["teacher"]})
+    st.caption(f"Teacher {', '.join(teachers)}; each student against the same network, input size, schedule and "
+               "seed trained without distillation (control), both on the locked test split. ΔAUC is the mean over "
+               "seeds; a seed counts as better (worse) when its paired 95% bootstrap interval lies above (below) "
+               "zero (the intervals themselves: docs/results/kd_objectives_lite012.json). 'init' starts from the teacher's own layers without distillation. val AUC: variant / "
+               "control, what a choice made on validation sees. Commands: docs/experiments.md.")
 
 
 def _sweep() -> None:
@@ -251,4 +305,5 @@ def render() -> None:
     _subgroups(card)
     _card_json(card)
     _paired()
+    _objectives()
     _sweep()

@@ -1,0 +1,73 @@
+"""Seed studies: a distillation variant against its no-KD control, summarised over seeds.
+
+One row per (network, input size, variant) from the per-seed paired comparisons that
+``scripts/kd_vs_control.py`` writes (``docs/results/kd_objectives*.json``). The script's markdown table and the
+Models page read the same summary, so the two can never disagree.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Mapping, Sequence
+
+PAIR_KEYS = ("arch", "seed", "auc_kd", "auc_control", "delta_auc", "delta_auc_ci")
+
+
+class StudyError(ValueError):
+    """A study file whose rows lack what a summary needs."""
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single seed)."""
+    if not values:
+        raise StudyError("no values to summarise")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _check(rows: Sequence[Mapping[str, Any]]) -> None:
+    for i, r in enumerate(rows):
+        missing = [k for k in PAIR_KEYS if k not in r]
+        if missing:
+            raise StudyError(f"row {i} ({r.get('kd', '?')}) lacks {', '.join(missing)}; each row needs "
+                             f"{', '.join(PAIR_KEYS)}")
+
+
+def _optional_mean(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return statistics.mean(values) if len(values) == len(rows) else None
+
+
+def summarise_pairs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± sd over seeds for each (network, input size, variant), in the order the rows first name them.
+
+    ``seeds_better`` counts the seeds whose paired 95% interval lies above zero and ``seeds_worse`` those below:
+    a mean alone hides a gain that appears in one seed of three."""
+    _check(rows)
+    out = []
+    groups = dict.fromkeys(_group(r) for r in rows)
+    for arch, size, variant in groups:
+        g = [r for r in rows if _group(r) == (arch, size, variant)]
+        out.append({
+            "network": arch, "image_size": size, "variant": variant, "seeds": len(g),
+            "teacher": g[0].get("teacher"),
+            "auc": mean_sd([r["auc_kd"] for r in g]), "auc_control": mean_sd([r["auc_control"] for r in g]),
+            "delta_auc": mean_sd([r["delta_auc"] for r in g]),
+            "deltas": [(r["delta_auc"], *r["delta_auc_ci"]) for r in g],
+            "seeds_better": sum(r["delta_auc_ci"][0] > 0 for r in g),
+            "seeds_worse": sum(r["delta_auc_ci"][1] < 0 for r in g),
+            "sens_at_spec80": _pair_stat(g, "sens_at_spec80"), "ece": _pair_stat(g, "ece"),
+            "val_auc": (_optional_mean(g, "val_auc_kd"), _optional_mean(g, "val_auc_control")),
+            "train_s": _optional_mean(g, "train_s_kd"),
+        })
+    return out
+
+
+def _group(row: Mapping[str, Any]) -> tuple[str, int | None, str]:
+    """A row without a variant is the logit objective (the first studies recorded none)."""
+    return row["arch"], row.get("image_size"), row.get("variant", "kd")
+
+
+def _pair_stat(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    keys = (f"{name}_kd", f"{name}_control")
+    if not all(isinstance(r.get(k), (int, float)) for r in rows for k in keys):
+        return None
+    return mean_sd([r[keys[0]] for r in rows]), mean_sd([r[keys[1]] for r in rows])
