@@ -1,7 +1,9 @@
 """Prediction, dataset evaluation, Grad-CAM (hook hygiene, threads, timm layers) and the benchmark."""
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -371,3 +373,25 @@ def test_gradcam_hands_freed_memory_back(monkeypatch):
     ex.gradcam(model, torch.rand(1, 3, 48, 48), "block3", [1])
     assert calls == [1]
     ex.release_freed_memory()  # the real call works here (glibc) or does nothing elsewhere
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_repeated_gradcam_does_not_grow_memory():
+    """The server's memory regression (issue #14), in small: a map keeps no graph, activation or hook alive.
+    Keeping each call's output (and so its autograd graph) grows this by about 10 MB a call."""
+    from skinapp import explain as ex
+    from skinapp.models import create_model
+
+    model = create_model("lite0_tiny", num_classes=9, pretrained="none").eval()
+    x = torch.rand(1, 3, 96, 96)
+    for _ in range(3):  # allocator pools and lazy initialisation settle
+        ex.gradcam(model, x, "blocks.2", [0, 1, 2, 3])
+    before = _rss_mb()
+    for _ in range(10):
+        ex.gradcam(model, x, "blocks.2", [0, 1, 2, 3])
+    assert _rss_mb() - before < 20, f"resident memory grew {_rss_mb() - before:.0f} MB over 10 Grad-CAMs"
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
