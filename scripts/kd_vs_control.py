@@ -12,8 +12,8 @@ interval) and summarises mean ± sd over seeds. Variants: ``kd`` (the logit obje
 name, ``init`` (no KD, started from the teacher's matching layers: what initialisation alone gives) and ``init-kd``
 (both). A variant a network cannot take (dsnet has no layers in an EfficientNet teacher) is skipped.
 A network may carry an input size and its own variants: ``lite0_tiny@128:init-kd`` trains lite0_tiny at 128 px,
-only as ``init-kd`` (variants joined by ``+``; and its control at 128 px). ``--jobs N`` trains N runs at a time (on a GPU), variant by
-variant in the order given, so a run cut short by a time limit still leaves whole rows of the table;
+only as ``init-kd`` (variants joined by ``+``; and its control at 128 px). ``--jobs N`` trains N runs at a time
+(on a GPU), variant by variant in the order given, so a run cut short by a time limit still leaves whole rows;
 ``--train-only`` / ``--compare-only`` split training (e.g. on a lent GPU) from the comparison.
 """
 from __future__ import annotations

@@ -6,8 +6,16 @@ Models page read the same summary, so the two can never disagree.
 """
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+#: each KD objective against its control, 3 seeds, from the shipped teacher (docs/experiments.md)
+OBJECTIVES_STUDY = Path(__file__).resolve().parents[1] / "docs" / "results" / "kd_objectives_lite012.json"
+#: a study's variant name for each ``--kd`` objective (the study calls the logit objective "kd")
+STUDY_VARIANT = {"logit": "kd", "attention": "attention", "relational": "relational",
+                 "function-matching": "function-matching"}
 
 PAIR_KEYS = ("arch", "seed", "auc_kd", "auc_control", "delta_auc", "delta_auc_ci")
 
@@ -71,3 +79,19 @@ def _pair_stat(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[tuple[floa
     if not all(isinstance(r.get(k), (int, float)) for r in rows for k in keys):
         return None
     return mean_sd([r[keys[0]] for r in rows]), mean_sd([r[keys[1]] for r in rows])
+
+
+def load_study(path: Path | None = None) -> list[dict[str, Any]]:
+    """The summary of a study file (default: ``OBJECTIVES_STUDY``), or nothing when the file is absent."""
+    path = path or OBJECTIVES_STUDY
+    if not path.exists():
+        return []
+    return summarise_pairs(json.loads(path.read_text()))
+
+
+def measured(summary: Sequence[Mapping[str, Any]], objective: str) -> list[str]:
+    """One line per network at its default input size: what ``objective`` did against its control."""
+    variant = STUDY_VARIANT.get(objective)
+    return [f"{s['network']}: ΔAUC {s['delta_auc'][0]:+.3f} over {s['seeds']} seed{'s' * (s['seeds'] != 1)} "
+            f"({s['seeds_better']} better, {s['seeds_worse']} worse)"
+            for s in summary if s["variant"] == variant and s["image_size"] is None]

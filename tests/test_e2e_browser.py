@@ -143,5 +143,6 @@ def _tables_fit(page) -> None:
     """The registry tables (and every other table on the page) fit their column: no sideways scrolling."""
     scrollers = "[data-testid=stDataFrame] .dvn-scroller"
     page.wait_for_function(f'document.querySelectorAll("{scrollers}").length >= 2', timeout=60_000)
-    widths = page.evaluate(f'() => [...document.querySelectorAll("{scrollers}")].map(e => [e.scrollWidth, e.clientWidth])')
+    widths = page.evaluate(f'() => [...document.querySelectorAll("{scrollers}")]'
+                           '.map(e => [e.scrollWidth, e.clientWidth])')
     assert widths and all(scroll <= client for scroll, client in widths), widths

@@ -37,3 +37,17 @@ def test_a_row_without_the_paired_numbers_is_refused_by_name():
     del row["delta_auc_ci"]
     with pytest.raises(StudyError, match="lacks delta_auc_ci"):
         summarise_pairs([row])
+
+
+def test_what_an_objective_did_is_read_from_a_study_file(tmp_path):
+    from skinapp.studies import load_study, measured
+    import json
+
+    assert load_study(tmp_path / "absent.json") == []
+    rows = [_row(0, 0.86, 0.84, [0.005, 0.035]), _row(1, 0.83, 0.84, [-0.03, 0.01]),
+            _row(0, 0.9, 0.9, [-0.01, 0.01], "kd", "lite0_tiny", 180)]  # another input size: not the default's
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(rows))
+    study = load_study(path)
+    assert measured(study, "logit") == ["dsnet: ΔAUC +0.005 over 2 seeds (1 better, 0 worse)"]
+    assert measured(study, "attention") == [] and measured(study, "logit+attention") == []

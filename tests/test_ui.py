@@ -764,3 +764,21 @@ def test_models_page_shows_each_objective_against_its_control(env, tmp_path, mon
     monkeypatch.setattr(models, "OBJECTIVES_FILE", tmp_path / "absent.json")
     at = page("models").run()
     assert "Distillation objectives against their controls" not in [h.value for h in at.subheader]
+
+
+def test_train_page_says_what_the_chosen_objective_did_here(env, tmp_path, monkeypatch):
+    from skinapp import studies
+
+    rows = [{"arch": "dsnet", "image_size": None, "variant": v, "seed": 0, "teacher": "tiny-teacher",
+             "auc_kd": 0.83, "auc_control": 0.80, "delta_auc": d, "delta_auc_ci": ci}
+            for v, d, ci in (("kd", 0.03, [0.01, 0.05]), ("relational", -0.02, [-0.04, -0.01]))]
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps(rows))
+    monkeypatch.setattr(studies, "OBJECTIVES_STUDY", study)
+    at = page("train").run()
+    assert any("dsnet: ΔAUC +0.030 over 1 seed (1 better, 0 worse)" in c.value
+               and "distilled from tiny-teacher," in c.value for c in at.caption)
+    at.selectbox(key="train_kd").set_value("relational").run()
+    assert any("dsnet: ΔAUC -0.020 over 1 seed (0 better, 1 worse)" in c.value for c in at.caption)
+    at.selectbox(key="train_kd").set_value("logit+attention").run()
+    assert any("dsnet: ΔAUC +0.030" in c.value for c in at.caption)  # its logit part

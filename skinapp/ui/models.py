@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp.registry import model_summary
-from skinapp.studies import summarise_pairs
+from skinapp.studies import OBJECTIVES_STUDY, load_study
 from skinapp.ui import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SWEEP_FILE = RESULTS / "temperature_sweep96.json"
 CONTROLS_FILE = RESULTS / "controls96.json"  # the same dsnet without distillation, for reference
 PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
-OBJECTIVES_FILE = RESULTS / "kd_objectives_lite012.json"  # each KD objective against its control, 3 seeds
+OBJECTIVES_FILE = OBJECTIVES_STUDY  # each KD objective against its control, 3 seeds
 SHORT_SPLIT = {"test": "test", "validation": "val"}
 CURVES = ("roc", "reliability", "reliability_before")
 
@@ -241,9 +241,9 @@ def _objective_row(s: dict) -> dict:
 
 
 def _objectives() -> None:
-    if not OBJECTIVES_FILE.exists():
+    summary = load_study(OBJECTIVES_FILE)
+    if not summary:
         return
-    summary = summarise_pairs(json.loads(OBJECTIVES_FILE.read_text()))
     st.subheader("Distillation objectives against their controls")
     st.dataframe(pd.DataFrame([_objective_row(s) for s in summary]), width="stretch", hide_index=True,
                  height=_rows_height(len(summary)))
@@ -251,8 +251,9 @@ def _objectives() -> None:
     st.caption(f"Teacher {', '.join(teachers)}; each student against the same network, input size, schedule and "
                "seed trained without distillation (control), both on the locked test split. ΔAUC is the mean over "
                "seeds; a seed counts as better (worse) when its paired 95% bootstrap interval lies above (below) "
-               "zero (the intervals themselves: docs/results/kd_objectives_lite012.json). 'init' starts from the teacher's own layers without distillation. val AUC: variant / "
-               "control, what a choice made on validation sees. Commands: docs/experiments.md.")
+               "zero (the intervals themselves: docs/results/kd_objectives_lite012.json). 'init' starts from the "
+               "teacher's own layers without distillation. val AUC: variant / control, what a choice made on "
+               "validation sees. Commands: docs/experiments.md.")
 
 
 def _sweep() -> None:

@@ -14,6 +14,7 @@ from skinapp.distill.objectives import CHOICES, KD_OBJECTIVES, parse_kd
 from skinapp.distill.teacher import init_prefix, plan_heads
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
+from skinapp.studies import load_study, measured
 from skinapp.ui import common
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "isic9"
@@ -166,6 +167,13 @@ def _objective() -> str:
     if "function-matching" in parts:
         st.info("Function matching runs the teacher at every training step (each batch is mixed anew) instead of "
                 "once on cached views, so it takes several times longer than the logit objective on this CPU.")
+    study = load_study()
+    lines = [line for n in parts for line in measured(study, n)]
+    if lines:
+        teachers = ", ".join(sorted({s["teacher"] for s in study if s["teacher"]}))
+        st.caption(f"Measured in this project against the same network trained without distillation (distilled from "
+                   f"{teachers}, locked test split; a seed is better or worse when its 95% interval clears "
+                   "zero): " + "; ".join(lines) + ". The Models page has the whole table.")
     return kd
 
 
