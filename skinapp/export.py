@@ -38,13 +38,13 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
     if source.onnx:
         raise ExportError(f"model {name!r} is already an ONNX copy; export its source {card.source!r} instead")
     new_name = check_name(new_name or f"{name}-onnx{'-int8' if int8 else ''}")
+    graph = _graph(source, name, new_name)  # first: a network ONNX cannot express fails before minutes of checks
     ds = scan_dataset(data, card.task, label_map, metadata)
     decoded = decode_dataset(ds, card.input_size)
     val = split_logits(source, ds, "val", decoded)
     if val.selection.split != "val":
         raise DatasetError(f"{ds.root} is not {name}'s own data ({val.selection.note}); export with the folder it "
                            f"was trained on, so the copy is calibrated and checked on its validation split")
-    graph = export_graph(_plain(source.model), card.input_size, new_name)
     info = {"exporter": f"torch.onnx (TorchScript) {torch.__version__}", "opset": OPSET,
             "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
     if int8:
@@ -61,6 +61,17 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
                           f"(allowed {PARITY:g}); no copy was registered")
     updates = copy_metrics(source, made, ds, decoded)
     return registry.update(new_name, export=info | {"parity": parity}, **updates)
+
+
+def _graph(source: Predictor, name: str, new_name: str) -> bytes:
+    try:
+        return export_graph(_plain(source.model), source.card.input_size, new_name)
+    except torch.onnx.errors.OnnxExporterError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = (" (a fused teacher resizes the photo to each member's size with antialiasing, which the "
+               "TorchScript exporter cannot write at any opset)" if source.card.fusion else "")
+        raise ExportError(f"model {name!r} cannot be exported to ONNX opset {OPSET}: {reason}{why}; it keeps "
+                          "running in PyTorch") from exc
 
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:

@@ -181,3 +181,23 @@ def test_diagnose_runs_an_onnx_copy(exported, monkeypatch):
     assert not at.exception and not at.error
     assert any(c.value.startswith("P(malignant) =") for c in at.caption)
     assert "ONNX Runtime int8" in at.selectbox(key="dx_model").format_func(at.selectbox(key="dx_model").value)
+
+
+def test_a_network_onnx_cannot_express_is_refused_in_one_line_before_any_check(exported, tiny_data, monkeypatch):
+    """The fused teacher's antialiased resize has no ONNX form: a clear refusal, quickly, and nothing registered."""
+    import torch.onnx.errors
+
+    from skinapp import export
+
+    def unsupported(*_args, **_kwargs):
+        raise torch.onnx.errors.UnsupportedOperatorError("aten::_upsample_bilinear2d_aa", 17, None)
+
+    decoded = []
+    monkeypatch.setattr(export, "export_graph", unsupported)
+    monkeypatch.setattr(export, "decode_dataset", lambda *a, **k: decoded.append(1))
+    reg, _ = exported
+    before = set(reg.names())
+    with pytest.raises(export.ExportError, match=r"'tiny-student' cannot be exported to ONNX opset 17: Exporting the "
+                                                 r"operator 'aten::_upsample_bilinear2d_aa'.*keeps running in PyTorch"):
+        export.export_model(reg, "tiny-student", str(tiny_data), new_name="tiny-student-unsupported")
+    assert not decoded and set(reg.names()) == before
