@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -84,28 +83,28 @@ def train_missing(args, reg: Registry, seeds: list[int], variants: list[str]) ->
     """Variant by variant (the control first), network by network, seed by seed; ``args.jobs`` at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    cmds = []
+    runs = {}
     for variant in ["nokd", *variants]:
         for spec in args.networks:
             for seed in seeds:
                 name = run_name(spec, variant, seed)
                 if name in reg.names() or not applies(spec, variant):
                     continue
-                cmds.append([sys.executable, "-m", "skinapp", "--weights", str(reg.root), "distill", "--data",
-                             args.data, "--name", name, "--seed", str(seed), "--threads", args.threads,
-                             "--device", args.device, *network_args(spec), *variant_args(variant, args),
-                             *args.extra])
+                runs[name] = [sys.executable, "-m", "skinapp", "--weights", str(reg.root), "distill", "--data",
+                              args.data, "--name", name, "--seed", str(seed), "--threads", args.threads,
+                              "--device", args.device, *network_args(spec), *variant_args(variant, args),
+                              *args.extra]
     with ThreadPoolExecutor(args.jobs) as pool:
-        failed = [c for c, rc in zip(cmds, pool.map(_run, cmds)) if rc]
+        failed = [name for name, rc in zip(runs, pool.map(_run, runs.items())) if rc]
     if failed:
-        raise SystemExit(f"{len(failed)} of {len(cmds)} runs failed: " + ", ".join(c[c.index("--name") + 1]
-                                                                                  for c in failed))
+        raise SystemExit(f"{len(failed)} of {len(runs)} runs failed: {', '.join(failed)}")
 
 
-def _run(cmd: list[str]) -> int:
+def _run(run: tuple[str, list[str]]) -> int:
+    name, cmd = run
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
     rc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
-    print(f"{'done' if rc == 0 else f'FAILED ({rc})'}: {cmd[cmd.index('--name') + 1]}", file=sys.stderr, flush=True)
+    print(f"{'done' if rc == 0 else f'FAILED ({rc})'}: {name}", file=sys.stderr, flush=True)
     return rc
 
 
@@ -127,7 +126,8 @@ def compare(args, reg: Registry, seeds: list[int], variants: list[str]) -> list[
 def _pair(reg: Registry, ds, arch: str, variant: str, seed: int, Predictor, compare_on_dataset) -> dict:
     kd, ctl = (reg.get(run_name(arch, v, seed)) for v in (variant, "nokd"))
     c = compare_on_dataset(Predictor(*reg.load(kd.name)), Predictor(*reg.load(ctl.name)), ds, "auto")
-    return {"arch": network(arch)[0], "image_size": network(arch)[1], "variant": variant, "seed": seed,
+    base, size, _ = network(arch)
+    return {"arch": base, "image_size": size, "variant": variant, "seed": seed,
             "teacher": kd.train.get("teacher"), "kd": kd.name, "control": ctl.name, "split": c["split"],
             "n": c["n"], "auc_kd": c["auc_a"], "auc_control": c["auc_b"], "delta_auc": c["delta_auc"],
             "delta_auc_ci": c["delta_auc_ci"], "p_delong": c["p_delong"],

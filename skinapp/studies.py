@@ -74,7 +74,8 @@ def _group(row: Mapping[str, Any]) -> tuple[str, int | None, str]:
     return row["arch"], row.get("image_size"), row.get("variant", "kd")
 
 
-def _pair_stat(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[tuple[float, float], tuple[float, float]] | None:
+def _pair_stat(rows: Sequence[Mapping[str, Any]], name: str
+               ) -> tuple[tuple[float, float], tuple[float, float]] | None:
     keys = (f"{name}_kd", f"{name}_control")
     if not all(isinstance(r.get(k), (int, float)) for r in rows for k in keys):
         return None

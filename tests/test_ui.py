@@ -746,14 +746,14 @@ def test_train_history_follows_the_job_it_shows(env, tmp_path):
 
 
 def test_models_page_shows_each_objective_against_its_control(env, tmp_path, monkeypatch):
-    from skinapp.ui import models
+    from skinapp import studies
 
     rows = [{"arch": "dsnet", "image_size": None, "variant": "relational", "seed": s, "teacher": "tiny-teacher",
              "auc_kd": a, "auc_control": 0.80, "delta_auc": a - 0.80, "delta_auc_ci": ci, "val_auc_kd": 0.81,
              "val_auc_control": 0.79} for s, a, ci in ((0, 0.83, [0.01, 0.05]), (1, 0.81, [-0.02, 0.04]))]
     study = tmp_path / "objectives.json"
     study.write_text(json.dumps(rows))
-    monkeypatch.setattr(models, "OBJECTIVES_FILE", study)
+    monkeypatch.setattr(studies, "OBJECTIVES_STUDY", study)
     at = page("models").run()
     assert_clean(at)
     assert "Distillation objectives against their controls" in [h.value for h in at.subheader]
@@ -761,7 +761,7 @@ def test_models_page_shows_each_objective_against_its_control(env, tmp_path, mon
     assert (row["network"], row["objective"], row["ΔAUC"], row["seeds better / worse"]) == (
         "dsnet 96 px", "relational", "+0.020", "1 / 0")
     assert row["ΔAUC per seed"] == "+0.030, +0.010"
-    monkeypatch.setattr(models, "OBJECTIVES_FILE", tmp_path / "absent.json")
+    monkeypatch.setattr(studies, "OBJECTIVES_STUDY", tmp_path / "absent.json")
     at = page("models").run()
     assert "Distillation objectives against their controls" not in [h.value for h in at.subheader]
 

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp.registry import model_summary
-from skinapp.studies import OBJECTIVES_STUDY, load_study
+from skinapp.studies import load_study
 from skinapp.ui import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -23,7 +23,6 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 SWEEP_FILE = RESULTS / "temperature_sweep96.json"
 CONTROLS_FILE = RESULTS / "controls96.json"  # the same dsnet without distillation, for reference
 PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
-OBJECTIVES_FILE = OBJECTIVES_STUDY  # each KD objective against its control, 3 seeds
 SHORT_SPLIT = {"test": "test", "validation": "val"}
 CURVES = ("roc", "reliability", "reliability_before")
 
@@ -241,7 +240,7 @@ def _objective_row(s: dict) -> dict:
 
 
 def _objectives() -> None:
-    summary = load_study(OBJECTIVES_FILE)
+    summary = load_study()  # skinapp.studies.OBJECTIVES_STUDY: each objective against its control
     if not summary:
         return
     st.subheader("Distillation objectives against their controls")
