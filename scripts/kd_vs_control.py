@@ -10,7 +10,8 @@ has) into a scratch registry that also holds the teacher (copied from weights/),
 compares each with its control on the same test images (`evaluate --against`: ΔAUC with its paired bootstrap
 interval) and summarises mean ± sd over seeds. Variants: ``kd`` (the logit objective), each other objective by
 name, ``init`` (no KD, started from the teacher's matching layers: what initialisation alone gives) and ``init-kd``
-(both). A variant a network cannot take (dsnet has no layers in an EfficientNet teacher) is skipped.
+(both); ``kd-T5`` is the logit objective at T=5 instead of ``-T`` (a temperature sweep). A variant a network
+cannot take (dsnet has no layers in an EfficientNet teacher) is skipped.
 A network may carry an input size and its own variants: ``lite0_tiny@128:init-kd`` trains lite0_tiny at 128 px,
 only as ``init-kd`` (variants joined by ``+``; and its control at 128 px). ``--jobs N`` trains N runs at a time
 (on a GPU), variant by variant in the order given, so a run cut short by a time limit still leaves whole rows;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -67,8 +69,11 @@ def variant_args(variant: str, args) -> list[str]:
     control = ["--no-kd", "--head", "diagnosis"]
     table = {"nokd": control, "kd": kd, "init": control + init, "init-kd": kd + init}
     table |= {o: kd + ["--kd", o] for o in OBJECTIVES}
+    swept = re.fullmatch(r"kd-T(\d+(?:\.\d+)?)", variant)  # the logit objective at another temperature
+    if swept:
+        return ["--teacher", args.teacher, "-T", swept.group(1)]
     if variant not in table:
-        raise SystemExit(f"unknown variant {variant!r}; choose from: {', '.join(table)}")
+        raise SystemExit(f"unknown variant {variant!r}; choose from: {', '.join(table)}, kd-T<temperature>")
     return table[variant]
 
 
@@ -128,7 +133,8 @@ def _pair(reg: Registry, ds, arch: str, variant: str, seed: int, Predictor, comp
     c = compare_on_dataset(Predictor(*reg.load(kd.name)), Predictor(*reg.load(ctl.name)), ds, "auto")
     base, size, _ = network(arch)
     return {"arch": base, "image_size": size, "variant": variant, "seed": seed,
-            "teacher": kd.train.get("teacher"), "kd": kd.name, "control": ctl.name, "split": c["split"],
+            "teacher": kd.train.get("teacher"), "temperature": kd.train.get("temperature"), "kd": kd.name,
+            "control": ctl.name, "split": c["split"],
             "n": c["n"], "auc_kd": c["auc_a"], "auc_control": c["auc_b"], "delta_auc": c["delta_auc"],
             "delta_auc_ci": c["delta_auc_ci"], "p_delong": c["p_delong"],
             "sens_at_spec80_kd": kd.test_metrics["sens_at_spec80"],

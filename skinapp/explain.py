@@ -73,13 +73,30 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-def gradcam(model: nn.Module, x: torch.Tensor, layer: str, indices: Sequence[int]) -> np.ndarray:
-    """Heatmap for one preprocessed 1x3xHxW input, normalised to [0, 1]."""
-    from pytorch_grad_cam import GradCAM  # imported here: it costs seconds at start-up and most commands never need it
+#: class-activation methods a card may name: Grad-CAM (Selvaraju et al. 2017) weighs each channel by its mean
+#: gradient; HiResCAM (Draelos & Carin 2020) multiplies activations by gradients position by position; LayerCAM
+#: (Jiang et al. 2021) keeps only positive gradients position by position, which keeps shallow, high-resolution
+#: layers readable and lets several layers be combined
+CAM_METHODS = ("gradcam", "hirescam", "layercam")
 
+
+def _cam_class(method: str):
+    import pytorch_grad_cam as pgc  # imported here: it costs seconds at start-up and most commands never need it
+
+    classes = {"gradcam": pgc.GradCAM, "hirescam": pgc.HiResCAM, "layercam": pgc.LayerCAM}
+    if method not in classes:
+        raise ExplainError(f"unknown class-activation method {method!r}; choose one of: {', '.join(CAM_METHODS)}")
+    return classes[method]
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, layer: str, indices: Sequence[int], method: str = "gradcam"
+            ) -> np.ndarray:
+    """Heatmap for one preprocessed 1x3xHxW input, normalised to [0, 1]; several layers (comma-separated) are
+    each scaled to the input's size and averaged."""
+    cam_class = _cam_class(method)
     target_layers = resolve_layers(model, layer)
     with model_lock(model), torch.enable_grad():
-        with GradCAM(model=model, target_layers=target_layers) as cam:
+        with cam_class(model=model, target_layers=target_layers) as cam:
             maps = cam(input_tensor=x, targets=[GroupTarget(indices)])
         model.zero_grad(set_to_none=True)
         del cam  # it holds the outputs, activations and gradients: freed here, so the trim below can return them
@@ -148,6 +165,6 @@ def explain(predictor, img: Image.Image, target: str | None = None, alpha: float
     if target not in card.task_labels:
         raise ExplainError(f"unknown Grad-CAM target {target!r}; choose one of: {', '.join(card.task_labels)}")
     indices = [i for i, g in enumerate(card.groups) if g == target]
-    heat = gradcam(predictor.cam_model(), x, card.cam_layer, indices)
+    heat = gradcam(predictor.cam_model(), x, card.cam_layer, indices, card.cam_method)
     latency = (time.perf_counter() - t0) * 1000
     return CamResult(heat, overlay(img, heat, alpha), target, latency)

@@ -19,7 +19,7 @@ from .compress import copy_metrics
 from .data import DatasetError, decode_dataset, model_input, scan_dataset
 from .inference import Predictor, dataset_logits, split_logits
 from .registry import ModelCard, Registry, RegistryError, check_name
-from .runtime import INT8_SETTINGS, OPSET, export_graph, quantize_int8
+from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, export_graph, quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -38,15 +38,14 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
     if source.onnx:
         raise ExportError(f"model {name!r} is already an ONNX copy; export its source {card.source!r} instead")
     new_name = check_name(new_name or f"{name}-onnx{'-int8' if int8 else ''}")
-    graph = _graph(source, name, new_name)  # first: a network ONNX cannot express fails before minutes of checks
+    graph, written = _graph(source, name, new_name)  # first: an unexportable network fails before minutes of checks
     ds = scan_dataset(data, card.task, label_map, metadata)
     decoded = decode_dataset(ds, card.input_size)
     val = split_logits(source, ds, "val", decoded)
     if val.selection.split != "val":
         raise DatasetError(f"{ds.root} is not {name}'s own data ({val.selection.note}); export with the folder it "
                            f"was trained on, so the copy is calibrated and checked on its validation split")
-    info = {"exporter": f"torch.onnx (TorchScript) {torch.__version__}", "opset": OPSET,
-            "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
+    info = {**written, "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
     if int8:
         graph, calib = _int8(graph, card, decoded, val.selection.index, new_name)
         info |= {"precision": "int8", "quantisation": INT8_SETTINGS | calib}
@@ -63,15 +62,14 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
     return registry.update(new_name, export=info | {"parity": parity}, **updates)
 
 
-def _graph(source: Predictor, name: str, new_name: str) -> bytes:
+def _graph(source: Predictor, name: str, new_name: str) -> tuple[bytes, dict]:
     try:
         return export_graph(_plain(source.model), source.card.input_size, new_name)
     except torch.onnx.errors.OnnxExporterError as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        why = (" (a fused teacher resizes the photo to each member's size with antialiasing, which the "
-               "TorchScript exporter cannot write at any opset)" if source.card.fusion else "")
-        raise ExportError(f"model {name!r} cannot be exported to ONNX opset {OPSET}: {reason}{why}; it keeps "
-                          "running in PyTorch") from exc
+        raise ExportError(f"model {name!r} cannot be exported to ONNX (TorchScript exporter at opset {OPSET}, "
+                          f"dynamo exporter at opset {DYNAMO_OPSET}): {reason}; it keeps running in PyTorch"
+                          ) from exc
 
 
 def _plain(model: torch.nn.Module) -> torch.nn.Module:

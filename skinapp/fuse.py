@@ -64,6 +64,12 @@ def crossfit_plan(cards: Sequence[ModelCard]) -> dict[str, Any]:
     return {"folds": folds[0], "members": [_key(by_fold[f].name) for f in range(folds[0])]}
 
 
+def _common_cam_method(cards: Sequence[ModelCard]) -> str:
+    """One method makes a fused model's map (the members' maps are averaged): theirs when they agree."""
+    methods = {c.cam_method for c in cards}
+    return methods.pop() if len(methods) == 1 else "gradcam"
+
+
 def _key(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
@@ -94,7 +100,8 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
         name=name, role="teacher", arch="fused", label_names=first.label_names, groups=first.groups,
         task=first.task, task_labels=first.task_labels, input_size=max(c.input_size for c in cards),
         mean=first.mean, std=first.std, split_seed=first.split_seed, data=first.data, fusion=fusion,
-        cam_layer=",".join(f"members.{_key(c.name)}.{c.cam_layer}" for c in cards),
+        cam_layer=",".join(f"members.{_key(c.name)}.{layer}" for c in cards for layer in c.cam_layer.split(",")),
+        cam_method=_common_cam_method(cards),
         train={"fused_from": list(members), "views": views,
                "train_time_s": round(sum(float(c.train.get("train_time_s", 0.0)) for c in cards), 1)},
         description=description or f"Fused from {', '.join(members)}: mean probability over members and "

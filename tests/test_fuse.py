@@ -50,7 +50,9 @@ def test_output_is_the_mean_probability_over_members_and_views(reg, tiny_data):
     assert [m["name"] for m in card.fusion["members"]] == ["tiny-teacher", "small-member"]
     assert card.fusion["views"] == ["identity", "hflip", "vflip", "rot180"]
     assert card.params == 2 * teacher.params and card.mflops > 4 * teacher.mflops
-    assert card.cam_layer == "members.tiny_teacher.block3,members.small_member.block3"
+    assert card.cam_layer == ("members.tiny_teacher.block2,members.tiny_teacher.block3,"
+                              "members.small_member.block2,members.small_member.block3")
+    assert card.cam_method == "layercam"  # both members are dsnet: their own method
     assert card.metrics["n"] == teacher.data["n_val"]
     assert card.metrics["auc"] == pytest.approx(roc_area(card.metrics), abs=1e-4)
     assert card.temperature > 0 and card.metrics["ece_null"]["mean"] > 0

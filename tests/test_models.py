@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from skinapp.explain import resolve_layers
 from skinapp.models import (ARCHITECTURES, DSNet, PretrainedWeightsError, UnknownArchitectureError, count_mflops,
                             count_params, create_model, cut_stages, fold_batchnorm, get_arch)
 
@@ -194,7 +195,7 @@ def test_folding_batchnorm_keeps_outputs_and_layer_names(arch):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         assert torch.allclose(folded(x), model(x), atol=1e-4)
-    folded.get_submodule(get_arch(arch).cam_layer)  # Grad-CAM still finds its layer
+    resolve_layers(folded, get_arch(arch).cam_layer)  # Grad-CAM still finds its layers
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
 
 

@@ -136,3 +136,16 @@ def test_kd_vs_control_networks_carry_an_input_size_and_their_own_variants():
     assert not kvc.applies("lite0_tiny@128:init-kd", "kd")
     with pytest.raises(SystemExit, match="unknown network 'resnet'.*lite0_tiny, dsnet"):
         kvc.network("resnet@96")
+
+
+def test_kd_vs_control_sweeps_the_temperature_as_variants():
+    import argparse
+
+    kvc = load("kd_vs_control")
+    args = argparse.Namespace(teacher="teacher-x", temperature=20.0)
+    assert kvc.variant_args("kd-T5", args) == ["--teacher", "teacher-x", "-T", "5"]
+    assert kvc.variant_args("kd-T0.5", args)[-1] == "0.5"
+    assert kvc.variant_args("kd", args)[-1] == "20.0"
+    assert kvc.run_name("dsnet", "kd-T5", 2) == "dsnet-kd-T5-s2"
+    with pytest.raises(SystemExit, match="unknown variant 'kd-Tx'.*kd-T<temperature>"):
+        kvc.variant_args("kd-Tx", args)

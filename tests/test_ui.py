@@ -210,22 +210,40 @@ def test_a_fused_teacher_on_the_models_and_compare_pages(env, tiny_data):
     assert not at.error
 
 
+def _sweep_rows(temps_val_test: dict) -> list[dict]:
+    """Pair rows as scripts/kd_vs_control.py writes them: per T, two seeds against the same control (0.80)."""
+    return [{"arch": "dsnet", "image_size": None, "variant": f"kd-T{t:g}", "seed": seed, "teacher": "tiny-teacher",
+             "temperature": t, "auc_kd": test + d, "auc_control": 0.80, "delta_auc": test + d - 0.80,
+             "delta_auc_ci": [test + d - 0.83, test + d - 0.77], "val_auc_kd": val, "val_auc_control": 0.79}
+            for t, (val, test) in temps_val_test.items() for seed, d in ((0, -0.01), (1, 0.01))]
+
+
 def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypatch):
+    """By temperature on the locked test split, the control beside it, and the T a choice on validation makes
+    (the best validation AUC, here not the best test AUC)."""
     import json
 
-    from skinapp.ui import models
+    from skinapp import studies
 
-    sweep, controls = tmp_path / "temperature_sweep.json", tmp_path / "controls.json"
-    sweep.write_text(json.dumps([{"T": t, "alpha": 0.5, "seeds": 2, "auc_mean": 0.8 + t / 1000, "auc_sd": 0.01}
-                                 for t in (1, 10, 100)]))
-    controls.write_text(json.dumps([{"name": "dsnet-nokd", "description": "hard labels only.", "seeds": 2,
-                                     "auc_mean": 0.79, "auc_sd": 0.02}]))
-    monkeypatch.setattr(models, "SWEEP_FILE", sweep)
-    monkeypatch.setattr(models, "CONTROLS_FILE", controls)
+    study = tmp_path / "sweep.json"
+    study.write_text(json.dumps(_sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88), 100.0: (0.85, 0.81)})))
+    monkeypatch.setattr(studies, "SWEEP_STUDY", study)
     at = page("models").run()
     assert_clean(at)
-    assert any(list(d.value["T"]) == [1, 10, 100] for d in at.dataframe if "T" in d.value)
-    assert any("dsnet-nokd: hard labels only. AUC 0.7900 ± 0.0200 over 2 seed(s)" in c.value for c in at.caption)
+    table = next(d.value for d in at.dataframe if "chosen on validation" in d.value)
+    assert list(table["T"]) == [1.0, 10.0, 100.0] and list(table["chosen on validation"]) == ["", "✓", ""]
+    assert list(table["ΔAUC vs control"]) == ["0.080 ± 0.014", "0.040 ± 0.014", "0.010 ± 0.014"]
+    assert any("Validation picks T = 10 (mean validation AUC 0.860); its test AUC is 0.840 ± 0.014" in c.value
+               and "dashed: 0.800 ± 0.000" in c.value for c in at.caption)
+
+
+def test_sweep_rows_without_a_temperature_are_refused(tmp_path):
+    from skinapp import studies
+
+    rows = _sweep_rows({10.0: (0.86, 0.84)})
+    del rows[0]["temperature"], rows[1]["temperature"]
+    with pytest.raises(studies.StudyError, match="sweep rows of kd-T10 lack their temperature"):
+        studies.sweep(rows)
 
 
 def test_diagnose_operating_point_comes_from_the_locked_test_split(env):

@@ -53,6 +53,7 @@ def finish(cfg: TrainConfig, registry: Registry, model: nn.Module, st: Setup, de
     card = ModelCard(
         name=cfg.name, role=cfg.role, arch=cfg.arch, label_names=st.label_names, groups=st.groups, task=cfg.task,
         task_labels=ds.labels, input_size=size, mean=spec.mean, std=spec.std, cam_layer=spec.cam_layer,
+        cam_method=spec.cam_method,
         temperature=temp, teacher=cfg.teacher, kd=kd_record(cfg, st, lp), split_seed=cfg.split_seed,
         data={"root": str(ds.root), "task": cfg.task, "counts": ds.counts(), "class_counts": ds.class_counts(),
               "skipped": len(decoded.skipped), "label_map": cfg.label_map or "default"}

@@ -15,16 +15,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp.registry import model_summary
+from skinapp import studies
 from skinapp.studies import load_study
 from skinapp.ui import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
-# the sweep of dsnet-kd's recipe (96 px) from the previous default teacher; the older 112 px one is in docs
-SWEEP_FILE = RESULTS / "temperature_sweep96.json"
-CONTROLS_FILE = RESULTS / "controls96.json"  # the same dsnet without distillation, for reference
 PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
 SHORT_SPLIT = {"test": "test", "validation": "val"}
 CURVES = ("roc", "reliability", "reliability_before")
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
 
 def _ci(ci, digits: int = 2) -> str:
@@ -191,7 +190,8 @@ def _split_text(card) -> str:
 def _card_details(card) -> None:
     st.markdown(f"**{card.name}** — {card.description or card.arch}")
     st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"
-                f"Input {card.input_size}px, mean {card.mean}, std {card.std} · Grad-CAM layer `{card.cam_layer}`"
+                f"Input {card.input_size}px, mean {card.mean}, std {card.std} · activation map: "
+                f"{CAM_NAMES.get(card.cam_method, card.cam_method)} on `{card.cam_layer}`"
                 f"  \nSplit seed {card.split_seed} · created {card.created}")
     st.markdown(f"Split: {_split_text(card)}")
     if card.fusion:
@@ -256,29 +256,32 @@ def _objectives() -> None:
 
 
 def _sweep() -> None:
-    if not SWEEP_FILE.exists():
+    path = studies.SWEEP_STUDY  # the logit objective at each T against its control, per seed
+    if not path.exists():
         return
+    rows, chosen = studies.sweep(json.loads(path.read_text()))
     st.subheader("Temperature sweep (distilling dsnet at different T)")
-    st.caption("Validation split, before the locked test split existed; teacher-fused is no longer shipped. "
-               "dsnet at 96 px (dsnet-kd's recipe) distilled from teacher-fused, the default teacher before "
-               "teacher-lite012; docs/experiments.md has the commands.")
-    rows = json.loads(SWEEP_FILE.read_text())
-    df = pd.DataFrame(rows)
-    st.dataframe(df, width="stretch", hide_index=True)
-    if {"T", "auc_mean"} <= set(df.columns):
-        fig = go.Figure(go.Scatter(x=df["T"], y=df["auc_mean"], mode="lines+markers",
-                                   error_y=dict(array=df.get("auc_sd")), name="AUC"))
-        controls = json.loads(CONTROLS_FILE.read_text()) if CONTROLS_FILE.exists() else []
-        for c in controls:
-            fig.add_hline(y=c["auc_mean"], line_dash="dash", annotation_text=c["name"])
-        if controls:
-            st.caption("Dashed: the same DSNet trained without distillation. " + " ".join(
-                f"{c['name']}: {c['description']} AUC {c['auc_mean']:.4f} ± {c['auc_sd']:.4f} "
-                f"over {c['seeds']} seed(s)." for c in controls))
-        fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
-                          yaxis_title="validation AUC", margin=dict(l=10, r=10, t=10, b=10),
-                          xaxis=dict(tickvals=list(df["T"]), ticktext=[f"{t:g}" for t in df["T"]]))
-        st.plotly_chart(fig, width="stretch", key="models_sweep")
+    df = pd.DataFrame([{"T": s["temperature"], "seeds": s["seeds"], "val AUC": _rounded(s["val_auc"][0]),
+                        "test AUC": _pm(s["auc"]), "ΔAUC vs control": _pm(s["delta_auc"]),
+                        "seeds better / worse": f"{s['seeds_better']} / {s['seeds_worse']}",
+                        "chosen on validation": "✓" if s is chosen else ""} for s in rows])
+    st.dataframe(df, width="stretch", hide_index=True, height=_rows_height(len(df)))
+    control = rows[0]["auc_control"]
+    fig = go.Figure(go.Scatter(x=[s["temperature"] for s in rows], y=[s["auc"][0] for s in rows],
+                               error_y=dict(array=[s["auc"][1] for s in rows]), mode="lines+markers",
+                               name="distilled (mean ± sd)"))
+    fig.add_hline(y=control[0], line_dash="dash", annotation_text=f"no distillation {control[0]:.3f}")
+    fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
+                      yaxis_title="test AUC", margin=dict(l=10, r=10, t=10, b=10), showlegend=False,
+                      xaxis=dict(tickvals=[s["temperature"] for s in rows],
+                                 ticktext=[f"{s['temperature']:g}" for s in rows]))
+    st.plotly_chart(fig, width="stretch", key="models_sweep")
+    pick = (f" Validation picks T = {chosen['temperature']:g} (mean validation AUC {chosen['val_auc'][0]:.3f}); "
+            f"its test AUC is {_pm(chosen['auc'])}." if chosen else "")
+    st.caption(f"dsnet (dsnet-kd's recipe, 96 px) distilled from {rows[0]['teacher']} at each T with alpha 0.5, "
+               f"against the same network, schedule and seed trained without distillation (dashed: "
+               f"{_pm(control)} over the same seeds); all on the locked test split, mean ± sd over seeds; a seed "
+               f"is better (worse) when its paired 95% interval clears zero.{pick} Commands: docs/experiments.md.")
 
 
 def render() -> None:
