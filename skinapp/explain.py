@@ -78,6 +78,12 @@ def release_freed_memory() -> None:
 #: (Jiang et al. 2021) keeps only positive gradients position by position, which keeps shallow, high-resolution
 #: layers readable and lets several layers be combined
 CAM_METHODS = ("gradcam", "hirescam", "layercam")
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+
+
+def cam_name(method: str) -> str:
+    """How a page or report names a card's map."""
+    return CAM_NAMES.get(method, method)
 
 
 def _cam_class(method: str):

@@ -15,7 +15,7 @@ from fpdf import FPDF
 from PIL import Image
 
 from . import __version__, checks
-from .explain import legend
+from .explain import cam_name, legend
 from .decision import UNCERTAIN, auc_text, operating_point, verdict
 from .imageio import one_line
 from .registry import ModelCard
@@ -195,7 +195,7 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
     pdf.set_font("helvetica", "I", 8)
     pdf.cell(w + 4, 4, "The photo")
     if r.overlay is not None:
-        pdf.multi_cell(w, 4, text(f"Grad-CAM: regions that raised the '{r.cam_target}' score"),
+        pdf.multi_cell(w, 4, text(f"{cam_name(card.cam_method)}: regions that raised the '{r.cam_target}' score"),
                        new_x="LMARGIN", new_y="NEXT")
         pdf.image(Image.fromarray(legend(256, 10)), x2, pdf.get_y() + 1, w, 3)
         pdf.set_xy(x2, pdf.get_y() + 4.5)
@@ -203,8 +203,9 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
         pdf.cell(w / 2, 4, "high", align="R", new_x="LMARGIN", new_y="NEXT")
     pdf.ln(2)
     pdf.set_font("helvetica", "", 8)
-    pdf.multi_cell(0, 4, text(f"Model {card.name} ({card.role}), {auc_text(card)}. Grad-CAM shows where the "
-                              f"model looked, not why a lesion is what it is."), new_x="LMARGIN", new_y="NEXT")
+    pdf.multi_cell(0, 4, text(f"Model {card.name} ({card.role}), {auc_text(card)}. {cam_name(card.cam_method)} "
+                              f"shows where the model looked, not why a lesion is what it is."),
+                   new_x="LMARGIN", new_y="NEXT")
 
 
 def _image(pdf: FPDF, img: Image.Image, x: float, y: float, box: float) -> None:

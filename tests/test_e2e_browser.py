@@ -80,7 +80,7 @@ def test_upload_in_real_browser(server, tmp_path):
             page.get_by_text("not a medical device").first.wait_for(timeout=60_000)
             page.locator("input[type=file]").first.set_input_files([str(image), str(dicom)])
             page.get_by_text("P(malignant) =").first.wait_for(timeout=60_000)
-            page.get_by_text("Grad-CAM:").first.wait_for(timeout=30_000)
+            page.get_by_text("regions that raised the").first.wait_for(timeout=30_000)  # the map, its method named
             page.wait_for_function(
                 "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0)"
                 ".length >= 2", timeout=30_000)

@@ -74,7 +74,8 @@ def test_report_says_what_a_clinician_needs(card):
     for page in text:  # every page carries the statement
         assert " ".join(NOT_A_DEVICE.split()) in page
     assert "P(benign) = 0.090 P(malignant) = 0.910 at temperature 1.70, threshold 0.50" in text[1]
-    assert "Leans malignant" in text[1] and "Grad-CAM: regions that raised the 'malignant' score" in text[1]
+    method = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}[card.cam_method]  # the card's own map, by name
+    assert "Leans malignant" in text[1] and f"{method}: regions that raised the 'malignant' score" in text[1]
     assert "Leans benign" in text[2] and "Uncertain" in text[3]
 
 

@@ -232,7 +232,8 @@ def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypa
     assert_clean(at)
     table = next(d.value for d in at.dataframe if "chosen on validation" in d.value)
     assert list(table["T"]) == [1.0, 10.0, 100.0] and list(table["chosen on validation"]) == ["", "✓", ""]
-    assert list(table["ΔAUC vs control"]) == ["0.080 ± 0.014", "0.040 ± 0.014", "0.010 ± 0.014"]
+    assert list(table["ΔAUC vs control"]) == ["+0.080 ± 0.014", "+0.040 ± 0.014", "+0.010 ± 0.014"]
+    assert list(table["val AUC"]) == ["0.840", "0.860", "0.850"]
     assert any("Validation picks T = 10 (mean validation AUC 0.860); its test AUC is 0.840 ± 0.014" in c.value
                and "dashed: 0.800 ± 0.000" in c.value for c in at.caption)
 

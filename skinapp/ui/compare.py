@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from skinapp.benchmark import interleaved_latencies
+from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.ui import common
 
@@ -61,7 +62,7 @@ def _one_model(col, card, data: bytes, filename: str, times: list[float], thresh
     with col:
         st.markdown(f"**{common.md(card.name)}** · {card.role}")
         st.image(common.cam_overlay(data, filename, a.heatmap, 0.45), width="stretch",
-                 caption=f"Grad-CAM: regions that raised the '{a.target}' score")
+                 caption=f"{cam_name(card.cam_method)}: regions that raised the '{a.target}' score")
         st.markdown(f"##### :{colour}[{headline}]")
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
         st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "

@@ -6,6 +6,7 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
 from skinapp.ui import common
@@ -59,8 +60,8 @@ def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: 
         c1, c2, c3 = st.columns([1, 1, 1.4])
         c1.image(photo, caption=common.md(f.name), width="stretch")
         c2.image(cam, width="stretch",
-                 caption=f"Grad-CAM: regions that raised the '{a.target}' score (the label shown at this "
-                         f"threshold)")
+                 caption=f"{cam_name(card.cam_method)}: regions that raised the '{a.target}' score (the label "
+                         f"shown at this threshold)")
         c2.image(common.cam_legend(), width="stretch", caption="colour: low → high contribution")
         c3.markdown(f"#### :{colour}[{headline}]")
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")

@@ -16,6 +16,7 @@ import streamlit as st
 
 from skinapp.registry import model_summary
 from skinapp import studies
+from skinapp.explain import cam_name
 from skinapp.studies import load_study
 from skinapp.ui import common
 
@@ -23,7 +24,6 @@ RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
 PAIRED_FILE = RESULTS / "paired.json"  # paired tests on the same images (ΔAUC, bootstrap interval, DeLong)
 SHORT_SPLIT = {"test": "test", "validation": "val"}
 CURVES = ("roc", "reliability", "reliability_before")
-CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
 
 def _ci(ci, digits: int = 2) -> str:
@@ -191,7 +191,7 @@ def _card_details(card) -> None:
     st.markdown(f"**{card.name}** — {card.description or card.arch}")
     st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"
                 f"Input {card.input_size}px, mean {card.mean}, std {card.std} · activation map: "
-                f"{CAM_NAMES.get(card.cam_method, card.cam_method)} on `{card.cam_layer}`"
+                f"{cam_name(card.cam_method)} on `{card.cam_layer}`"
                 f"  \nSplit seed {card.split_seed} · created {card.created}")
     st.markdown(f"Split: {_split_text(card)}")
     if card.fusion:
@@ -261,8 +261,10 @@ def _sweep() -> None:
         return
     rows, chosen = studies.sweep(json.loads(path.read_text()))
     st.subheader("Temperature sweep (distilling dsnet at different T)")
-    df = pd.DataFrame([{"T": s["temperature"], "seeds": s["seeds"], "val AUC": _rounded(s["val_auc"][0]),
-                        "test AUC": _pm(s["auc"]), "ΔAUC vs control": _pm(s["delta_auc"]),
+    df = pd.DataFrame([{"T": s["temperature"], "seeds": s["seeds"],
+                        "val AUC": "—" if s["val_auc"][0] is None else f"{s['val_auc'][0]:.3f}",
+                        "test AUC": _pm(s["auc"]),
+                        "ΔAUC vs control": f"{s['delta_auc'][0]:+.3f} ± {s['delta_auc'][1]:.3f}",
                         "seeds better / worse": f"{s['seeds_better']} / {s['seeds_worse']}",
                         "chosen on validation": "✓" if s is chosen else ""} for s in rows])
     st.dataframe(df, width="stretch", hide_index=True, height=_rows_height(len(df)))
