@@ -77,8 +77,8 @@ def release_freed_memory() -> None:
 #: gradient; HiResCAM (Draelos & Carin 2020) multiplies activations by gradients position by position; LayerCAM
 #: (Jiang et al. 2021) keeps only positive gradients position by position, which keeps shallow, high-resolution
 #: layers readable and lets several layers be combined
-CAM_METHODS = ("gradcam", "hirescam", "layercam")
 CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
+CAM_METHODS = tuple(CAM_NAMES)
 
 
 def cam_name(method: str) -> str:
