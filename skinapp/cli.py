@@ -15,6 +15,7 @@ from typing import Sequence
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import TrainConfig, TrainingError, add_arguments, from_arguments, train
 from .explain import ExplainError
+from .export import MAX_FLOAT
 from . import checks
 from .imageio import IMAGE_SUFFIXES, InvalidImageError, load_image, one_line
 from .protocol import SPLITS
@@ -230,7 +231,7 @@ def cmd_export(args, reg: Registry) -> int:
     from .export import export_model
 
     card = export_model(reg, args.model, args.data, args.name, args.int8, args.label_map, args.metadata,
-                        args.overwrite)
+                        args.overwrite, args.max_float)
     par, test = card.export["parity"], card.test_metrics.get("change", {})
     _emit(model_summary(card) | {"export": card.export, "test_change": test}, args.json,
           f"registered {card.name} ({card.precision}, onnx, {card.file_bytes:,} bytes) from {card.source}: "
@@ -264,6 +265,12 @@ def cmd_train(args, reg: Registry, role: str) -> int:
         args.teacher = reg.default("teacher").name
     if role == "teacher" or no_kd:
         args.teacher = None
+    if args.estimate:
+        from .distill.estimate import estimate
+
+        est = estimate(_train_config(args, role), reg)
+        _emit(est.as_dict(), args.json, est.summary())
+        return 0
     card = train(_train_config(args, role), reg)
     if card is None:
         if os.environ.get("RANK", "0") != "0":
@@ -321,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(command, help=helptext)
         add_arguments(p, role)  # generated from TrainConfig: the Train page reads the same defaults and bounds
         p.add_argument("--json", action="store_true")
+        p.add_argument("--estimate", action="store_true",
+                       help="say how long this run would take here (prepares the data and times a few real steps); "
+                            "trains and registers nothing")
     p.add_argument("--no-kd", dest="no_kd", action="store_true", help="train on hard labels only (the control)")
     p = sub.add_parser("compress", help="register a float16 copy of a model and measure what it costs")
     p.add_argument("--model", required=True)
@@ -336,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="the dataset the source was trained on (its validation split "
                                                  "checks the copy and calibrates int8; test is only reported)")
     p.add_argument("--int8", action="store_true", help="static int8 quantisation (QDQ, per-channel weights)")
+    p.add_argument("--max-float", dest="max_float", type=int, default=MAX_FLOAT,
+                   help="int8: when the copy loses more than 0.005 validation AUC, keep float up to this many "
+                        "convolutions, the costliest first (0: none)")
     p.add_argument("--label-map", dest="label_map")
     p.add_argument("--metadata", help="CSV with image and lesion_id columns (default: found beside the data)")
     p.add_argument("--overwrite", action="store_true")

@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import hashlib
 import logging
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,12 +20,14 @@ from .compress import copy_metrics
 from .data import DatasetError, decode_dataset, model_input, scan_dataset
 from .inference import Predictor, dataset_logits, split_logits
 from .registry import ModelCard, Registry, RegistryError, check_name
-from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, export_graph, quantize_int8
+from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, OnnxModel, export_graph, int8_candidates, quantize_int8
 
 log = logging.getLogger(__name__)
 
 PARITY = 1e-4  # the most an fp32 copy's probability may differ from its source's, on any validation image
 CALIBRATION_IMAGES = 256
+INT8_TOLERANCE = 0.005  # the most validation AUC an int8 copy may lose before convolutions are kept float
+MAX_FLOAT = 8  # default limit of the convolutions the sensitivity search may keep float
 
 
 class ExportError(RegistryError):
@@ -32,7 +35,8 @@ class ExportError(RegistryError):
 
 
 def export_model(registry: Registry, name: str, data: str, new_name: str | None = None, int8: bool = False,
-                 label_map: str | None = None, metadata: str | None = None, overwrite: bool = False) -> ModelCard:
+                 label_map: str | None = None, metadata: str | None = None, overwrite: bool = False,
+                 max_float: int = MAX_FLOAT) -> ModelCard:
     source = Predictor.from_registry(name, registry)
     card = source.card
     if source.onnx:
@@ -47,7 +51,7 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
                            f"was trained on, so the copy is calibrated and checked on its validation split")
     info = {**written, "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
     if int8:
-        graph, calib = _int8(graph, card, decoded, val.selection.index, new_name)
+        graph, calib = _int8(graph, source, decoded, val, new_name, max_float)
         info |= {"precision": "int8", "quantisation": INT8_SETTINGS | calib}
     copy = dataclasses.replace(card, name=new_name, source=name, export=info, default=False,
                                description=f"ONNX Runtime {info['precision']} copy of {name}. {card.description}")
@@ -84,15 +88,65 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def _int8(graph: bytes, card: ModelCard, decoded, val_index: np.ndarray, name: str) -> tuple[bytes, dict]:
-    """Quantise on a seeded sample of validation images, recorded by count and digest."""
+def _int8(graph: bytes, source: Predictor, decoded, val, name: str, max_float: int) -> tuple[bytes, dict]:
+    """Quantise on a seeded sample of validation images, recorded by count and digest; when the copy loses more
+    than ``INT8_TOLERANCE`` validation AUC, keep float the convolutions that cost it most (``_keep_float``)."""
+    card, index = source.card, val.selection.index
     rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(val_index, size=min(CALIBRATION_IMAGES, len(val_index)), replace=False))
-    batches = (model_input(decoded.images[torch.as_tensor(pick[i:i + 32])].float() / 255.0, card.input_size,
-                           card.mean, card.std).numpy() for i in range(0, len(pick), 32))
+    pick = np.sort(rng.choice(index, size=min(CALIBRATION_IMAGES, len(index)), replace=False))
+    batches = [_inputs(card, decoded, pick[i:i + 32]) for i in range(0, len(pick), 32)]
     digest = hashlib.sha256("\n".join(decoded.hashes[i] for i in pick).encode()).hexdigest()[:16]
-    return quantize_int8(graph, batches, name), {"calibration_images": int(len(pick)),
-                                                 "calibration_split": "validation", "calibration_digest": digest}
+    info = {"calibration_images": int(len(pick)), "calibration_split": "validation", "calibration_digest": digest}
+    keep, search = _keep_float(graph, source, decoded, val, batches, max_float)
+    info |= {"kept_float_convolutions": keep} | ({"sensitivity_search": search} if search else {})
+    return quantize_int8(graph, batches, name, keep), info
+
+
+def _inputs(card: ModelCard, decoded, index: np.ndarray) -> np.ndarray:
+    return model_input(decoded.images[torch.as_tensor(index)].float() / 255.0, card.input_size, card.mean,
+                       card.std).numpy()
+
+
+def _keep_float(graph: bytes, source: Predictor, decoded, val, batches: list[np.ndarray], max_float: int
+                ) -> tuple[list[str], dict | None]:
+    """The convolutions to keep float, chosen by ``greedy_float`` on validation AUC (never test)."""
+    if max_float <= 0:
+        return [], None
+    x = [_inputs(source.card, decoded, val.selection.index[i:i + 64]) for i in range(0, len(val.y), 64)]
+
+    def score(keep: list[str]) -> float:
+        model = OnnxModel(quantize_int8(graph, batches, "probe", keep), 2)
+        return _auc(source, val.y, torch.cat([model(torch.as_tensor(b)) for b in x]))
+
+    return greedy_float(score, lambda: int8_candidates(graph), _auc(source, val.y, val.logits), max_float)
+
+
+def greedy_float(score: Callable[[list[str]], float], candidates: Callable[[], list[str]], target: float,
+                 max_float: int, tolerance: float = INT8_TOLERANCE) -> tuple[list[str], dict]:
+    """Greedy: each candidate's score when it alone stays float, then the best of them (those that help) added
+    one at a time until the score is within ``tolerance`` of ``target`` or ``max_float`` are float. No single
+    layer carries the loss in a small network, so one at a time is the cheapest search that finds a set.
+    Returns the set that met the tolerance (else the best-scoring one seen) and the search's record."""
+    kept, auc = [], score([])
+    search = {"source_val_auc": round(target, 4), "tolerance": tolerance, "steps": [[[], round(auc, 4)]]}
+    if target - auc <= tolerance:
+        return [], search | {"met": True}
+    single = {n: score([n]) for n in candidates()}
+    for n in [n for n in sorted(single, key=single.get, reverse=True) if single[n] > auc][:max_float]:
+        kept.append(n)
+        auc = score(kept)
+        search["steps"].append([list(kept), round(auc, 4)])
+        log.info("int8: %d convolution(s) kept float, validation AUC %.4f (source %.4f)", len(kept), auc, target)
+        if target - auc <= tolerance:
+            break
+    best = max(search["steps"], key=lambda s: s[1])
+    return list(best[0]), search | {"met": target - best[1] <= tolerance}
+
+
+def _auc(source: Predictor, y: np.ndarray, logits: torch.Tensor) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, source.probabilities(logits).numpy()))
 
 
 def _parity(source: Predictor, copy: Predictor, decoded, index: np.ndarray, src_logits: torch.Tensor) -> dict:

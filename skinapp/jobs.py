@@ -270,3 +270,22 @@ def log_tail(job_id: str, root: str | Path | None = None, lines: int = 30) -> st
     if not path.exists():
         return ""
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+ESTIMATE_TIMEOUT_S = 600
+
+
+def estimate_run(args: dict[str, Any], weights_dir: str | None = None, timeout: float = ESTIMATE_TIMEOUT_S
+                 ) -> dict[str, Any]:
+    """How long the job ``args`` describes would take, from ``distill --estimate`` in a subprocess: it decodes the
+    photos and loads the teacher as the job will, so the server's memory and threads stay out of it."""
+    cmd = build_command(args, weights_dir) + ["--estimate", "--json"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    except subprocess.TimeoutExpired as exc:
+        raise JobError(f"the estimate took over {timeout:.0f} s; the run itself would be longer still") from exc
+    if done.returncode != 0 or not done.stdout.strip():
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise JobError(f"the estimate failed: {tail}")
+    return json.loads(done.stdout)

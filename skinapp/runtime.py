@@ -15,7 +15,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -150,17 +150,19 @@ def graph_name(path: Path) -> str | None:
 #: static int8, as ONNX Runtime recommends for CNNs on the CPU: QDQ format, int8 weights per output channel,
 #: uint8 activations, MinMax ranges from calibration images; the first convolution and the classifier stay
 #: float (measured on lite0-tiny-nokd's validation split: AUC 0.905 fp32, 0.858 all-int8, 0.893 with these two
-#: kept; Percentile or Entropy ranges, int8 activations, or also keeping the adds, depthwise convolutions or the
-#: pooling float did no better; dsnet-nokd lost nothing either way)
+#: kept; Percentile or Entropy ranges, int8 activations, per-tensor weights, dynamic quantisation, or also keeping
+#: the adds, all depthwise convolutions or the pooling float did no better, here and again on lite0-tiny-kd);
+#: when the copy still loses too much, export's sensitivity search keeps a few more convolutions float
 INT8_SETTINGS = {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
-                 "calibration": "MinMax", "kept_float": "first convolution, classifier"}
+                 "calibration": "MinMax",
+                 "kept_float": "first convolution, classifier, and the convolutions the sensitivity search keeps"}
 
 
-def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str) -> bytes:
-    """Static int8 copy of a float graph; ``batches``: preprocessed calibration images (validation split only)."""
+def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str, keep_float: Sequence[str] = ()) -> bytes:
+    """Static int8 copy of a float graph; ``batches``: preprocessed calibration images (validation split only);
+    ``keep_float``: convolutions (``int8_candidates`` names) kept float besides the first one and the classifier."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -170,16 +172,39 @@ def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str) -> byt
             b = next(self.it, None)
             return None if b is None else {"image": b.astype(np.float32)}
 
-    import onnx
-
     with tempfile.TemporaryDirectory(prefix="skinapp-int8-") as tmp:
-        src, pre, out = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(graph)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        nodes = onnx.load(str(pre)).graph.node
-        keep = [n.name for n in nodes if n.op_type == "Conv"][:1] + [n.name for n in nodes
-                                                                      if n.op_type in ("Gemm", "MatMul")][-1:]
+        pre, out = _preprocessed(graph, Path(tmp)), Path(tmp) / "int8.onnx"
+        convs, classifier = _float_nodes(pre)
+        unknown = sorted(set(keep_float) - set(convs))
+        if unknown:
+            raise ValueError(f"no convolution named {', '.join(unknown)} in the graph; its convolutions: "
+                             f"{', '.join(convs)}")
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=keep)
+                        calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=convs[:1] + classifier + list(keep_float))
         return rename_graph(out.read_bytes(), name)
+
+
+def int8_candidates(graph: bytes) -> list[str]:
+    """The convolutions a sensitivity search may keep float: all but the first (always float)."""
+    with tempfile.TemporaryDirectory(prefix="skinapp-int8-") as tmp:
+        return _float_nodes(_preprocessed(graph, Path(tmp)))[0][1:]
+
+
+def _preprocessed(graph: bytes, tmp: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, pre = tmp / "fp32.onnx", tmp / "pre.onnx"
+    src.write_bytes(graph)
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    return pre
+
+
+def _float_nodes(pre: Path) -> tuple[list[str], list[str]]:
+    """(every convolution, the classifier) of a preprocessed graph, by node name."""
+    import onnx
+
+    nodes = onnx.load(str(pre)).graph.node
+    return ([n.name for n in nodes if n.op_type == "Conv"],
+            [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:])

@@ -3,6 +3,7 @@ source, int8 calibrated on validation images only."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +34,10 @@ def exported(tiny_registry, tiny_data, tmp_path_factory):
     seen = []
     real = runtime.quantize_int8
 
-    def spy(graph, batches, name):
+    def spy(graph, batches, name, keep=()):
         batches = [b.copy() for b in batches]
-        seen.extend(batches)
-        return real(graph, batches, name)
+        seen[:] = batches  # the last call made the registered copy (a sensitivity search makes more first)
+        return real(graph, batches, name, keep)
 
     export.quantize_int8 = spy
     try:
@@ -59,6 +60,9 @@ def test_copies_are_registered_with_their_source(exported):
     assert reg.get("tiny-student-onnx").export["parity"]["max_abs_p"] <= 1e-4
     q = reg.get("tiny-student-onnx-int8").export["quantisation"]
     assert q["calibration_split"] == "validation" and q["format"] == "QDQ" and q["calibration_images"] > 0
+    search = q["sensitivity_search"]  # on validation: the copy's AUC with nothing more kept float comes first
+    assert search["steps"][0][0] == [] and search["tolerance"] == 0.005 and isinstance(search["met"], bool)
+    assert q["kept_float_convolutions"] == max(search["steps"], key=lambda s: s[1])[0]
 
 
 def test_fp32_copy_gives_the_sources_probabilities(exported, tiny_data):
@@ -246,3 +250,46 @@ def test_a_failed_torchscript_attempt_prints_nothing_to_stdout(capfd):
     print("after")
     out = capfd.readouterr().out
     assert "Torch IR graph" not in out and out.splitlines() == ["before", "after"]
+
+
+def test_greedy_float_keeps_the_costliest_convolutions_until_within_tolerance():
+    from skinapp.export import greedy_float
+
+    cost = {"a": 0.002, "b": 0.006, "c": 0.004, "d": 0.0}  # validation AUC each one's quantisation loses
+    calls = []
+
+    def score(keep):
+        calls.append(list(keep))
+        return 0.90 - sum(v for k, v in cost.items() if k not in keep)
+
+    kept, search = greedy_float(score, lambda: list(cost), target=0.90, max_float=8)
+    assert kept == ["b", "c"] and search["met"]  # with b float 0.006 is still lost; with b and c, 0.002
+    assert [s[0] for s in search["steps"]] == [[], ["b"], ["b", "c"]]
+    assert search["steps"][-1][1] == pytest.approx(0.898)
+    assert ["d"] in calls and ["b", "c", "a"] not in calls  # d was tried alone; the search stopped once met
+
+
+def test_greedy_float_returns_the_best_set_when_the_tolerance_is_out_of_reach():
+    from skinapp.export import greedy_float
+
+    def score(keep):  # keeping x float helps, keeping y as well makes it worse; never within 0.005
+        return {(): 0.80, ("x",): 0.85, ("y",): 0.82, ("x", "y"): 0.83}[tuple(keep)]
+
+    kept, search = greedy_float(score, lambda: ["x", "y"], target=0.90, max_float=8)
+    assert kept == ["x"] and not search["met"]
+    kept, search = greedy_float(score, lambda: ["x", "y"], target=0.80, max_float=8)
+    assert kept == [] and search["met"] and len(search["steps"]) == 1  # within tolerance at once: no search
+
+
+def test_quantize_int8_names_the_convolutions_when_asked_to_keep_an_unknown_one(exported):
+    from skinapp import runtime
+    from skinapp.export import _plain
+
+    p = Predictor.from_registry("tiny-student", exported[0])
+    graph, _ = runtime.export_graph(_plain(p.model), p.card.input_size, "x")
+    names = runtime.int8_candidates(graph)
+    assert names and all(n.endswith("Conv") for n in names)
+    batch = [np.random.default_rng(0).normal(size=(4, 3, p.card.input_size, p.card.input_size)).astype(np.float32)]
+    with pytest.raises(ValueError, match="no convolution named nope.*" + re.escape(names[0])):
+        runtime.quantize_int8(graph, batch, "x", ["nope"])
+    assert runtime.quantize_int8(graph, batch, "x", names[:1])  # a known one is accepted

@@ -417,8 +417,8 @@ def test_train_page_offers_each_objective_with_its_knobs(env, tiny_data):
     at.selectbox(key="train_kd").set_value("relational").run()
     labels = [w.label for w in at.number_input]
     assert "Relational scale" in labels and "Rotation task weight" in labels and "Attention weight beta" not in labels
-    assert not at.info  # its teacher targets are cached with the views
     assert option("kd_relation").help in [w.help for w in at.number_input]
+    assert "feature maps" in at.info[0].value and "Estimate time" in at.info[0].value  # no shipped file has them
     at.selectbox(key="train_kd").set_value("function-matching").run()
     assert "teacher at every training step" in at.info[0].value
     # a student that cannot start from this teacher's layers is refused on the page, before any job
@@ -427,6 +427,29 @@ def test_train_page_offers_each_objective_with_its_knobs(env, tiny_data):
     at.button[0].click().run()
     assert "cannot start from tiny-teacher's layers" in at.error[0].value
     assert not jobs.list_jobs()
+
+
+def test_train_page_estimates_the_time_before_launch(env, tiny_data, monkeypatch):
+    """Estimate time: the run's own preparation and a few timed steps, in a subprocess; no job, no model."""
+    from skinapp import jobs
+    from skinapp.registry import Registry
+
+    monkeypatch.setenv("SKINAPP_CACHE", str(env.parent / "cache"))
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(tiny_data)).run()
+    at.selectbox(key="train_arch").set_value("dsnet").run()
+    at.selectbox(key="train_kd").set_value("attention").run()
+    values = {"Epochs": 1, "Image size (pixels)": 48, "Batch size": 8}
+    for w in at.number_input:
+        if w.label in values:
+            w.set_value(values[w.label])
+    before = Registry().names()
+    assert [b.label for b in at.button][:2] == ["Launch training", "Estimate time"]
+    at.button[1].click().run()
+    assert not at.exception and not at.error
+    (shown,) = [i.value for i in at.info if i.value.startswith("Expected time")]
+    assert "about" in shown and "training (" in shown and "teacher's pass" in shown
+    assert not jobs.list_jobs() and Registry().names() == before
 
 
 def test_train_page_refuses_a_teacher_that_cannot_teach_the_folder(env, tmp_path):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data import decode_dataset, decode_paths, scan_dataset
-from ..models import FusedNet, create_model, get_arch
+from ..data import DecodedData, LesionDataset, Split, decode_dataset, decode_paths, scan_dataset
+from ..models import ArchSpec, FusedNet, create_model, get_arch
 from ..protocol import check_parts
 from ..registry import ModelCard, Registry, check_name
 from .cache import SHIPPED_LOGITS, build_teacher_cache
@@ -20,7 +21,7 @@ from .features import pair_stages, stage_names, stage_shapes
 from .loop import FeatureKD, Loop, dist_info, evaluate, resolve_device, train_one_epoch
 from .objectives import needs_features
 from .progress import ProgressLog, Stage, Stopped, StopRequest
-from .teacher import check_teacher_split, fold_split, init_from_teacher, resolve_heads
+from .teacher import Setup, check_teacher_split, fold_split, init_from_teacher, resolve_heads
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,23 @@ def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | Non
             dist.destroy_process_group()
 
 
-def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: ProgressLog,
-         stop: StopRequest) -> ModelCard | None:
-    t_start = time.time()
+@dataclass
+class Prepared:
+    """A run's data, split and teacher, ready for the loop: what ``train`` and ``estimate`` both start from."""
+    spec: ArchSpec
+    size: int  # the student's input size
+    tsize: int  # the teacher's (0: none)
+    ds: LesionDataset
+    st: Setup
+    decoded: DecodedData
+    split: Split
+    train_idx: list[int]
+    folds: torch.Tensor | None
+    dev: torch.device
+
+
+def prepare(cfg: TrainConfig, registry: Registry, progress: ProgressLog, stop: StopRequest) -> Prepared:
+    """Read and split the data, set up the teacher, choose the device."""
     spec = get_arch(cfg.arch)
     size = cfg.image_size or spec.input_size
     ds = scan_dataset(cfg.data, cfg.task, cfg.label_map, cfg.metadata)
@@ -66,8 +81,22 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     check_teacher_split(st, decoded, split)
     train_idx, folds = fold_split(cfg, st, decoded, split.train, split.val)
-    dev = _prepare_device(cfg, st)
-    lp = _loop(cfg, st, decoded, train_idx, folds, size, tsize, dev, rank, world, progress, stop, registry)
+    return Prepared(spec, size, tsize, ds, st, decoded, split, train_idx, folds, _prepare_device(cfg, st))
+
+
+def make_loop(cfg: TrainConfig, p: Prepared, registry: Registry, progress: ProgressLog, stop: StopRequest,
+              rank: int = 0, world: int = 1) -> Loop:
+    return _loop(cfg, p.st, p.decoded, p.train_idx, p.folds, p.size, p.tsize, p.dev, rank, world, progress, stop,
+                 registry)
+
+
+def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: ProgressLog,
+         stop: StopRequest) -> ModelCard | None:
+    t_start = time.time()
+    p = prepare(cfg, registry, progress, stop)
+    spec, size, ds, st, decoded, split, train_idx = p.spec, p.size, p.ds, p.st, p.decoded, p.split, p.train_idx
+    folds = p.folds
+    lp = make_loop(cfg, p, registry, progress, stop, rank, world)
     progress.emit("start", name=cfg.name, arch=cfg.arch, teacher=cfg.teacher, head=st.head, n_train=len(train_idx),
                   n_val=len(split.val), n_test=len(split.test), skipped=len(decoded.skipped), epochs=cfg.epochs,
                   steps_per_epoch=len(lp.batches(0)), world_size=world)

@@ -10,7 +10,7 @@ import streamlit as st
 from skinapp import jobs
 from skinapp.data import DatasetError, LesionDataset, resize_square, scan_dataset
 from skinapp.distill import DEFAULT_STUDENT_ARCH, TrainingError, default, option
-from skinapp.distill.objectives import CHOICES, KD_OBJECTIVES, parse_kd
+from skinapp.distill.objectives import CHOICES, KD_OBJECTIVES, needs_features, parse_kd
 from skinapp.distill.teacher import init_prefix, plan_heads
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
@@ -97,7 +97,8 @@ def _number(col, label: str, name: str, arch: str, value=None, **kw):
     return col.number_input(label, lo, hi, option(name).type(value), key=f"train_{name}_{arch}", **kw)
 
 
-def _form(reg) -> dict | None:
+def _form(reg) -> tuple[dict, str] | None:
+    """The run's arguments and what was pressed ("estimate" or "launch"), or None before a press."""
     teachers = [c.name for c in reg.cards() if c.role == "teacher"]
     students = sorted(a for a, spec in ARCHITECTURES.items() if spec.family != "fused")  # fused = teachers only
     # outside the form, so picking an architecture refills the schedule below with that architecture's own
@@ -125,8 +126,12 @@ def _form(reg) -> dict | None:
         test_frac = _number(c1, "Locked test fraction", "test_frac", arch, step=0.05,
                             help="Share of lesions kept aside as the locked test split: reported only, never used "
                                  "to choose anything. 0 = no test split.")
-        submitted = st.form_submit_button("Launch training", type="primary")
-    if not submitted:
+        b1, b2, _ = st.columns([1, 1, 4])
+        launch = b1.form_submit_button("Launch training", type="primary")
+        timed = b2.form_submit_button("Estimate time", help="Prepares the data and the teacher as the job will "
+                                      "and times a few real training steps on this server (under a minute on "
+                                      "the default data); nothing is trained.")
+    if not (launch or timed):
         return None
     args = {"data": st.session_state.get("train_data", ""), "name": name.strip(), "arch": arch,
             "temperature": temperature, "alpha": alpha, "epochs": int(epochs), "lr": lr, "batch_size": int(batch),
@@ -142,7 +147,7 @@ def _form(reg) -> dict | None:
                      f"(an EfficientNet-Lite0 teacher, or a fused teacher with a Lite0 member, for lite0_tiny).")
             return None
         args["init_from_teacher"] = teacher
-    return args
+    return args, "launch" if launch else "estimate"
 
 
 def _teacher_problem(reg, args: dict, path: str) -> str | None:
@@ -166,7 +171,12 @@ def _objective() -> str:
     st.caption(" · ".join(f"**{n}**: {KD_OBJECTIVES[n].summary} ({KD_OBJECTIVES[n].reference})" for n in parts))
     if "function-matching" in parts:
         st.info("Function matching runs the teacher at every training step (each batch is mixed anew) instead of "
-                "once on cached views, so it takes several times longer than the logit objective on this CPU.")
+                "once on cached views, so it takes several times longer than the logit objective on this CPU. "
+                "**Estimate time** below says how long on this server before you launch.")
+    elif needs_features(parts):
+        st.info("Feature objectives need the teacher's feature maps, which no shipped file holds: unless an "
+                "earlier run cached them, the teacher first runs over every training view. **Estimate time** "
+                "below says how long on this server before you launch.")
     study = load_study()
     lines = [line for n in parts for line in measured(study, n)]
     if lines:
@@ -175,6 +185,20 @@ def _objective() -> str:
                    f"{teachers}, locked test split; a seed is better or worse when its 95% interval clears "
                    "zero): " + "; ".join(lines) + ". The Models page has the whole table.")
     return kd
+
+
+def _estimate(args: dict, reg) -> None:
+    """Time the run on this server before it is launched (a subprocess; the page waits for it)."""
+    busy = jobs.active_job()
+    with st.spinner("Preparing the data and the teacher and timing a few training steps on this server..."):
+        try:
+            args = dict(args, data=str(jobs.allowed_data_folder(args["data"])))
+            est = jobs.estimate_run(args, weights_dir=str(reg.root))
+        except (jobs.JobError, DatasetError) as exc:
+            st.error(common.md(common.friendly(exc)), icon=":material/timer_off:")
+            return
+    st.info(f"Expected time: {common.md(est['summary'])}."
+            + (" A job is running now, so these times include its load." if busy else ""), icon=":material/timer:")
 
 
 @st.fragment(run_every=1.5)
@@ -249,14 +273,17 @@ def render() -> None:
                          key="train_data", placeholder=f"e.g. {jobs.data_roots()[-1] / 'my-lesions'}", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis, inside "
                          + " or ".join(str(r) for r in jobs.data_roots()))
     valid = bool(path.strip()) and _dataset_preview(path.strip())
-    args = _form(reg)
-    if args is not None:
+    pressed = _form(reg)
+    if pressed is not None:
+        args, action = pressed
         if not valid:
             st.error("Fix the dataset folder first: no job was started.")
-        elif not args["name"] or args["name"] in reg.names():
-            st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
         elif (problem := _teacher_problem(reg, args, path.strip())) is not None:
             st.error(f"This teacher cannot teach this folder: {problem}. No job was started.")
+        elif action == "estimate":
+            _estimate(args, reg)
+        elif not args["name"] or args["name"] in reg.names():
+            st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
         else:
             try:
                 args["data"] = str(jobs.allowed_data_folder(path.strip()))
