@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from skinapp.explain import gradcam  # noqa: E402
+from skinapp.synthetic import blob_images  # noqa: E402
 
 #: (method, layers) per network: its 6x6 last layer (the cards' layer until now), the 12x12 one, both
 CANDIDATES = {
@@ -41,26 +42,6 @@ CANDIDATES = {
                               ("gradcam", "blocks.1,blocks.5")],
 }
 SHIPPED = {"dsnet": "dsnet-kd", "lite0_tiny": "lite0-tiny-kd", "mobilenetv3_small_100": "mobilenetv3-kd"}
-
-
-def blob_images(n: int, seed: int, size: int = 96):
-    """The localisation test's images (tests/test_inference_explain.py): half hold one dark blob."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size]
-    xs, ys, masks = [], [], []
-    for i in range(n):
-        img = np.empty((size, size, 3), np.float32)
-        img[...] = np.array([214, 170, 150]) + rng.normal(0, 6, 3)
-        img += rng.normal(0, 14, img.shape)
-        cy, cx, r = rng.uniform(14, size - 14), rng.uniform(14, size - 14), rng.uniform(7, 11)
-        mask = np.hypot(yy - cy, xx - cx) < r
-        if i % 2 == 0:
-            img[mask] *= 0.35
-        xs.append(np.clip(img, 0, 255) / 255.0)
-        ys.append(int(i % 2 == 0))
-        masks.append(mask)
-    x = (torch.tensor(np.stack(xs), dtype=torch.float32).permute(0, 3, 1, 2) - 0.5) / 0.5
-    return x, torch.tensor(ys), np.stack(masks)
 
 
 def scores(heat: np.ndarray, mask: np.ndarray) -> tuple[bool, float, float]:

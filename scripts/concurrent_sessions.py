@@ -13,55 +13,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from browser import CHROMIUM, FLAGS, ServerError, open_page, rss_mb, start_server, stop_server, upload  # noqa: E402
 from conftest import lesion  # noqa: E402  (the generated test lesions: no patient data)
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of the server process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def start_server(weights: str | None, port: int, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, SKINAPP_TRAINING="off")
-    if weights:
-        env["SKINAPP_WEIGHTS"] = weights
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless",
-                             "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=open(log, "w"),
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("streamlit did not start: " + log.read_text()[-2000:])
+def serve(weights: str | None, log: Path) -> tuple[subprocess.Popen, str]:
+    """The app with training off (a benchmark starts no jobs), on ``weights`` or the shipped registry."""
+    try:
+        return start_server({"SKINAPP_TRAINING": "off"} | ({"SKINAPP_WEIGHTS": weights} if weights else {}), log)
+    except ServerError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def session(url: str, chromium: str, photo: Path, barrier: threading.Barrier, out: dict, i: int) -> None:
@@ -70,13 +40,10 @@ def session(url: str, chromium: str, photo: Path, barrier: threading.Barrier, ou
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=FLAGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url, timeout=120_000)
-            page.get_by_text("not a medical device").first.wait_for(timeout=120_000)
+            page = open_page(browser, url)
             barrier.wait()  # every session uploads at the same moment
             t0 = time.perf_counter()
-            page.locator("input[type=file]").first.set_input_files(str(photo))
-            page.get_by_text("P(malignant) =").first.wait_for(timeout=120_000)
+            upload(page, [photo])
             out[i] = {"verdict_s": time.perf_counter() - t0,
                       "exceptions": page.locator("[data-testid=stException]").count()}
         except Exception as exc:  # a failed session is a result too
@@ -91,7 +58,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--weights", help="registry folder (default: the shipped weights/)")
     ap.add_argument("--photo-size", type=int, default=600, help="side of each generated photo, pixels")
-    ap.add_argument("--chromium", default=os.environ.get("SKINAPP_CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--chromium", default=CHROMIUM)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.sessions < 1:
@@ -101,22 +68,20 @@ def main() -> int:
     for i in range(args.sessions):
         photos.append(tmp / f"lesion-{i}.png")
         lesion(100 + i, i % 2 == 0, args.photo_size).save(photos[-1])
-    port = free_port()
-    server = start_server(args.weights, port, tmp / "streamlit.log")
+    server, url = serve(args.weights, tmp / "streamlit.log")
     try:
         before = rss_mb(server.pid)
         out: dict[int, dict] = {}
         barrier = threading.Barrier(args.sessions)
-        threads = [threading.Thread(target=session, args=(f"http://127.0.0.1:{port}", args.chromium, photos[i],
-                                                          barrier, out, i)) for i in range(args.sessions)]
+        threads = [threading.Thread(target=session, args=(url, args.chromium, photos[i], barrier, out, i))
+                   for i in range(args.sessions)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         after = rss_mb(server.pid)
     finally:
-        server.terminate()
-        server.wait(15)
+        stop_server(server)
     times = [r["verdict_s"] for r in out.values() if "verdict_s" in r]
     report = {"sessions": args.sessions, "answered": len(times), "photo_px": args.photo_size,
               "verdict_s_median": round(statistics.median(times), 2) if times else None,

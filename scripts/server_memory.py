@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -20,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from concurrent_sessions import FLAGS, free_port, rss_mb, start_server  # noqa: E402
+from browser import CHROMIUM, FLAGS, rss_mb, stop_server, upload  # noqa: E402
+from concurrent_sessions import serve  # noqa: E402
 from conftest import lesion  # noqa: E402
 
 
@@ -44,9 +44,8 @@ def drive(url: str, chromium: str, photos: list[Path], teacher: str, pid: int) -
             page.wait_for_timeout(2000)
             for i in range(0, len(photos), 5):
                 t0 = time.perf_counter()
-                page.locator("input[type=file]").first.set_input_files([str(q) for q in photos[i:i + 5]])
                 done = min(i + 5, len(photos))  # uploads add to the list: wait for this many verdicts
-                page.get_by_text("P(malignant) =").nth(done - 1).wait_for(timeout=600_000)
+                upload(page, photos[i:i + 5], verdicts=done, timeout_ms=600_000)
                 marks[f"after_{done}_mb"] = rss_mb(pid)
                 marks[f"batch_{i // 5 + 1}_s"] = round(time.perf_counter() - t0, 1)
             marks["exceptions"] = page.locator("[data-testid=stException]").count()
@@ -61,7 +60,7 @@ def main() -> int:
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--limit-mb", type=float, default=1500)
     ap.add_argument("--weights", help="registry folder (default: the shipped weights/)")
-    ap.add_argument("--chromium", default=os.environ.get("SKINAPP_CHROMIUM", "/usr/bin/chromium"))
+    ap.add_argument("--chromium", default=CHROMIUM)
     args = ap.parse_args()
     from skinapp.registry import Registry
 
@@ -71,15 +70,12 @@ def main() -> int:
     for i in range(args.photos):
         photos.append(tmp / f"lesion-{i}.png")
         lesion(300 + i, i % 2 == 0, 600).save(photos[-1])
-    port = free_port()
-    server = start_server(args.weights, port, tmp / "streamlit.log")
+    server, url = serve(args.weights, tmp / "streamlit.log")
     try:
-        report = {"start_mb": rss_mb(server.pid)} | drive(f"http://127.0.0.1:{port}", args.chromium, photos,
-                                                         teacher, server.pid)
+        report = {"start_mb": rss_mb(server.pid)} | drive(url, args.chromium, photos, teacher, server.pid)
         report["end_mb"] = rss_mb(server.pid)
     finally:
-        server.terminate()
-        server.wait(15)
+        stop_server(server)
     report = {k: round(v, 1) if isinstance(v, float) else v for k, v in report.items()}
     report |= {"teacher": teacher, "photos": args.photos, "limit_mb": args.limit_mb}
     print(json.dumps(report, indent=2))

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -273,6 +274,7 @@ def log_tail(job_id: str, root: str | Path | None = None, lines: int = 30) -> st
 
 
 ESTIMATE_TIMEOUT_S = 600
+_ESTIMATING = threading.Lock()  # one estimate at a time per server: each decodes the photos and loads a teacher
 
 
 def estimate_run(args: dict[str, Any], weights_dir: str | None = None, timeout: float = ESTIMATE_TIMEOUT_S
@@ -280,11 +282,15 @@ def estimate_run(args: dict[str, Any], weights_dir: str | None = None, timeout: 
     """How long the job ``args`` describes would take, from ``distill --estimate`` in a subprocess: it decodes the
     photos and loads the teacher as the job will, so the server's memory and threads stay out of it."""
     cmd = build_command(args, weights_dir) + ["--estimate", "--json"]
+    if not _ESTIMATING.acquire(blocking=False):
+        raise JobBusyError("another estimate is running on this server; try again when it has finished")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
     except subprocess.TimeoutExpired as exc:
         raise JobError(f"the estimate took over {timeout:.0f} s; the run itself would be longer still") from exc
+    finally:
+        _ESTIMATING.release()
     if done.returncode != 0 or not done.stdout.strip():
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise JobError(f"the estimate failed: {tail}")

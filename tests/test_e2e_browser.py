@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser import CHROMIUM, FLAGS, ROOT, ServerError, open_page, start_server, stop_server, upload
 from conftest import lesion
 
-CHROMIUM = os.environ.get("SKINAPP_CHROMIUM", "/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("SKINAPP_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts"))
 
 # CI sets SKINAPP_REQUIRE_BROWSER=1 so a missing browser fails there instead of skipping silently.
@@ -23,41 +17,17 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.g
                                 reason=f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture()
 def server(tmp_path, tiny_registry):
     weights = tmp_path / "weights"
     shutil.copytree(tiny_registry, weights)
-    port = free_port()
-    env = dict(os.environ, SKINAPP_WEIGHTS=str(weights), SKINAPP_JOBS=str(tmp_path / "jobs"))
-    log = open(tmp_path / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not start: " + (tmp_path / "streamlit.log").read_text()[-2000:])
-    yield url
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        proc, url = start_server({"SKINAPP_WEIGHTS": str(weights), "SKINAPP_JOBS": str(tmp_path / "jobs")},
+                                 tmp_path / "streamlit.log", timeout_s=60)
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    yield url
+    stop_server(proc)
 
 
 def test_upload_in_real_browser(server, tmp_path):
@@ -70,16 +40,11 @@ def test_upload_in_real_browser(server, tmp_path):
     dicom = tmp_path / "dermoscope.dcm"
     dicom.write_bytes(dicom_bytes(lesion(12, False, 160)))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags, headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server, timeout=60_000)
-            page.get_by_text("not a medical device").first.wait_for(timeout=60_000)
-            page.locator("input[type=file]").first.set_input_files([str(image), str(dicom)])
-            page.get_by_text("P(malignant) =").first.wait_for(timeout=60_000)
+            page = open_page(browser, server, 60_000)
+            upload(page, [image, dicom], verdicts=1, timeout_ms=60_000)
             page.get_by_text("regions that raised the").first.wait_for(timeout=30_000)  # the map, its method named
             page.wait_for_function(
                 "() => [...document.querySelectorAll('img')].filter(i => i.complete && i.naturalWidth > 0)"

@@ -86,3 +86,14 @@ def test_estimate_from_the_command_line_as_the_train_page_runs_it(reg, tiny_data
     assert "cli-est" not in Registry(reg.root).names() and not jobs.list_jobs()
     with pytest.raises(jobs.JobError, match="the estimate failed: .*no such|the estimate failed: .*not"):
         jobs.estimate_run(args | {"data": str(Path(tiny_data) / "missing")}, weights_dir=str(reg.root))
+
+
+def test_one_estimate_at_a_time(reg, tiny_data):
+    from skinapp import jobs
+
+    assert jobs._ESTIMATING.acquire(blocking=False)  # as if another session's estimate were running
+    try:
+        with pytest.raises(jobs.JobBusyError, match="another estimate is running"):
+            jobs.estimate_run({"data": str(tiny_data), "name": "x"}, weights_dir=str(reg.root))
+    finally:
+        jobs._ESTIMATING.release()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 
 import pandas as pd
 import streamlit as st
@@ -95,7 +96,11 @@ def render() -> None:
         if bar is not None:
             bar.progress(i / len(files), text=f"Analysing photo {i + 1} of {len(files)} with {card.name}…")
         try:
-            row, case = _show_one(card, f, f.getvalue(), temperature, threshold, band, alpha)
+            # one photo has no bar: a spinner says what the page waits for (the first activation map of an ONNX
+            # copy also loads the PyTorch model it is computed on)
+            busy = st.spinner(f"Analysing {common.md(f.name)} with {card.name}…", show_time=True)
+            with busy if bar is None else nullcontext():
+                row, case = _show_one(card, f, f.getvalue(), temperature, threshold, band, alpha)
         except InvalidImageError as exc:
             st.error(common.md(common.friendly(exc)), icon=":material/error:")
             row = {"file": f.name, "model": card.name, "error": common.friendly(exc)}
