@@ -28,21 +28,21 @@ from skinapp.inference import Predictor, split_logits  # noqa: E402
 from skinapp.registry import Registry  # noqa: E402
 
 
-def fit(p: Predictor, ds, decoded, split: str, temperature: float = 1.0) -> dict:
-    sd = split_logits(p, ds, split, decoded)
+def fit(p: Predictor, sd, temperature: float = 1.0) -> dict:
     prob = p.probabilities(sd.logits, temperature).numpy()
-    return {"auc": float(roc_auc_score(sd.y, prob)), "confidence": float(np.maximum(prob, 1 - prob).mean()),
-            "one_hot_share": float((np.maximum(prob, 1 - prob) > 0.95).mean()), "n": int(len(sd.y))}
+    conf = np.maximum(prob, 1 - prob)
+    return {"auc": float(roc_auc_score(sd.y, prob)), "confidence": float(conf.mean()),
+            "one_hot_share": float((conf > 0.95).mean()), "n": int(len(sd.y))}
 
 
 def gap(p: Predictor, ds, decoded_by_size: dict, temperature: float | None) -> dict:
     size = p.card.input_size
     if size not in decoded_by_size:
         decoded_by_size[size] = decode_dataset(ds, size)
-    d = decoded_by_size[size]
-    row = {"model": p.card.name, "input_size": size} | {s: fit(p, ds, d, s) for s in ("train", "val", "test")}
+    parts = {s: split_logits(p, ds, s, decoded_by_size[size]) for s in ("train", "val", "test")}
+    row = {"model": p.card.name, "input_size": size} | {s: fit(p, sd) for s, sd in parts.items()}
     if temperature is not None:
-        row["train_softened"] = fit(p, ds, d, "train", temperature)
+        row["train_softened"] = fit(p, parts["train"], temperature)
     return row
 
 
@@ -57,7 +57,7 @@ def main() -> int:
     args = ap.parse_args()
     reg = Registry(args.weights)
     ds, decoded, rows = None, {}, []
-    names = ([args.teacher] if args.teacher else []) + args.models.split(",")
+    names = args.models.split(",") + ([args.teacher] if args.teacher else [])  # the slow teacher last
     for name in names:
         p = Predictor.from_registry(name, reg)
         ds = ds or scan_dataset(args.data, p.card.task)

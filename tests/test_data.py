@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from skinapp.data import (DEFAULT_LABEL_MAP, DatasetError, augment_batch, decode_dataset, model_input, normalize,
-                          read_label_map, resize_square, scan_dataset, to_tensor)
+                          read_label_map, resize_batch, resize_square, scan_dataset, to_tensor)
 
 from conftest import SHARED_ISIC, lesion, make_dataset
 
@@ -453,6 +453,29 @@ def test_augment_geometry_is_a_crop_flip_or_rotation():
     x[:, 0] = 200
     out = augment_batch(x, 32, torch.Generator().manual_seed(9), "standard")
     assert torch.all(out[:, 1:] <= out[:, :1] + 1e-6)
+
+
+def test_augment_pair_gives_both_resolutions_the_same_view():
+    """The teacher's view at its size and the student's from the photo decoded at the student's size: one crop,
+    turn, flip and colour (the student's is close to the teacher's resized, and far from another draw)."""
+    from skinapp.data import augment_pair
+
+    photo = [lesion(i, i % 2 == 0, 180) for i in range(4)]
+    big = torch.stack([torch.from_numpy(np.array(p.resize((224, 224)))).permute(2, 0, 1) for p in photo])
+    small = torch.stack([torch.from_numpy(np.array(p.resize((96, 96)))).permute(2, 0, 1) for p in photo])
+    gen = torch.Generator().manual_seed(3)
+    t, s = augment_pair(big, small, 224, 96, gen, "standard")
+    assert t.shape == (4, 3, 224, 224) and s.shape == (4, 3, 96, 96)
+    same = (resize_batch(t, 96) - s).abs().mean().item()
+    other = (resize_batch(augment_batch(big, 224, torch.Generator().manual_seed(4), "standard"), 96) - s)
+    assert same < 0.02 < other.abs().mean().item()
+    # the generator moved on exactly as one augment_batch call moves it
+    ref = torch.Generator().manual_seed(3)
+    augment_batch(big, 224, ref, "standard")
+    assert torch.equal(torch.rand(5, generator=gen), torch.rand(5, generator=ref))
+    # without the student's own photos, its view is the teacher's resized (the old way, kept for size >= teacher's)
+    t2, s2 = augment_pair(big, None, 224, 96, torch.Generator().manual_seed(3), "standard")
+    assert torch.equal(t2, t) and torch.equal(s2, resize_batch(t, 96))
 
 
 # ------------------------------------------------------------------------------------------------ real data

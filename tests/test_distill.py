@@ -537,3 +537,28 @@ def test_a_stop_during_the_teachers_pass_ends_the_run_within_one_chunk(registry_
     kinds = [e["event"] for e in events(progress, skip=())]
     assert kinds[-1] == "stopped" and "step" not in kinds
     assert not list((tmp_path / "cache").glob("*.safetensors"))  # no half-built cache is saved
+
+
+def test_a_student_smaller_than_its_teacher_trains_on_views_of_its_own_decode(registry_copy, tiny_data, tmp_path,
+                                                                              monkeypatch):
+    """Its views are cut from the photos decoded at its own size (as its validation photos are), with the
+    teacher's crop, not resized down from the teacher's upsampled view; cached and live alike."""
+    from skinapp.distill import cache, loop
+
+    monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / "cache"))
+    seen = []
+    for module in (cache, loop):
+        real = module.augment_pair
+
+        def spy(big, small, big_size, small_size, gen, strength="standard", _real=real):
+            seen.append((tuple(big.shape[-2:]), None if small is None else tuple(small.shape[-2:]), small_size))
+            return _real(big, small, big_size, small_size, gen, strength)
+
+        monkeypatch.setattr(module, "augment_pair", spy)
+    reg = Registry(registry_copy)
+    for views in (2, 0):  # the cache's pass, then the teacher live at every step
+        seen.clear()
+        card = train(TrainConfig(data=str(tiny_data), name=f"small-{views}", teacher="tiny-teacher",
+                                 teacher_views=views, **TINY | {"image_size": 32}), reg)
+        assert card.input_size == 32 and seen
+        assert set(seen) == {((48, 48), (32, 32), 32)}, seen

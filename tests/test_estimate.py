@@ -64,7 +64,8 @@ def test_a_feature_objective_cannot_use_shipped_logits(reg, tiny_data):
     try:
         p = prepare(cfg, reg, ProgressLog(None), stop)
         lp = make_loop(cfg, p, reg, ProgressLog(None), stop)
-        key = cache_key(cfg, p.st, [p.decoded.hashes[i] for i in p.train_idx], p.size, lp.train_x.shape[-1])
+        key = cache_key(cfg, p.st, [p.decoded.hashes[i] for i in p.train_idx], p.size, lp.train_x.shape[-1],
+                        own_size_views=lp.train_small is not None)
         assert _cache_state(cfg, p, lp, reg) == "to compute"
         (reg.root / SHIPPED_LOGITS).mkdir(exist_ok=True)
         (reg.root / SHIPPED_LOGITS / f"teacher-logits-{key}.safetensors").write_bytes(b"")

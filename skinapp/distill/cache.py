@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import augment_batch, resize_batch
+from ..data import augment_pair
 from . import teacher as _teacher
 from .config import TrainConfig
 from .progress import ProgressLog, Stage
@@ -33,17 +33,21 @@ def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
 
 
 def cache_key(cfg: TrainConfig, st: Setup, hashes: list[str], size: int, decoded_size: int,
-              features: list | None = None) -> str:
+              features: list | None = None, own_size_views: bool = False) -> str:
+    """What the cached views and logits depend on. ``own_size_views``: the student's views are made from the
+    photos decoded at its own size (``augment_pair``), not resized from the teacher's; the teacher's logits are
+    the same either way, only the views differ."""
     tc = st.teacher_card
     n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
     parts = [tc.sha256, hashes, cfg.teacher_views, cfg.augment, cfg.seed, size, tc.input_size, decoded_size]
     parts += (["flips", n_aug] if st.teacher_flips else []) + ([features] if features else [])
+    parts += ["student views at their own size"] if own_size_views else []
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:20]
 
 
 def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashes: list[str], size: int,
                         progress: ProgressLog, rank: int = 0, folds: torch.Tensor | None = None,
-                        shipped: Path | None = None, features=None, check=None
+                        shipped: Path | None = None, features=None, check=None, small: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """K augmented views of every training image at the student's size, with the teacher's logits on each.
 
@@ -54,10 +58,12 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     install regenerates the seeded views and skips the teacher's pass (checked on a sample first).
     ``features`` (a ``FeatureKD``): the teacher's feature targets are cached with each view as well.
     ``check``: called between chunks of the teacher's pass; raises to stop (a cancel within seconds).
+    ``small``: the same photos decoded at the student's size, from which its views are made (``augment_pair``).
     """
     from safetensors.torch import load_file
 
-    key = cache_key(cfg, st, hashes, size, images.shape[-1], features.describe() if features else None)
+    key = cache_key(cfg, st, hashes, size, images.shape[-1], features.describe() if features else None,
+                    small is not None)
     path = cache_dir() / f"teacher-views-{key}.safetensors"
     n_aug = cached_augmentations(cfg.teacher_views, st.teacher_flips)
     if path.exists():
@@ -76,7 +82,8 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     stage = Stage(progress, "the teacher's pass over the training photos", n_aug * len(images))
     for k in range(n_aug):
         for i in range(0, len(images), 64):
-            x01 = augment_batch(images[i:i + 64].to(dev), big, gen, cfg.augment)
+            x01, view = augment_pair(images[i:i + 64].to(dev), None if small is None else small[i:i + 64].to(dev),
+                                     big, size, gen, cfg.augment)
             batch_folds = None if folds is None else folds[i:i + 64]
             if known_logits is not None and k == 0 and i == 0 and not _matches(st, x01[:8], batch_folds,
                                                                                  known_logits[0, :8]):
@@ -87,7 +94,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
             else:
                 _teacher_pass(st, x01, batch_folds, features, check, logits[k, i:i + 64], feats, (k, i, n_aug,
                                                                                                   len(images)))
-            views[k, i:i + 64] = (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
+            views[k, i:i + 64] = (view.cpu() * 255).round().clamp(0, 255).to(torch.uint8)
             stage.update(k * len(images) + i + len(x01))
         progress.emit("cache", message="computing teacher logits" if known_logits is None else
                       f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..data import augment_batch, resize_batch
+from ..data import augment_pair
 from ..registry import Registry
 from .cache import SHIPPED_LOGITS, cache_dir, cache_key, cached_augmentations
 from .config import TrainConfig
@@ -86,17 +86,16 @@ def _measure(cfg: TrainConfig, p: Prepared, lp: Loop, registry: Registry, prepar
              ) -> Estimate:
     n_train, batch = len(p.train_idx), min(cfg.batch_size, len(p.train_idx))
     bi = torch.arange(batch)
-    x01 = augment_batch(lp.train_x[:batch], lp.big, lp.gen, cfg.augment)
     t0 = time.perf_counter()
-    _views(x01, p.size)
+    xt01, x01 = _augment(lp, batch)  # the views' augmentation, as the cache makes them
     views_per_image = (time.perf_counter() - t0) / batch
     teacher_image_s, teacher_s, views_s, how = None, 0.0, 0.0, "none"
     if p.st.teacher is not None:
-        teacher_image_s, lp_cache = _time_teacher(lp, x01, p.size)
+        teacher_image_s, lp_cache = _time_teacher(lp, xt01, x01)
         how = "live at every step" if cfg.teacher_views == 0 else _cache_state(cfg, p, lp, registry)
         if cfg.teacher_views > 0:
             n_aug = cached_augmentations(cfg.teacher_views, p.st.teacher_flips)
-            views_s = 0.0 if how == "cached" else n_aug * n_train * (views_per_image + _augment_s(lp, batch))
+            views_s = 0.0 if how == "cached" else n_aug * n_train * views_per_image
             teacher_s = {"cached": 0.0, "shipped logits": 8 * teacher_image_s}.get(how, n_aug * n_train
                                                                                    * teacher_image_s)
             lp.cached = lp_cache
@@ -108,20 +107,21 @@ def _measure(cfg: TrainConfig, p: Prepared, lp: Loop, registry: Registry, prepar
                     step_s, teacher_image_s, torch.get_num_threads())
 
 
-def _views(x01: torch.Tensor, size: int) -> torch.Tensor:
-    return (resize_batch(x01.cpu(), size) * 255).round().clamp(0, 255).to(torch.uint8)
+def _augment(lp: Loop, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    small = None if lp.train_small is None else lp.train_small[:batch]
+    return augment_pair(lp.train_x[:batch], small, lp.big, lp.size, lp.gen, lp.cfg.augment)
 
 
-def _augment_s(lp: Loop, batch: int) -> float:
-    t0 = time.perf_counter()
-    augment_batch(lp.train_x[:batch], lp.big, lp.gen, lp.cfg.augment)
-    return (time.perf_counter() - t0) / batch
+def _uint8(x01: torch.Tensor) -> torch.Tensor:
+    return (x01.cpu() * 255).round().clamp(0, 255).to(torch.uint8)
 
 
+STEP_BUDGET_S = 5.0  # the student's steps are timed for about this long (at least ``steps`` of them)
+MAX_STEPS = 20
 TEACHER_PHOTOS = 8  # photos the teacher is timed on: its pass is long, the estimate should not be
 
 
-def _time_teacher(lp: Loop, x01: torch.Tensor, size: int) -> tuple[float, tuple]:
+def _time_teacher(lp: Loop, x01: torch.Tensor, views: torch.Tensor) -> tuple[float, tuple]:
     """Seconds per photo of the teacher's forward (after a warm-up), and a one-view cache of this batch holding
     the teacher's logits and feature targets (those of the timed photos, repeated: values do not change the
     cost), so the student's steps run exactly as they will on the real cache."""
@@ -140,13 +140,13 @@ def _time_teacher(lp: Loop, x01: torch.Tensor, size: int) -> tuple[float, tuple]
     def fill(t: torch.Tensor) -> torch.Tensor:
         return t.cpu().repeat(reps, *[1] * (t.dim() - 1))[:len(x01)][None]
 
-    return per_image, (_views(x01, size)[None], fill(logits), {k: fill(v) for k, v in feats.items()})
+    return per_image, (_uint8(views)[None], fill(logits), {k: fill(v) for k, v in feats.items()})
 
 
 def _cache_state(cfg: TrainConfig, p: Prepared, lp: Loop, registry: Registry) -> str:
     """Whether the teacher's pass is already done for exactly these settings (the run's own cache key)."""
     key = cache_key(cfg, p.st, [p.decoded.hashes[i] for i in p.train_idx], p.size, lp.train_x.shape[-1],
-                    lp.features.describe() if lp.features else None)
+                    lp.features.describe() if lp.features else None, lp.train_small is not None)
     if (cache_dir() / f"teacher-views-{key}.safetensors").exists():
         return "cached"
     shipped = [registry.root / SHIPPED_LOGITS, cache_dir()]
@@ -155,14 +155,16 @@ def _cache_state(cfg: TrainConfig, p: Prepared, lp: Loop, registry: Registry) ->
     return "to compute"
 
 
-def _time_steps(lp: Loop, bi: torch.Tensor, steps: int) -> float:
-    """The median of ``steps`` real training steps, after one warm-up step (a short run's one-cycle schedule
-    may have fewer steps than that: a constant one stands in, at the same cost)."""
+def _time_steps(lp: Loop, bi: torch.Tensor, steps: int, budget_s: float = STEP_BUDGET_S) -> float:
+    """The median of at least ``steps`` real training steps (more, up to ``MAX_STEPS``, while they fit in
+    ``budget_s``: a few quick steps on an idle machine read low), after one warm-up step. A short run's one-cycle
+    schedule may have fewer steps than that: a constant one stands in, at the same cost."""
     lp.sched = torch.optim.lr_scheduler.ConstantLR(lp.opt, factor=1.0, total_iters=0)
     lp.net.train()
     train_step(lp, bi)
-    times = []
-    for _ in range(max(1, steps)):
+    times: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(times) < max(1, steps) or (len(times) < MAX_STEPS and time.perf_counter() < t_end):
         t0 = time.perf_counter()
         train_step(lp, bi)
         times.append(time.perf_counter() - t0)

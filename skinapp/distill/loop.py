@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import augment_batch, model_input
+from ..data import augment_pair, model_input
 from ..evaluation import binary_metrics, grouped_probs
 from ..models import FusedNet
 from .config import TrainConfig, TrainingError
@@ -33,7 +33,7 @@ class Loop:
     model: nn.Module
     opt: torch.optim.Optimizer
     sched: Any
-    train_x: torch.Tensor  # uint8 pixels on the device
+    train_x: torch.Tensor  # uint8 pixels on the device, at the larger of the student's and the teacher's sizes
     train_y: torch.Tensor
     size: int  # the student's input size
     big: int  # augment at the larger of the student's and the teacher's sizes
@@ -47,6 +47,7 @@ class Loop:
     world: int = 1
     features: "FeatureKD | None" = None  # the taps and pairing of feature-level objectives
     init: dict[str, Any] | None = None  # where the student's weights came from, when from a teacher
+    train_small: torch.Tensor | None = None  # the same photos decoded at the student's size, when it is smaller
     done: int = 0
     t0: float = field(default_factory=time.time)
 
@@ -86,16 +87,17 @@ def train_one_epoch(lp: Loop, epoch: int) -> float | None:
 
 def train_step(lp: Loop, bi: torch.Tensor) -> torch.Tensor:
     cfg, st = lp.cfg, lp.st
-    x01, y, t_logits, targets = batch_inputs(lp, bi)
+    x01, xt01, y, t_logits, targets = batch_inputs(lp, bi)
     y2, lam = y, 1.0
     if st.teacher is not None and "function-matching" in cfg.objectives:
-        x01 = strong_mix(x01, lp.gen, cfg.kd_mix)  # no label follows the mix: only the teacher is matched
+        # no label follows the mix: only the teacher is matched
+        x01, xt01 = strong_mix(x01, lp.gen, cfg.kd_mix, xt01)
     elif cfg.mixup > 0:
-        x01, y2, lam = mixup(x01, y, cfg.mixup, lp.mix_rng)
+        x01, y2, lam, xt01 = mixup(x01, y, cfg.mixup, lp.mix_rng, xt01)
     if st.teacher is not None and lp.cached is None:
         if lp.features:
-            lp.features.teacher.n = len(x01)
-        t_logits = teacher_logits(st, x01, None if lp.folds is None else lp.folds[bi])
+            lp.features.teacher.n = len(xt01)
+        t_logits = teacher_logits(st, xt01, None if lp.folds is None else lp.folds[bi])
         targets = lp.features.targets() if lp.features else None
     if t_logits is not None and st.teacher_columns is not None:
         t_logits = t_logits[:, st.teacher_columns]  # this folder's diagnoses only, renormalised by the softmax
@@ -210,20 +212,23 @@ def batch_indices(n_train: int, batch: int, epoch: int, seed: int, rank: int, wo
     return [b for b in out if len(b) > 1] or [mine]
 
 
-def batch_inputs(lp: Loop, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
-    """A batch's [0,1] pixels, hard labels and (from the cache, if any) teacher logits and feature targets, on
-    the device."""
+def batch_inputs(lp: Loop, bi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor,
+                                                     torch.Tensor | None, dict | None]:
+    """A batch's [0,1] pixels for the student and (when the teacher runs live) for the teacher, hard labels and
+    (from the cache, if any) teacher logits and feature targets, on the device."""
     dev = lp.train_x.device
     if lp.cached is None:
-        x01 = augment_batch(lp.train_x[bi.to(dev)], lp.big, lp.gen, lp.cfg.augment)
-        return x01, lp.train_y[bi.to(dev)], None, None
+        big = lp.train_x[bi.to(dev)]
+        small = None if lp.train_small is None else lp.train_small[bi.to(dev)]
+        xt01, x01 = augment_pair(big, small, lp.big, lp.size, lp.gen, lp.cfg.augment)
+        return x01, xt01, lp.train_y[bi.to(dev)], None, None
     views, logits, feats = lp.cached
     v = torch.randint(0, views.shape[0], (len(bi),), generator=lp.gen)
     x01 = views[v, bi].to(dev).float() / 255.0
     if lp.st.teacher_flips:
         x01 = random_flips(x01, lp.gen)
     targets = {k: t[v, bi].to(dev) for k, t in feats.items()} if feats else None
-    return x01, lp.train_y[bi.to(dev)], logits[v, bi].to(dev), targets
+    return x01, None, lp.train_y[bi.to(dev)], logits[v, bi].to(dev), targets
 
 
 def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -233,11 +238,14 @@ def random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(v, x.flip(2), x)
 
 
-def mixup(x01: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator):
-    """One mixing weight per batch (Zhang et al. 2018); the teacher, when there is one, sees the mixed pixels."""
+def mixup(x01: torch.Tensor, y: torch.Tensor, alpha: float, rng: np.random.Generator,
+          teacher_x01: torch.Tensor | None = None):
+    """One mixing weight per batch (Zhang et al. 2018); the teacher, when there is one, sees the same mix of its
+    own pixels (``teacher_x01``)."""
     lam = float(rng.beta(alpha, alpha))
     perm = torch.as_tensor(rng.permutation(len(x01)), device=x01.device)
-    return lam * x01 + (1 - lam) * x01[perm], y[perm], lam
+    mixed_t = None if teacher_x01 is None else lam * teacher_x01 + (1 - lam) * teacher_x01[perm]
+    return lam * x01 + (1 - lam) * x01[perm], y[perm], lam, mixed_t
 
 
 def dist_info() -> tuple[int, int]:

@@ -157,24 +157,36 @@ def rotate_quarters(x: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor
 
 # ---------------------------------------------------------------- function matching: strong mixing
 
-def cutmix(x01: torch.Tensor, gen: torch.Generator, alpha: float = 1.0) -> torch.Tensor:
-    """Each image with a box pasted from another image of the batch (Yun et al. 2019); box area ~ Beta(a, a)."""
+def cutmix(x01: torch.Tensor, gen: torch.Generator, alpha: float = 1.0, other: torch.Tensor | None = None):
+    """Each image with a box pasted from another image of the batch (Yun et al. 2019); box area ~ Beta(a, a).
+    ``other``: the same batch at another resolution (the teacher's), given the same box, scaled; then both
+    are returned."""
     n, _, h, w = x01.shape
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     cut_h, cut_w = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
     cy, cx = (int(torch.randint(0, s, (1,), generator=gen)) for s in (h, w))
-    y0, y1, x0, x1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h), max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+    box = (max(cy - cut_h // 2, 0) / h, min(cy + cut_h // 2, h) / h, max(cx - cut_w // 2, 0) / w,
+           min(cx + cut_w // 2, w) / w)
     perm = torch.randperm(n, generator=gen).to(x01.device)
-    out = x01.clone()
-    out[:, :, y0:y1, x0:x1] = x01[perm, :, y0:y1, x0:x1]
+    out = [_paste(x, perm, box) for x in (x01, other) if x is not None]
+    return out[0] if other is None else tuple(out)
+
+
+def _paste(x: torch.Tensor, perm: torch.Tensor, box: tuple[float, float, float, float]) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    y0, y1, x0, x1 = round(box[0] * h), round(box[1] * h), round(box[2] * w), round(box[3] * w)
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
     return out
 
 
-def strong_mix(x01: torch.Tensor, gen: torch.Generator, alpha: float = 1.0) -> torch.Tensor:
+def strong_mix(x01: torch.Tensor, gen: torch.Generator, alpha: float = 1.0, other: torch.Tensor | None = None):
     """Mixup or cutmix, one chosen per batch, as function matching mixes every view; no labels follow the mix:
-    only the teacher's outputs on the mixed pixels are matched."""
+    only the teacher's outputs on the mixed pixels are matched. ``other``: the teacher's pixels of the same
+    batch, mixed the same way; then (student's, teacher's) are returned."""
     if bool(torch.rand(1, generator=gen) < 0.5):
-        return cutmix(x01, gen, alpha)
+        return cutmix(x01, gen, alpha, other)
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(len(x01), generator=gen).to(x01.device)
-    return lam * x01 + (1 - lam) * x01[perm]
+    out = [lam * x + (1 - lam) * x[perm] for x in (x01, other) if x is not None]
+    return out[0] if other is None else tuple(out)

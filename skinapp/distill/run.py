@@ -66,6 +66,7 @@ class Prepared:
     train_idx: list[int]
     folds: torch.Tensor | None
     dev: torch.device
+    small: DecodedData | None = None  # the photos decoded at the student's size, when the teacher's is larger
 
 
 def prepare(cfg: TrainConfig, registry: Registry, progress: ProgressLog, stop: StopRequest) -> Prepared:
@@ -81,13 +82,24 @@ def prepare(cfg: TrainConfig, registry: Registry, progress: ProgressLog, stop: S
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     check_teacher_split(st, decoded, split)
     train_idx, folds = fold_split(cfg, st, decoded, split.train, split.val)
-    return Prepared(spec, size, tsize, ds, st, decoded, split, train_idx, folds, _prepare_device(cfg, st))
+    small = None
+    if size < tsize:  # the student's views come from its own decode, as its validation photos do (augment_pair)
+        small = decode_dataset(ds, size, check=stop.check,
+                               report=Stage(progress, "decoding the photos at the student's size", len(ds.samples)
+                                            ).update)
+        if small.paths != decoded.paths:
+            raise TrainingError(f"the photos decoded at {size} px are not those decoded at {max(size, tsize)} px "
+                                f"(a file changed while it was read); start again")
+    return Prepared(spec, size, tsize, ds, st, decoded, split, train_idx, folds, _prepare_device(cfg, st), small)
 
 
 def make_loop(cfg: TrainConfig, p: Prepared, registry: Registry, progress: ProgressLog, stop: StopRequest,
               rank: int = 0, world: int = 1) -> Loop:
-    return _loop(cfg, p.st, p.decoded, p.train_idx, p.folds, p.size, p.tsize, p.dev, rank, world, progress, stop,
-                 registry)
+    lp = _loop(cfg, p.st, p.decoded, p.train_idx, p.folds, p.size, p.tsize, p.dev, rank, world, progress, stop,
+               registry)
+    if p.small is not None:
+        lp.train_small = p.small.images[p.train_idx].to(p.dev)
+    return lp
 
 
 def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: ProgressLog,
@@ -103,7 +115,7 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     if st.teacher is not None and cfg.teacher_views > 0:
         lp.cached = build_teacher_cache(cfg, st, lp.train_x.cpu(), [decoded.hashes[i] for i in train_idx],
                                         size, progress, rank, folds, registry.root / SHIPPED_LOGITS, lp.features,
-                                        stop.check)
+                                        stop.check, None if lp.train_small is None else lp.train_small.cpu())
     # validation images decoded at the student's own size, exactly as `evaluate` and the app preprocess them
     val_x, val_y = decode_paths([decoded.paths[i] for i in split.val], size), decoded.targets[split.val].numpy()
     try:
