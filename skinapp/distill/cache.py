@@ -32,6 +32,11 @@ def cached_augmentations(teacher_views: int, teacher_flips: bool) -> int:
     return -(-teacher_views // 4) if teacher_flips else teacher_views
 
 
+def stored_view(x01: torch.Tensor) -> torch.Tensor:
+    """A [0,1] view as the cache keeps it: uint8 on the CPU."""
+    return (x01.cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
 def cache_key(cfg: TrainConfig, st: Setup, hashes: list[str], size: int, decoded_size: int,
               features: list | None = None, own_size_views: bool = False) -> str:
     """What the cached views and logits depend on. ``own_size_views``: the student's views are made from the
@@ -94,7 +99,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
             else:
                 _teacher_pass(st, x01, batch_folds, features, check, logits[k, i:i + 64], feats, (k, i, n_aug,
                                                                                                   len(images)))
-            views[k, i:i + 64] = (view.cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+            views[k, i:i + 64] = stored_view(view)
             stage.update(k * len(images) + i + len(x01))
         progress.emit("cache", message="computing teacher logits" if known_logits is None else
                       f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,

@@ -15,7 +15,7 @@ import torch
 
 from ..data import augment_pair
 from ..registry import Registry
-from .cache import SHIPPED_LOGITS, cache_dir, cache_key, cached_augmentations
+from .cache import SHIPPED_LOGITS, cache_dir, cache_key, cached_augmentations, stored_view
 from .config import TrainConfig
 from .loop import Loop, predict_logits, train_step
 from .progress import ProgressLog, StopRequest
@@ -112,10 +112,6 @@ def _augment(lp: Loop, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return augment_pair(lp.train_x[:batch], small, lp.big, lp.size, lp.gen, lp.cfg.augment)
 
 
-def _uint8(x01: torch.Tensor) -> torch.Tensor:
-    return (x01.cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-
-
 STEP_BUDGET_S = 5.0  # the student's steps are timed for about this long (at least ``steps`` of them)
 MAX_STEPS = 20
 TEACHER_PHOTOS = 8  # photos the teacher is timed on: its pass is long, the estimate should not be
@@ -140,7 +136,7 @@ def _time_teacher(lp: Loop, x01: torch.Tensor, views: torch.Tensor) -> tuple[flo
     def fill(t: torch.Tensor) -> torch.Tensor:
         return t.cpu().repeat(reps, *[1] * (t.dim() - 1))[:len(x01)][None]
 
-    return per_image, (_uint8(views)[None], fill(logits), {k: fill(v) for k, v in feats.items()})
+    return per_image, (stored_view(views)[None], fill(logits), {k: fill(v) for k, v in feats.items()})
 
 
 def _cache_state(cfg: TrainConfig, p: Prepared, lp: Loop, registry: Registry) -> str:

@@ -66,7 +66,7 @@ class Prepared:
     train_idx: list[int]
     folds: torch.Tensor | None
     dev: torch.device
-    small: DecodedData | None = None  # the photos decoded at the student's size, when the teacher's is larger
+    train_small: torch.Tensor | None = None  # the training photos at the student's size, when the teacher's is larger
 
 
 def prepare(cfg: TrainConfig, registry: Registry, progress: ProgressLog, stop: StopRequest) -> Prepared:
@@ -82,14 +82,8 @@ def prepare(cfg: TrainConfig, registry: Registry, progress: ProgressLog, stop: S
     check_parts(ds, decoded, split, cfg.test_frac > 0)
     check_teacher_split(st, decoded, split)
     train_idx, folds = fold_split(cfg, st, decoded, split.train, split.val)
-    small = None
-    if size < tsize:  # the student's views come from its own decode, as its validation photos do (augment_pair)
-        small = decode_dataset(ds, size, check=stop.check,
-                               report=Stage(progress, "decoding the photos at the student's size", len(ds.samples)
-                                            ).update)
-        if small.paths != decoded.paths:
-            raise TrainingError(f"the photos decoded at {size} px are not those decoded at {max(size, tsize)} px "
-                                f"(a file changed while it was read); start again")
+    # the student's views come from its own decode, as its validation photos do (augment_pair)
+    small = decode_paths([decoded.paths[i] for i in train_idx], size) if size < tsize else None
     return Prepared(spec, size, tsize, ds, st, decoded, split, train_idx, folds, _prepare_device(cfg, st), small)
 
 
@@ -97,8 +91,8 @@ def make_loop(cfg: TrainConfig, p: Prepared, registry: Registry, progress: Progr
               rank: int = 0, world: int = 1) -> Loop:
     lp = _loop(cfg, p.st, p.decoded, p.train_idx, p.folds, p.size, p.tsize, p.dev, rank, world, progress, stop,
                registry)
-    if p.small is not None:
-        lp.train_small = p.small.images[p.train_idx].to(p.dev)
+    if p.train_small is not None:
+        lp.train_small = p.train_small.to(p.dev)
     return lp
 
 
