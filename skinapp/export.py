@@ -20,7 +20,7 @@ from .compress import copy_metrics
 from .data import DatasetError, decode_dataset, model_input, scan_dataset
 from .inference import Predictor, dataset_logits, split_logits
 from .registry import ModelCard, Registry, RegistryError, check_name
-from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, OnnxModel, export_graph, int8_candidates, quantize_int8
+from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, Int8Quantizer, OnnxModel, export_graph, rename_graph
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,10 @@ def _int8(graph: bytes, source: Predictor, decoded, val, name: str, max_float: i
     batches = [_inputs(card, decoded, pick[i:i + 32]) for i in range(0, len(pick), 32)]
     digest = hashlib.sha256("\n".join(decoded.hashes[i] for i in pick).encode()).hexdigest()[:16]
     info = {"calibration_images": int(len(pick)), "calibration_split": "validation", "calibration_digest": digest}
-    keep, search = _keep_float(graph, source, decoded, val, batches, max_float)
-    info |= {"kept_float_convolutions": keep} | ({"sensitivity_search": search} if search else {})
-    return quantize_int8(graph, batches, name, keep), info
+    with Int8Quantizer(graph) as quantizer:
+        keep, search, made = _keep_float(quantizer, source, decoded, val, batches, max_float)
+        info |= {"kept_float_convolutions": keep} | ({"sensitivity_search": search} if search else {})
+        return rename_graph(made, name) if made else quantizer.quantize(batches, name, keep), info
 
 
 def _inputs(card: ModelCard, decoded, index: np.ndarray) -> np.ndarray:
@@ -107,26 +108,40 @@ def _inputs(card: ModelCard, decoded, index: np.ndarray) -> np.ndarray:
                        card.std).numpy()
 
 
-def _keep_float(graph: bytes, source: Predictor, decoded, val, batches: list[np.ndarray], max_float: int
-                ) -> tuple[list[str], dict | None]:
-    """The convolutions to keep float, chosen by ``greedy_float`` on validation AUC (never test)."""
+def _keep_float(quantizer: Int8Quantizer, source: Predictor, decoded, val, batches: list[np.ndarray],
+                max_float: int) -> tuple[list[str], dict | None, bytes | None]:
+    """The convolutions to keep float, chosen by ``greedy_float`` on validation AUC (never test), with the graph
+    quantised for that choice when the search made it (the best-scoring probe is kept, not quantised again)."""
     if max_float <= 0:
-        return [], None
+        return [], None, None
     x = [_inputs(source.card, decoded, val.selection.index[i:i + 64]) for i in range(0, len(val.y), 64)]
+    best: dict = {"auc": -1.0}
 
     def score(keep: list[str]) -> float:
-        model = OnnxModel(quantize_int8(graph, batches, "probe", keep), 2)
-        return _auc(source, val.y, torch.cat([model(torch.as_tensor(b)) for b in x]))
+        graph = quantizer.quantize(batches, "probe", keep)
+        model = OnnxModel(graph, 2)
+        auc = _auc(source, val.y, torch.cat([model(torch.as_tensor(b)) for b in x]))
+        if auc > best["auc"]:
+            best.update(auc=auc, keep=list(keep), graph=graph)
+        return auc
 
-    return greedy_float(score, lambda: int8_candidates(graph), _auc(source, val.y, val.logits), max_float)
+    keep, search = greedy_float(score, lambda: quantizer.candidates, _auc(source, val.y, val.logits), max_float)
+    return keep, search, best["graph"] if best.get("keep") == keep else None
 
 
-def greedy_float(score: Callable[[list[str]], float], candidates: Callable[[], list[str]], target: float,
+def greedy_float(raw: Callable[[list[str]], float], candidates: Callable[[], list[str]], target: float,
                  max_float: int, tolerance: float = INT8_TOLERANCE) -> tuple[list[str], dict]:
     """Greedy: each candidate's score when it alone stays float, then the best of them (those that help) added
     one at a time until the score is within ``tolerance`` of ``target`` or ``max_float`` are float. No single
     layer carries the loss in a small network, so one at a time is the cheapest search that finds a set.
     Returns the set that met the tolerance (else the best-scoring one seen) and the search's record."""
+    memo: dict[tuple[str, ...], float] = {}  # the first step is the best single set, already scored
+
+    def score(keep: list[str]) -> float:
+        if tuple(keep) not in memo:
+            memo[tuple(keep)] = raw(keep)
+        return memo[tuple(keep)]
+
     kept, auc = [], score([])
     search = {"source_val_auc": round(target, 4), "tolerance": tolerance, "steps": [[[], round(auc, 4)]]}
     if target - auc <= tolerance:

@@ -158,38 +158,62 @@ INT8_SETTINGS = {"format": "QDQ", "weights": "int8, per channel", "activations":
                  "kept_float": "first convolution, classifier, and the convolutions the sensitivity search keeps"}
 
 
-def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str, keep_float: Sequence[str] = ()) -> bytes:
-    """Static int8 copy of a float graph; ``batches``: preprocessed calibration images (validation split only);
-    ``keep_float``: convolutions (``int8_candidates`` names) kept float besides the first one and the classifier."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+class Int8Quantizer:
+    """A float graph prepared once (ONNX Runtime's pre-processing) and quantised to static int8 as often as asked,
+    each time with its own set of convolutions kept float: a sensitivity search quantises one graph many times."""
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(batches)
+    def __init__(self, graph: bytes):
+        self._tmp = tempfile.TemporaryDirectory(prefix="skinapp-int8-")
+        self._pre = _preprocessed(graph, Path(self._tmp.name))
+        self._convs, self._classifier = _float_nodes(self._pre)
 
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {"image": b.astype(np.float32)}
+    def __enter__(self) -> "Int8Quantizer":
+        return self
 
-    with tempfile.TemporaryDirectory(prefix="skinapp-int8-") as tmp:
-        pre, out = _preprocessed(graph, Path(tmp)), Path(tmp) / "int8.onnx"
-        convs, classifier = _float_nodes(pre)
-        unknown = sorted(set(keep_float) - set(convs))
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    @property
+    def candidates(self) -> list[str]:
+        """The convolutions a sensitivity search may keep float: all but the first (always float)."""
+        return self._convs[1:]
+
+    def quantize(self, batches: Iterable[np.ndarray], name: str, keep_float: Sequence[str] = ()) -> bytes:
+        """``batches``: preprocessed calibration images (validation split only); ``keep_float``: convolutions
+        (``candidates`` names) kept float besides the first one and the classifier."""
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(batches)
+
+            def get_next(self):
+                b = next(self.it, None)
+                return None if b is None else {"image": b.astype(np.float32)}
+
+        unknown = sorted(set(keep_float) - set(self._convs))
         if unknown:
             raise ValueError(f"no convolution named {', '.join(unknown)} in the graph; its convolutions: "
-                             f"{', '.join(convs)}")
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                             f"{', '.join(self._convs)}")
+        out = Path(self._tmp.name) / "int8.onnx"
+        quantize_static(str(self._pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=convs[:1] + classifier + list(keep_float))
+                        nodes_to_exclude=self._convs[:1] + self._classifier + list(keep_float))
         return rename_graph(out.read_bytes(), name)
+
+
+def quantize_int8(graph: bytes, batches: Iterable[np.ndarray], name: str, keep_float: Sequence[str] = ()) -> bytes:
+    """Static int8 copy of a float graph (see ``Int8Quantizer.quantize``)."""
+    with Int8Quantizer(graph) as q:
+        return q.quantize(batches, name, keep_float)
 
 
 def int8_candidates(graph: bytes) -> list[str]:
     """The convolutions a sensitivity search may keep float: all but the first (always float)."""
-    with tempfile.TemporaryDirectory(prefix="skinapp-int8-") as tmp:
-        return _float_nodes(_preprocessed(graph, Path(tmp)))[0][1:]
+    with Int8Quantizer(graph) as q:
+        return q.candidates
 
 
 def _preprocessed(graph: bytes, tmp: Path) -> Path:

@@ -22,6 +22,9 @@ from skinapp.registry import ModelFileError, Registry
 pytest.importorskip("onnxruntime")
 
 
+QUANTISED: list[list[str]] = []  # the kept-float set of every int8 quantisation the export made
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_registry, tiny_data, tmp_path_factory):
     """A registry copy holding tiny-student's fp32 and int8 ONNX copies; the int8 calibration batches kept."""
@@ -32,18 +35,19 @@ def exported(tiny_registry, tiny_data, tmp_path_factory):
     reg = Registry(root)
     export.export_model(reg, "tiny-student", str(tiny_data))
     seen = []
-    real = runtime.quantize_int8
+    real = runtime.Int8Quantizer.quantize
 
-    def spy(graph, batches, name, keep=()):
+    def spy(self, batches, name, keep=()):
         batches = [b.copy() for b in batches]
-        seen[:] = batches  # the last call made the registered copy (a sensitivity search makes more first)
-        return real(graph, batches, name, keep)
+        seen[:] = batches  # every call (the copy and a sensitivity search's probes) calibrates on the same images
+        QUANTISED.append(list(keep))
+        return real(self, batches, name, keep)
 
-    export.quantize_int8 = spy
+    runtime.Int8Quantizer.quantize = spy
     try:
         export.export_model(reg, "tiny-student", str(tiny_data), int8=True)
     finally:
-        export.quantize_int8 = real
+        runtime.Int8Quantizer.quantize = real
     return reg, np.concatenate(seen)
 
 
@@ -63,6 +67,24 @@ def test_copies_are_registered_with_their_source(exported):
     search = q["sensitivity_search"]  # on validation: the copy's AUC with nothing more kept float comes first
     assert search["steps"][0][0] == [] and search["tolerance"] == 0.005 and isinstance(search["met"], bool)
     assert q["kept_float_convolutions"] == max(search["steps"], key=lambda s: s[1])[0]
+
+
+def test_int8_copy_is_its_kept_set_quantised_once(exported):
+    """The search's best probe is registered as it is: the same outputs as quantising its set afresh, and no set
+    is quantised twice."""
+    from skinapp import runtime
+    from skinapp.export import _plain
+
+    reg, calib = exported
+    keep = reg.get("tiny-student-onnx-int8").export["quantisation"]["kept_float_convolutions"]
+    assert len(QUANTISED) == len({tuple(k) for k in QUANTISED}) and keep in QUANTISED
+    p = Predictor.from_registry("tiny-student", reg)
+    graph, _ = runtime.export_graph(_plain(p.model), p.card.input_size, "x")
+    fresh = runtime.OnnxModel(runtime.quantize_int8(graph, [calib], "x", keep), 1)
+    made = Predictor.from_registry("tiny-student-onnx-int8", reg).model
+    x = torch.as_tensor(np.random.default_rng(1).normal(size=(8, 3, p.card.input_size, p.card.input_size)),
+                        dtype=torch.float32)
+    assert torch.equal(made(x), fresh(x))
 
 
 def test_fp32_copy_gives_the_sources_probabilities(exported, tiny_data):
@@ -267,6 +289,7 @@ def test_greedy_float_keeps_the_costliest_convolutions_until_within_tolerance():
     assert [s[0] for s in search["steps"]] == [[], ["b"], ["b", "c"]]
     assert search["steps"][-1][1] == pytest.approx(0.898)
     assert ["d"] in calls and ["b", "c", "a"] not in calls  # d was tried alone; the search stopped once met
+    assert len(calls) == len({tuple(c) for c in calls}) == 6  # [b] is the first step and the best single: once
 
 
 def test_greedy_float_returns_the_best_set_when_the_tolerance_is_out_of_reach():
