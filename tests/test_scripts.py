@@ -149,3 +149,13 @@ def test_kd_vs_control_sweeps_the_temperature_as_variants():
     assert kvc.run_name("dsnet", "kd-T5", 2) == "dsnet-kd-T5-s2"
     with pytest.raises(SystemExit, match="unknown variant 'kd-Tx'.*kd-T<temperature>"):
         kvc.variant_args("kd-Tx", args)
+
+
+def test_input_size_rule_needs_a_positive_mean_and_a_majority_of_splits():
+    decide = load("input_size_selection").decide
+    rows = lambda *d: [{"delta_auc": x} for x in d]  # noqa: E731
+    assert decide(rows(0.02, 0.01, -0.005))["choose_larger"]  # mean > 0, ahead on 2 of 3
+    assert not decide(rows(0.06, -0.01, -0.01))["choose_larger"]  # mean > 0, but ahead on 1 of 3
+    assert not decide(rows(0.001, 0.002, -0.02))["choose_larger"]  # ahead on 2 of 3, mean < 0
+    got = decide(rows(-0.004, -0.0278, -0.0018, 0.0265, -0.0035))  # the five splits measured
+    assert got["larger_ahead"] == 1 and got["mean_delta_auc"] == pytest.approx(-0.00212) and not got["choose_larger"]

@@ -17,7 +17,6 @@ import streamlit as st
 from skinapp.registry import model_summary
 from skinapp import studies
 from skinapp.explain import cam_name
-from skinapp.studies import load_study
 from skinapp.ui import common
 
 RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
@@ -240,7 +239,7 @@ def _objective_row(s: dict) -> dict:
 
 
 def _objectives() -> None:
-    summary = load_study()  # skinapp.studies.OBJECTIVES_STUDY: each objective against its control
+    summary = studies.load_study()  # studies.OBJECTIVES_STUDY: each objective against its control
     if not summary:
         return
     st.subheader("Distillation objectives against their controls")
