@@ -73,4 +73,6 @@ $SK compress --model dsnet-kd --name dsnet-kd-fp16 --data "$DATA"
 $SK export --model lite0-tiny-kd --data "$DATA"
 $SK export --model lite0-tiny-kd --data "$DATA" --int8
 $SK export --model dsnet-kd --data "$DATA" --int8
+#    The fp32 copy is the default student: as fast as int8 on a CPU without VNNI, and exact (docs/experiments.md).
+$SK models --set-default lite0-tiny-kd-onnx
 $SK models

@@ -151,10 +151,19 @@ def graph_name(path: Path) -> str | None:
 #: uint8 activations, MinMax ranges from calibration images; the first convolution and the classifier stay
 #: float (measured on lite0-tiny-nokd's validation split: AUC 0.905 fp32, 0.858 all-int8, 0.893 with these two
 #: kept; Percentile or Entropy ranges, int8 activations, per-tensor weights, dynamic quantisation, or also keeping
-#: the adds, all depthwise convolutions or the pooling float did no better, here and again on lite0-tiny-kd);
-#: when the copy still loses too much, export's sensitivity search keeps a few more convolutions float
-INT8_SETTINGS = {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8, per tensor",
-                 "calibration": "MinMax",
+#: the adds, all depthwise convolutions or the pooling float did no better, here and again on lite0-tiny-kd).
+#: Weights of the convolutions ONNX Runtime runs as a matrix product use 7 bits (-64..64, ``reduce_range``): on
+#: x86 CPUs without VNNI it multiplies u8 x s8 with VPMADDUBSW, which adds two products in 16 bits and saturates
+#: when both are large (2 x 255 x 127 > 32767), so a full 8-bit copy scores differently there than on a VNNI CPU
+#: (lite0-tiny-kd's: validation AUC 0.9011 with VNNI, 0.8919 without); with 7 bits a pair is at most
+#: 2 x 255 x 64 = 32640. Depthwise convolutions keep 8 bits: their kernels widen both operands to 16 bits before
+#: multiplying, so nothing saturates, and 7 bits there cost lite0-tiny-kd 0.02 validation AUC. Every CPU then
+#: computes the same numbers (docs/experiments.md, "int8 on CPUs without VNNI"). When the copy still loses too
+#: much, export's sensitivity search keeps a few more convolutions float
+WEIGHT_RANGE = (-64, 64)  # reduce_range: symmetric 7-bit weights, as ONNX Runtime writes them
+INT8_SETTINGS = {"format": "QDQ",
+                 "weights": "int8 per channel: 7 bits (-64..64, reduce_range), 8 bits in depthwise convolutions",
+                 "activations": "uint8, per tensor", "calibration": "MinMax",
                  "kept_float": "first convolution, classifier, and the convolutions the sensitivity search keeps"}
 
 
@@ -165,7 +174,8 @@ class Int8Quantizer:
     def __init__(self, graph: bytes):
         self._tmp = tempfile.TemporaryDirectory(prefix="skinapp-int8-")
         self._pre = _preprocessed(graph, Path(self._tmp.name))
-        self._convs, self._classifier = _float_nodes(self._pre)
+        self._convs, self._classifier, depthwise = _graph_nodes(self._pre)
+        self._eight_bit_depthwise = {w: [{"axis": 0, "reduce_range": False}] for w in depthwise}  # per channel
 
     def __enter__(self) -> "Int8Quantizer":
         return self
@@ -198,9 +208,10 @@ class Int8Quantizer:
                              f"{', '.join(self._convs)}")
         out = Path(self._tmp.name) / "int8.onnx"
         quantize_static(str(self._pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, reduce_range=True, activation_type=QuantType.QUInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=self._convs[:1] + self._classifier + list(keep_float))
+                        nodes_to_exclude=self._convs[:1] + self._classifier + list(keep_float),
+                        extra_options={"TensorQuantOverrides": self._eight_bit_depthwise})
         return rename_graph(out.read_bytes(), name)
 
 
@@ -225,10 +236,15 @@ def _preprocessed(graph: bytes, tmp: Path) -> Path:
     return pre
 
 
-def _float_nodes(pre: Path) -> tuple[list[str], list[str]]:
-    """(every convolution, the classifier) of a preprocessed graph, by node name."""
+def _graph_nodes(pre: Path) -> tuple[list[str], list[str], list[str]]:
+    """(every convolution, the classifier) of a preprocessed graph by node name, and its depthwise convolutions'
+    weights by tensor name."""
     import onnx
 
-    nodes = onnx.load(str(pre)).graph.node
-    return ([n.name for n in nodes if n.op_type == "Conv"],
-            [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")][-1:])
+    graph = onnx.load(str(pre)).graph
+    shapes = {t.name: t.dims for t in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    groups = {n.name: next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs}
+    depthwise = [n.input[1] for n in convs if groups[n.name] > 1 and shapes.get(n.input[1], [0, 0])[1] == 1]
+    return ([n.name for n in convs], [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")][-1:],
+            depthwise)

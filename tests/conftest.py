@@ -85,3 +85,31 @@ def tiny_registry(tmp_path_factory, tiny_data) -> Path:
     train(TrainConfig(name="tiny-student", arch="dsnet", teacher="tiny-teacher", default=True, **common), reg)
     train(TrainConfig(name="tiny-nokd", arch="dsnet", **common), reg)
     return root
+
+
+def int8_weights(path) -> dict[str, dict[str, np.ndarray]]:
+    """The int8 weights of a QDQ graph's convolutions, as "gemm" (run as a matrix product) or "depthwise"."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    dq = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    out: dict[str, dict[str, np.ndarray]] = {"gemm": {}, "depthwise": {}}
+    for n in g.node:
+        if n.op_type == "Conv" and n.input[1] in dq and inits[dq[n.input[1]]].dtype == np.int8:
+            w = inits[dq[n.input[1]]]
+            out["depthwise" if w.shape[1] == 1 and w.shape[0] > 1 else "gemm"][dq[n.input[1]]] = w
+    return out
+
+
+def assert_no_pair_saturates(path) -> None:
+    """u8 x s8 pairs are added in 16 bits on CPUs without VNNI: with matrix-product weights in -64..64 no pair can
+    saturate, so every CPU computes the card's numbers (an 8-bit weight reaches -128 or 127 in nearly every
+    layer); depthwise kernels widen to 16 bits first and keep 8."""
+    from skinapp.runtime import WEIGHT_RANGE
+
+    weights = int8_weights(path)
+    assert weights["gemm"] and 2 * 255 * max(-WEIGHT_RANGE[0], WEIGHT_RANGE[1]) <= 32767
+    for name, w in weights["gemm"].items():
+        assert WEIGHT_RANGE[0] <= w.min() and w.max() <= WEIGHT_RANGE[1], name

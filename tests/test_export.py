@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import lesion
+from conftest import assert_no_pair_saturates, lesion
 from skinapp.data import decode_dataset, model_input, scan_dataset
 from skinapp.explain import explain
 from skinapp.inference import Predictor, split_logits
@@ -85,6 +85,11 @@ def test_int8_copy_is_its_kept_set_quantised_once(exported):
     x = torch.as_tensor(np.random.default_rng(1).normal(size=(8, 3, p.card.input_size, p.card.input_size)),
                         dtype=torch.float32)
     assert torch.equal(made(x), fresh(x))
+
+
+def test_int8_weights_use_seven_bits_so_no_cpu_saturates(exported):
+    reg, _ = exported
+    assert_no_pair_saturates(reg.root / reg.get("tiny-student-onnx-int8").weights)
 
 
 def test_fp32_copy_gives_the_sources_probabilities(exported, tiny_data):
