@@ -15,7 +15,8 @@ cannot take (dsnet has no layers in an EfficientNet teacher) is skipped.
 A network may carry an input size and its own variants: ``lite0_tiny@128:init-kd`` trains lite0_tiny at 128 px,
 only as ``init-kd`` (variants joined by ``+``; and its control at 128 px). ``--jobs N`` trains N runs at a time
 (on a GPU), variant by variant in the order given, so a run cut short by a time limit still leaves whole rows;
-``--train-only`` / ``--compare-only`` split training (e.g. on a lent GPU) from the comparison.
+``--train-only`` / ``--compare-only`` split training (e.g. on a lent GPU) from the comparison; ``--merge-into
+STUDY.json`` puts a rerun's rows in place of a study's old ones.
 """
 from __future__ import annotations
 
@@ -82,6 +83,17 @@ def applies(spec: str, variant: str) -> bool:
     if only is not None and variant != "nokd" and variant not in only:
         return False
     return not variant.startswith("init") or arch in INIT_NETWORKS
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """A study's rows with ``new`` in place of the old rows of the same network, input size, variant and seed: a
+    rerun (e.g. after a fix) replaces what it reran, every other row keeps its place."""
+    def key(r: dict) -> tuple:
+        return r["arch"], r.get("image_size"), r["variant"], r["seed"]
+
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in old]
+    return merged + [r for r in new if key(r) in fresh]
 
 
 def train_missing(args, reg: Registry, seeds: list[int], variants: list[str]) -> None:
@@ -186,6 +198,8 @@ def main() -> int:
     mode.add_argument("--compare-only", action="store_true", help="compare the runs already trained")
     ap.add_argument("--scratch", default=str(ROOT / "runs" / "kd-vs-control"))
     ap.add_argument("--out-json", default=str(ROOT / "docs" / "results" / "kd_vs_control.json"))
+    ap.add_argument("--merge-into", help="also put the rows into this study (e.g. kd_objectives_lite012.json), "
+                                         "replacing its rows of the same network, size, variant and seed")
     ap.add_argument("extra", nargs="*", help="after --: more distill options for every run (they win)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -194,7 +208,9 @@ def main() -> int:
     for v in variants:
         variant_args(v, args)  # every name checked before hours of training
     for spec in args.networks:
-        network(spec)
+        if not any(applies(spec, v) for v in variants):
+            raise SystemExit(f"network {spec!r} takes none of the variants {', '.join(variants)}: only its controls "
+                             f"would train (name them with --variants)")
     reg = Registry(args.scratch)
     if args.teacher not in reg.names():
         reg.root.mkdir(parents=True, exist_ok=True)
@@ -206,6 +222,9 @@ def main() -> int:
         return 0
     rows = compare(args, reg, seeds, variants)
     Path(args.out_json).write_text(json.dumps(rows, indent=2) + "\n")
+    if args.merge_into:
+        study = Path(args.merge_into)
+        study.write_text(json.dumps(merge_rows(json.loads(study.read_text()), rows), indent=2) + "\n")
     print("\n".join(summary(rows)))
     return 0
 

@@ -138,6 +138,22 @@ def test_kd_vs_control_networks_carry_an_input_size_and_their_own_variants():
         kvc.network("resnet@96")
 
 
+def test_kd_vs_control_rerun_rows_replace_only_their_own(tmp_path, monkeypatch):
+    kvc = load("kd_vs_control")
+    old = [{"arch": "lite0_tiny", "image_size": s, "variant": "init-kd", "seed": k, "auc_kd": 0.8}
+           for s in (None, 180) for k in (0, 1)]
+    new = [{"arch": "lite0_tiny", "image_size": 180, "variant": "init-kd", "seed": k, "auc_kd": 0.9} for k in (1, 2)]
+    merged = kvc.merge_rows(old, new)
+    assert [(r["image_size"], r["seed"], r["auc_kd"]) for r in merged] == [
+        (None, 0, 0.8), (None, 1, 0.8), (180, 0, 0.8), (180, 1, 0.9), (180, 2, 0.9)]
+    # a network that takes none of the variants asked for would train only its controls: refused before training
+    monkeypatch.setattr(sys, "argv", ["kd_vs_control.py", "--data", str(tmp_path), "--teacher", "t",
+                                      "--networks", "lite0_tiny@180:init-kd", "--scratch", str(tmp_path / "s")])
+    with pytest.raises(SystemExit, match="'lite0_tiny@180:init-kd' takes none of the variants kd"):
+        kvc.main()
+    assert not (tmp_path / "s").exists()
+
+
 def test_kd_vs_control_sweeps_the_temperature_as_variants():
     import argparse
 
