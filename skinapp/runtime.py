@@ -157,9 +157,9 @@ def graph_name(path: Path) -> str | None:
 #: when both are large (2 x 255 x 127 > 32767), so a full 8-bit copy scores differently there than on a VNNI CPU
 #: (lite0-tiny-kd's: validation AUC 0.9011 with VNNI, 0.8919 without); with 7 bits a pair is at most
 #: 2 x 255 x 64 = 32640. Depthwise convolutions keep 8 bits: their kernels widen both operands to 16 bits before
-#: multiplying, so nothing saturates, and 7 bits there cost lite0-tiny-kd 0.02 validation AUC. Every CPU then
-#: computes the same numbers (docs/experiments.md, "int8 on CPUs without VNNI"). When the copy still loses too
-#: much, export's sensitivity search keeps a few more convolutions float
+#: multiplying, so nothing saturates, and 7 bits there cost lite0-tiny-kd 0.02 validation AUC. CPUs with and
+#: without VNNI then compute the same numbers (docs/experiments.md, "int8 on CPUs without VNNI"). When the copy
+#: still loses too much, export's sensitivity search keeps a few more convolutions float
 WEIGHT_RANGE = (-64, 64)  # reduce_range: symmetric 7-bit weights, as ONNX Runtime writes them
 INT8_SETTINGS = {"format": "QDQ",
                  "weights": "int8 per channel: 7 bits (-64..64, reduce_range), 8 bits in depthwise convolutions",
