@@ -34,7 +34,8 @@ $SK --weights "$SCRATCH" fuse --members teacher-lite0,teacher-l1-e15,teacher-l2-
     --description "EfficientNet-Lite0, -1 and -2 (each ImageNet-initialised, 9-diagnosis head, at its own input size) fused: mean probability over the three and four flips of the photo"
 cp "$SCRATCH/teacher-lite012.json" "$SCRATCH/teacher-lite012.safetensors" weights/
 $SK models --set-default teacher-lite012
-# 4. Default student: EfficientNet-Lite0 cut after its fourth stage (0.25M parameters) at 96 px, started from the
+# 4. The 96 px student (the default until 2 December, now 5b's at 128 px): EfficientNet-Lite0 cut after its
+#    fourth stage (0.25M parameters) at 96 px, started from the
 #    default teacher's Lite0 member (the recipe with the best validation AUC over three seeds in the objectives
 #    study, docs/experiments.md) and distilled from the default teacher's per-diagnosis soft targets.
 TINY=(--arch lite0_tiny --pretrained package --epochs 20 --lr 2e-3 --batch-size 32 --threads 2)
@@ -74,7 +75,7 @@ $SK distill --data "$DATA" --name dsnet-kd-lite0 --teacher teacher-lite0 -T 20 -
 $SK distill --data "$DATA" --name mobilenetv3-kd --arch mobilenetv3_small_100 --teacher teacher-lite012 \
     -T "${T:-4}" --alpha "${ALPHA:-0.5}" --image-size 112 --epochs 30 --lr 3e-3 --batch-size 64 --threads 2 \
     --description "MobileNetV3-Small distilled from teacher-lite012 (T=4, 112 px); random init: no offline ImageNet weights exist for it here"
-# 8. Half-precision copies of the default student and of the paper's student (Karim et al. 2024).
+# 8. Half-precision copies of the 96 px student and of the paper's student (Karim et al. 2024).
 $SK compress --model lite0-tiny-kd --name lite0-tiny-kd-fp16 --data "$DATA"
 $SK compress --model dsnet-kd --name dsnet-kd-fp16 --data "$DATA"
 # 9. ONNX Runtime copies (fp32 and static int8) of the default student and of the 96 px student, int8 of dsnet.
@@ -83,7 +84,7 @@ $SK export --model lite0-tiny-128-kd --data "$DATA" --int8
 $SK export --model lite0-tiny-kd --data "$DATA"
 $SK export --model lite0-tiny-kd --data "$DATA" --int8
 $SK export --model dsnet-kd --data "$DATA" --int8
-#    The fp32 copy is the default student: as fast as int8 per photo on a CPU without VNNI, 1.15x slower with it,
-#    and exact (docs/experiments.md).
+#    The fp32 copy is the default student: as fast as int8 per photo on a CPU without VNNI, 1.15-1.2x slower
+#    with it, and exact (docs/experiments.md).
 $SK models --set-default lite0-tiny-128-kd-onnx
 $SK models
