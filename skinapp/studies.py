@@ -13,8 +13,10 @@ from typing import Any, Mapping, Sequence
 
 #: each KD objective against its control, 3 seeds, from the shipped teacher (docs/experiments.md)
 OBJECTIVES_STUDY = Path(__file__).resolve().parents[1] / "docs" / "results" / "kd_objectives_lite012.json"
-#: the logit objective at each temperature against its control: dsnet, 3 seeds, from the shipped teacher
-SWEEP_STUDY = OBJECTIVES_STUDY.with_name("temperature_sweep_lite012.json")
+#: the logit objective at each temperature against its control: dsnet, 3 seeds, from the shipped teacher. Each file
+#: is one batch of temperatures with the controls trained alongside it (the first on a GPU, the later ones on a CPU)
+SWEEP_STUDIES = tuple(OBJECTIVES_STUDY.with_name(f"temperature_sweep_lite012{part}.json")
+                      for part in ("", "_T3-50", "_T70-90"))
 #: a study's variant name for each ``--kd`` objective (the study calls the logit objective "kd")
 STUDY_VARIANT = {"logit": "kd", "attention": "attention", "relational": "relational",
                  "function-matching": "function-matching"}
@@ -66,7 +68,7 @@ def summarise_pairs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "seeds_worse": sum(r["delta_auc_ci"][1] < 0 for r in g),
             "sens_at_spec80": _pair_stat(g, "sens_at_spec80"), "ece": _pair_stat(g, "ece"),
             "val_auc": (_optional_mean(g, "val_auc_kd"), _optional_mean(g, "val_auc_control")),
-            "train_s": _optional_mean(g, "train_s_kd"),
+            "train_s": _optional_mean(g, "train_s_kd"), "study": g[0].get("study"),
         })
     return out
 
@@ -98,6 +100,23 @@ def measured(summary: Sequence[Mapping[str, Any]], objective: str) -> list[str]:
     return [f"{s['network']}: ΔAUC {s['delta_auc'][0]:+.3f} over {s['seeds']} seed{'s' * (s['seeds'] != 1)} "
             f"({s['seeds_better']} better, {s['seeds_worse']} worse)"
             for s in summary if s["variant"] == variant and s["image_size"] is None]
+
+
+def load_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """The rows of several study files that exist, each marked with its file: a study run in batches keeps each
+    batch's file (and its own controls) as its command wrote it. The same run in two files is refused, since its
+    seeds would silently count twice."""
+    rows, seen = [], {}
+    for path in paths:
+        if not path.exists():
+            continue
+        for row in json.loads(path.read_text()):
+            key = (*_group(row), row.get("seed"))
+            if key in seen:
+                raise StudyError(f"{key[2]} seed {key[3]} is in both {seen[key]} and {path.name}; keep it in one")
+            seen[key] = path.name
+            rows.append({**row, "study": path.name})
+    return rows
 
 
 def sweep(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

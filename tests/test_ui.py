@@ -218,24 +218,58 @@ def _sweep_rows(temps_val_test: dict) -> list[dict]:
             for t, (val, test) in temps_val_test.items() for seed, d in ((0, -0.01), (1, 0.01))]
 
 
-def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypatch):
-    """By temperature on the locked test split, the control beside it, and the T a choice on validation makes
-    (the best validation AUC, here not the best test AUC)."""
+def _models_page_sweep(tmp_path, monkeypatch, *batches: list[dict]):
+    """The Models page's sweep table and captions, with each batch of rows in a study file of its own."""
     import json
 
     from skinapp import studies
 
-    study = tmp_path / "sweep.json"
-    study.write_text(json.dumps(_sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88), 100.0: (0.85, 0.81)})))
-    monkeypatch.setattr(studies, "SWEEP_STUDY", study)
+    paths = [tmp_path / f"sweep{i}.json" for i in range(len(batches))]
+    for path, rows in zip(paths, batches):
+        path.write_text(json.dumps(rows))
+    monkeypatch.setattr(studies, "SWEEP_STUDIES", (*paths, tmp_path / "not-run-yet.json"))
     at = page("models").run()
     assert_clean(at)
-    table = next(d.value for d in at.dataframe if "chosen on validation" in d.value)
+    return next(d.value for d in at.dataframe if "chosen on validation" in d.value), [c.value for c in at.caption]
+
+
+def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypatch):
+    """By temperature on the locked test split, the control beside it, and the T a choice on validation makes
+    (the best validation AUC, here not the best test AUC)."""
+    table, captions = _models_page_sweep(
+        tmp_path, monkeypatch, _sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88), 100.0: (0.85, 0.81)}))
     assert list(table["T"]) == [1.0, 10.0, 100.0] and list(table["chosen on validation"]) == ["", "✓", ""]
     assert list(table["ΔAUC vs control"]) == ["+0.080 ± 0.014", "+0.040 ± 0.014", "+0.010 ± 0.014"]
     assert list(table["val AUC"]) == ["0.840", "0.860", "0.850"]
-    assert any("Validation picks T = 10 (mean validation AUC 0.860); its test AUC is 0.840 ± 0.014" in c.value
-               and "dashed: 0.800 ± 0.000" in c.value for c in at.caption)
+    assert any("Validation picks T = 10 (mean validation AUC 0.860); its test AUC is 0.840 ± 0.014" in c
+               and "dashed: 0.800 ± 0.000)" in c for c in captions)
+
+
+def test_sweep_batches_each_show_their_own_controls(env, tmp_path, monkeypatch):
+    """Temperatures run later, with controls retrained alongside them, join the same table and plot; each row
+    shows the control it was compared with, and the caption says which controls go with which T."""
+    later = _sweep_rows({5.0: (0.87, 0.85)})
+    for r in later:
+        r["auc_control"], r["delta_auc"] = 0.82, r["auc_kd"] - 0.82
+    table, captions = _models_page_sweep(tmp_path, monkeypatch,
+                                         _sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88)}), later)
+    assert list(table["T"]) == [1.0, 5.0, 10.0] and list(table["chosen on validation"]) == ["", "✓", ""]
+    assert list(table["control test AUC"]) == ["0.800 ± 0.000", "0.820 ± 0.000", "0.800 ± 0.000"]
+    assert list(table["ΔAUC vs control"]) == ["+0.080 ± 0.014", "+0.030 ± 0.014", "+0.040 ± 0.014"]
+    assert any("dashed: 0.800 ± 0.000 for T = 1, 10; 0.820 ± 0.000 for T = 5, each batch" in c for c in captions)
+
+
+def test_a_run_in_two_sweep_files_is_refused(tmp_path):
+    import json
+
+    from skinapp import studies
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_sweep_rows({10.0: (0.86, 0.84)})))
+    b.write_text(json.dumps(_sweep_rows({10.0: (0.86, 0.84), 5.0: (0.87, 0.85)})[:1]))
+    with pytest.raises(studies.StudyError, match="kd-T10 seed 0 is in both a.json and b.json"):
+        studies.load_rows([a, b])
+    assert [r["study"] for r in studies.load_rows([a, tmp_path / "absent.json"])] == ["a.json", "a.json"]
 
 
 def test_sweep_rows_without_a_temperature_are_refused(tmp_path):

@@ -255,34 +255,49 @@ def _objectives() -> None:
 
 
 def _sweep() -> None:
-    path = studies.SWEEP_STUDY  # the logit objective at each T against its control, per seed
-    if not path.exists():
+    # the logit objective at each T against its control, per seed; batches of temperatures in files of their own
+    rows, chosen = studies.sweep(studies.load_rows(studies.SWEEP_STUDIES))
+    if not rows:
         return
-    rows, chosen = studies.sweep(json.loads(path.read_text()))
     st.subheader("Temperature sweep (distilling dsnet at different T)")
     df = pd.DataFrame([{"T": s["temperature"], "seeds": s["seeds"],
                         "val AUC": "—" if s["val_auc"][0] is None else f"{s['val_auc'][0]:.3f}",
-                        "test AUC": _pm(s["auc"]),
+                        "test AUC": _pm(s["auc"]), "control test AUC": _pm(s["auc_control"]),
                         "ΔAUC vs control": f"{s['delta_auc'][0]:+.3f} ± {s['delta_auc'][1]:.3f}",
                         "seeds better / worse": f"{s['seeds_better']} / {s['seeds_worse']}",
                         "chosen on validation": "✓" if s is chosen else ""} for s in rows])
     st.dataframe(df, width="stretch", hide_index=True, height=_rows_height(len(df)))
-    control = rows[0]["auc_control"]
-    fig = go.Figure(go.Scatter(x=[s["temperature"] for s in rows], y=[s["auc"][0] for s in rows],
-                               error_y=dict(array=[s["auc"][1] for s in rows]), mode="lines+markers",
-                               name="distilled (mean ± sd)"))
-    fig.add_hline(y=control[0], line_dash="dash", annotation_text=f"no distillation {control[0]:.3f}")
-    fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
-                      yaxis_title="test AUC", margin=dict(l=10, r=10, t=10, b=10), showlegend=False,
-                      xaxis=dict(tickvals=[s["temperature"] for s in rows],
-                                 ticktext=[f"{s['temperature']:g}" for s in rows]))
-    st.plotly_chart(fig, width="stretch", key="models_sweep")
+    st.plotly_chart(_sweep_figure(rows), width="stretch", key="models_sweep")
     pick = (f" Validation picks T = {chosen['temperature']:g} (mean validation AUC {chosen['val_auc'][0]:.3f}); "
             f"its test AUC is {_pm(chosen['auc'])}." if chosen else "")
     st.caption(f"dsnet (dsnet-kd's recipe, 96 px) distilled from {rows[0]['teacher']} at each T with alpha 0.5, "
                f"against the same network, schedule and seed trained without distillation (dashed: "
-               f"{_pm(control)} over the same seeds); all on the locked test split, mean ± sd over seeds; a seed "
-               f"is better (worse) when its paired 95% interval clears zero.{pick} Commands: docs/experiments.md.")
+               f"{_controls(rows)}); all on the locked test split, mean ± sd over seeds; a seed is better (worse) "
+               f"when its paired 95% interval clears zero.{pick} Commands: docs/experiments.md.")
+
+
+def _controls(rows: list[dict]) -> str:
+    """The controls each batch of temperatures was compared with: one value when every batch shares it."""
+    batches: dict[str, list[float]] = {}
+    for s in rows:
+        batches.setdefault(_pm(s["auc_control"]), []).append(s["temperature"])
+    if len(batches) == 1:
+        return next(iter(batches))
+    return "; ".join(f"{c} for T = {', '.join(f'{t:g}' for t in ts)}" for c, ts in batches.items()) + \
+        ", each batch of temperatures with controls trained alongside it"
+
+
+def _sweep_figure(rows: list[dict]) -> go.Figure:
+    temps = [s["temperature"] for s in rows]
+    fig = go.Figure(go.Scatter(x=temps, y=[s["auc"][0] for s in rows], error_y=dict(array=[s["auc"][1] for s in rows]),
+                               mode="lines+markers", name="distilled (mean ± sd)"))
+    fig.add_trace(go.Scatter(x=temps, y=[s["auc_control"][0] for s in rows], mode="lines+markers",
+                             line=dict(dash="dash", color="grey"), name="no distillation (same seeds)"))
+    fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
+                      yaxis_title="test AUC", margin=dict(l=10, r=10, t=10, b=10),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, x=0),
+                      xaxis=dict(tickvals=temps, ticktext=[f"{t:g}" for t in temps]))
+    return fig
 
 
 def render() -> None:
