@@ -68,7 +68,7 @@ def summarise_pairs(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "seeds_worse": sum(r["delta_auc_ci"][1] < 0 for r in g),
             "sens_at_spec80": _pair_stat(g, "sens_at_spec80"), "ece": _pair_stat(g, "ece"),
             "val_auc": (_optional_mean(g, "val_auc_kd"), _optional_mean(g, "val_auc_control")),
-            "train_s": _optional_mean(g, "train_s_kd"), "study": g[0].get("study"),
+            "train_s": _optional_mean(g, "train_s_kd"),
         })
     return out
 

@@ -289,8 +289,8 @@ def _controls(rows: list[dict]) -> str:
 
 def _sweep_figure(rows: list[dict]) -> go.Figure:
     temps = [s["temperature"] for s in rows]
-    fig = go.Figure(go.Scatter(x=temps, y=[s["auc"][0] for s in rows], error_y=dict(array=[s["auc"][1] for s in rows]),
-                               mode="lines+markers", name="distilled (mean ± sd)"))
+    fig = go.Figure(go.Scatter(x=temps, y=[s["auc"][0] for s in rows], mode="lines+markers",
+                               error_y=dict(array=[s["auc"][1] for s in rows]), name="distilled (mean ± sd)"))
     fig.add_trace(go.Scatter(x=temps, y=[s["auc_control"][0] for s in rows], mode="lines+markers",
                              line=dict(dash="dash", color="grey"), name="no distillation (same seeds)"))
     fig.update_layout(height=320, xaxis_type="log", xaxis_title="distillation temperature T (log scale)",
