@@ -34,10 +34,10 @@ $SK --weights "$SCRATCH" fuse --members teacher-lite0,teacher-l1-e15,teacher-l2-
     --description "EfficientNet-Lite0, -1 and -2 (each ImageNet-initialised, 9-diagnosis head, at its own input size) fused: mean probability over the three and four flips of the photo"
 cp "$SCRATCH/teacher-lite012.json" "$SCRATCH/teacher-lite012.safetensors" weights/
 $SK models --set-default teacher-lite012
-# 4. The 96 px student (the default until 2 December; step 9 makes 5b's 128 px ONNX copy the default): EfficientNet-Lite0 cut after its
-#    fourth stage (0.25M parameters) at 96 px, started from the default teacher's Lite0 member (the recipe with
-#    the best validation AUC over three seeds in the objectives study, docs/experiments.md) and distilled from the
-#    default teacher's per-diagnosis soft targets.
+# 4. The 96 px student (the default until 2 December; step 9 makes 5b's 128 px ONNX copy the default):
+#    EfficientNet-Lite0 cut after its fourth stage (0.25M parameters) at 96 px, started from the default
+#    teacher's Lite0 member (the recipe with the best validation AUC over three seeds in the objectives study,
+#    docs/experiments.md) and distilled from the default teacher's per-diagnosis soft targets.
 TINY=(--arch lite0_tiny --pretrained package --epochs 20 --lr 2e-3 --batch-size 32 --threads 2)
 TINY_KD=(--teacher teacher-lite012 -T "${T_DEFAULT:-20}" --alpha "${ALPHA:-0.5}" --init-from-teacher teacher-lite012)
 $SK distill --data "$DATA" --name lite0-tiny-kd "${TINY_KD[@]}" "${TINY[@]}" \

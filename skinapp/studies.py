@@ -88,10 +88,7 @@ def _pair_stat(rows: Sequence[Mapping[str, Any]], name: str
 
 def load_study(path: Path | None = None) -> list[dict[str, Any]]:
     """The summary of a study file (default: ``OBJECTIVES_STUDY``), or nothing when the file is absent."""
-    path = path or OBJECTIVES_STUDY
-    if not path.exists():
-        return []
-    return summarise_pairs(json.loads(path.read_text()))
+    return summarise_pairs(load_rows([path or OBJECTIVES_STUDY]))
 
 
 def measured(summary: Sequence[Mapping[str, Any]], objective: str) -> list[str]:
