@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from skinapp.benchmark import cpu_description  # noqa: E402
 from skinapp.registry import Registry  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> int:
                      "ece": ev["ece"], "per_class": pc})
     Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out_json).write_text(json.dumps(rows, indent=2) + "\n")
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_description()
     print(f"Machine: {cpu}, {args.threads} torch threads; latency = preprocess + forward of one 600x450 image, "
           f"p50 over {args.runs} runs, the models timed in turn (interleaved), each warm; "
           "throughput = forward on batches of 32; AUC etc. on each model's locked test split where it has one, "

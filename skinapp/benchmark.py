@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -31,6 +32,20 @@ def synthetic_lesion(width: int = 600, height: int = 450, seed: int = 0) -> Imag
     img[inside] = (110, 70, 55)
     img += rng.normal(0, 8, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the instruction sets that change ONNX Runtime's int8 kernels: timings only compare
+    within one machine, so every recorded run says which it was."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux
+        return platform.processor() or platform.machine()
+    lines = info.splitlines()
+    name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), platform.machine())
+    flags = set(next((x.split(":", 1)[1].split() for x in lines if x.startswith("flags")), []))
+    found = [f for f in ("avx2", "avx512_vnni", "amx_int8") if f in flags]
+    return f"{name} ({', '.join(found) if found else 'no AVX2'})"
 
 
 def _percentiles(times_ms: list[float]) -> tuple[float, float]:
@@ -97,7 +112,7 @@ def run_benchmark(names: Sequence[str] | None = None, registry: Registry | None 
         torch.set_num_threads(checks.positive_int("threads", threads))
     names = list(names) if names else registry.names()
     img = image or synthetic_lesion()
-    log.info("benchmark on %s, %d torch threads, image %dx%d", platform.processor() or platform.machine(),
+    log.info("benchmark on %s, %d torch threads, image %dx%d", cpu_description(),
              torch.get_num_threads(), img.width, img.height)
     predictors = [Predictor.from_registry(name, registry, threads) for name in names]
     single = interleaved_latencies(predictors, img, runs)

@@ -26,6 +26,14 @@ log = logging.getLogger(__name__)
 OPSET = 17
 DYNAMO_OPSET = 18  # the first opset whose Resize can antialias
 NAME_KEY = "skinapp.name"  # graph metadata: which model a file belongs to (recovery after a killed write)
+#: ONNX Runtime's intra-op threads spin between the operators of a run, and stop as soon as the run returns.
+#: Left spinning after a run (its default), an idle session's threads took the cores from the busy one when a
+#: teacher and students take turns on two cores, and made the small models 2-3x slower; never spinning, a thread
+#: sleeps and is woken for each of the operators of a run, which cost the default student 0.4 ms of its 1.3 ms
+#: forward pass. With the cores busy all the time (several callers without pause) the spinning can cost the
+#: PyTorch teacher up to a quarter of its speed; a busy server may prefer {"session.intra_op.allow_spinning": "0"}
+#: (docs/experiments.md, "ONNX Runtime copies": "Spinning during a run only")
+SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
 
 
 class OnnxRuntimeError(RuntimeError):
@@ -45,10 +53,8 @@ class OnnxModel:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        # ONNX Runtime's threads spin for a while after each run by default: with a teacher and a student (or the
-        # PyTorch models) taking turns on two cores, the idle session's spinning took the cores from the busy one
-        # and made the small models 2-3x slower (docs/experiments.md, "ONNX Runtime copies")
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        for key, value in SESSION_CONFIG.items():
+            opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged graph

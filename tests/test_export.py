@@ -158,6 +158,15 @@ def test_one_session_serves_concurrent_callers(exported):
         assert all(torch.equal(a, b) for a, b in zip(got[k], want))
 
 
+def test_sessions_spin_only_while_a_run_lasts(exported):
+    """Threads that keep spinning after a run took the cores from the next model on two cores; threads that never
+    spin are woken for every operator (docs/experiments.md, "Spinning threads")."""
+    reg, _ = exported
+    opts = Predictor.from_registry("tiny-student-onnx", reg, threads=2).model.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
 def test_an_onnx_copy_is_not_exported_again(exported, tiny_data):
     from skinapp.export import ExportError, export_model
 

@@ -175,3 +175,11 @@ def test_input_size_rule_needs_a_positive_mean_and_a_majority_of_splits():
     assert not decide(rows(0.001, 0.002, -0.02))["choose_larger"]  # ahead on 2 of 3, mean < 0
     got = decide(rows(-0.004, -0.0278, -0.0018, 0.0265, -0.0035))  # the five splits measured
     assert got["larger_ahead"] == 1 and got["mean_delta_auc"] == pytest.approx(-0.00212) and not got["choose_larger"]
+
+
+def test_onnx_spinning_measures_the_setting_the_app_ships():
+    from skinapp import runtime
+
+    spinning = load("onnx_spinning")
+    assert spinning.SETTINGS["during"] == runtime.SESSION_CONFIG
+    assert spinning.SETTINGS["never"] != runtime.SESSION_CONFIG
