@@ -183,3 +183,21 @@ def test_onnx_spinning_measures_the_setting_the_app_ships():
     spinning = load("onnx_spinning")
     assert spinning.SETTINGS["during"] == runtime.SESSION_CONFIG
     assert spinning.SETTINGS["never"] != runtime.SESSION_CONFIG
+
+
+def test_resize_switch_keeps_resize_squares_geometry():
+    """The measured alternative must differ from Pillow's resize only in rounding, never in crop or size."""
+    import numpy as np
+
+    from skinapp.benchmark import synthetic_lesion
+    from skinapp.data import resize_square
+
+    switch = load("resize_switch")
+    for w, h, size in ((600, 450, 128), (450, 600, 96), (180, 180, 260), (333, 127, 128)):
+        img = synthetic_lesion(w, h, seed=1)
+        want = np.asarray(resize_square(img, size), dtype=int)
+        got = np.asarray(switch.torch_resize_square(img, size), dtype=int)
+        assert got.shape == want.shape == (size, size, 3)
+        # rounding, and Pillow's box reduction first for large downscales, move a value by a few levels; a crop
+        # shifted by one pixel moves the photo's noise (sd 8) and the blob's edge by tens
+        assert np.abs(got - want).max() <= 8 and np.abs(got - want).mean() < 1
