@@ -9,10 +9,11 @@
 
 Each setting runs in its own process (fresh thread pools), the settings alternating, ``--repeats`` times each:
 ``never`` (threads sleep between operators), ``after`` (ONNX Runtime's default: threads spin during a run and for a
-while after it) and ``during`` (spin during a run, stop when it returns: ``skinapp.runtime.SESSION_CONFIG``). The
-row per model is the p50 single-photo latency (preprocess + forward of the generated 600x450 photo) and, timed
-alone after the interleaved loop, the forward pass by itself. ``--saturate S`` instead gives every model its own
-thread calling it without pause for S seconds (several users at once on two cores): calls made and median latency.
+while after it) and ``during`` (spin during a run, stop when it returns). The app offers ``during`` (its default) and
+``never`` (``SKINAPP_ONNX_SPINNING``; ``skinapp.runtime.SPINNING``). The row per model is the p50 single-photo
+latency (preprocess + forward of the generated 600x450 photo) and, timed alone after the interleaved loop, the
+forward pass by itself. ``--saturate S`` instead gives every model its own thread calling it without pause for S
+seconds (several users at once on two cores): calls made and median latency.
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def child(models: list[str], setting: str, threads: int, runs: int, saturate: fl
     from skinapp.benchmark import interleaved_latencies, synthetic_lesion
     from skinapp.inference import Predictor
 
-    runtime.SESSION_CONFIG = SETTINGS[setting]
+    runtime.session_config = lambda: SETTINGS[setting]
     torch.set_num_threads(threads)
     img = synthetic_lesion()
     predictors = [Predictor.from_registry(m, threads=threads) for m in models]

@@ -26,18 +26,28 @@ log = logging.getLogger(__name__)
 OPSET = 17
 DYNAMO_OPSET = 18  # the first opset whose Resize can antialias
 NAME_KEY = "skinapp.name"  # graph metadata: which model a file belongs to (recovery after a killed write)
-#: ONNX Runtime's intra-op threads spin between the operators of a run, and stop as soon as the run returns.
-#: Left spinning after a run (its default), an idle session's threads took the cores from the busy one when a
-#: teacher and students take turns on two cores, and made the small models 2-3x slower; never spinning, a thread
-#: sleeps and is woken for each of the operators of a run, which cost the default student 0.4 ms of its 1.3 ms
-#: forward pass. With the cores busy all the time (several callers without pause) the spinning can cost the
-#: PyTorch teacher up to a quarter of its speed; a busy server may prefer {"session.intra_op.allow_spinning": "0"}
-#: (docs/experiments.md, "ONNX Runtime copies": "Spinning during a run only")
-SESSION_CONFIG = {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+#: How a session's threads wait, by ``SKINAPP_ONNX_SPINNING``. ``during`` (the default): they spin between the
+#: operators of a run and stop as soon as it returns. Left spinning after a run (ONNX Runtime's own default), an
+#: idle session's threads took the cores from the busy one when a teacher and students take turns on two cores,
+#: and made the small models 2-3x slower; never spinning, a thread sleeps and is woken for each operator of a run,
+#: which cost the default student 0.4 ms of its 1.3 ms forward pass. With the cores busy all the time (several
+#: callers without pause) spinning can cost the PyTorch teacher up to a quarter of its speed: ``never`` is for such
+#: a server (docs/experiments.md, "ONNX Runtime copies": "Spinning during a run only")
+SPINNING = {"during": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"},
+            "never": {"session.intra_op.allow_spinning": "0"}}
+SPINNING_ENV = "SKINAPP_ONNX_SPINNING"
 
 
 class OnnxRuntimeError(RuntimeError):
     """An ONNX graph that cannot be loaded or run (damaged file, missing onnxruntime)."""
+
+
+def session_config() -> dict[str, str]:
+    """The session entries for the spinning setting the environment asks for (``SPINNING``)."""
+    choice = os.environ.get(SPINNING_ENV, "").strip().lower() or "during"
+    if choice not in SPINNING:
+        raise OnnxRuntimeError(f"{SPINNING_ENV}={choice!r} is not a setting; use one of: {', '.join(SPINNING)}")
+    return SPINNING[choice]
 
 
 class OnnxModel:
@@ -48,12 +58,13 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError as exc:
             raise OnnxRuntimeError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
+        config = session_config()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        for key, value in SESSION_CONFIG.items():
+        for key, value in config.items():
             opts.add_session_config_entry(key, value)
         try:
             self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])

@@ -158,13 +158,30 @@ def test_one_session_serves_concurrent_callers(exported):
         assert all(torch.equal(a, b) for a, b in zip(got[k], want))
 
 
-def test_sessions_spin_only_while_a_run_lasts(exported):
+def test_sessions_spin_only_while_a_run_lasts_unless_told_never(exported, monkeypatch):
     """Threads that keep spinning after a run took the cores from the next model on two cores; threads that never
-    spin are woken for every operator (docs/experiments.md, "Spinning threads")."""
+    spin are woken for every operator (docs/experiments.md, "Spinning during a run only"); a server whose cores
+    are always busy may choose that."""
     reg, _ = exported
-    opts = Predictor.from_registry("tiny-student-onnx", reg, threads=2).model.session.get_session_options()
-    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "1"
-    assert opts.get_session_config_entry("session.force_spinning_stop") == "1"
+
+    def entries():
+        opts = Predictor.from_registry("tiny-student-onnx", reg, threads=2).model.session.get_session_options()
+        out = {}
+        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+            try:
+                out[key] = opts.get_session_config_entry(key)
+            except RuntimeError:  # not set
+                pass
+        return out
+
+    monkeypatch.delenv("SKINAPP_ONNX_SPINNING", raising=False)
+    assert entries() == {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}
+    monkeypatch.setenv("SKINAPP_ONNX_SPINNING", "Never")
+    assert entries() == {"session.intra_op.allow_spinning": "0"}
+    monkeypatch.setenv("SKINAPP_ONNX_SPINNING", "sometimes")
+    with pytest.raises(ModelFileError, match=r"SKINAPP_ONNX_SPINNING='sometimes' is not a setting; use one of: "
+                                             r"during, never"):
+        entries()
 
 
 def test_an_onnx_copy_is_not_exported_again(exported, tiny_data):

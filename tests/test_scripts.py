@@ -181,8 +181,8 @@ def test_onnx_spinning_measures_the_setting_the_app_ships():
     from skinapp import runtime
 
     spinning = load("onnx_spinning")
-    assert spinning.SETTINGS["during"] == runtime.SESSION_CONFIG
-    assert spinning.SETTINGS["never"] != runtime.SESSION_CONFIG
+    assert spinning.SETTINGS["during"] == runtime.SPINNING["during"] == runtime.session_config()
+    assert spinning.SETTINGS["never"] == runtime.SPINNING["never"]
 
 
 def test_resize_switch_keeps_resize_squares_geometry():
