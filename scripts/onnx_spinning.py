@@ -29,10 +29,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skinapp.benchmark import cpu_description  # noqa: E402
+from skinapp.runtime import SPINNING  # noqa: E402
 
-SETTINGS = {"never": {"session.intra_op.allow_spinning": "0"},
-            "after": {"session.intra_op.allow_spinning": "1"},
-            "during": {"session.intra_op.allow_spinning": "1", "session.force_spinning_stop": "1"}}
+# the app's two settings, and ONNX Runtime's own default between them
+SETTINGS = {"never": SPINNING["never"], "after": {"session.intra_op.allow_spinning": "1"},
+            "during": SPINNING["during"]}
 
 
 def child(models: list[str], setting: str, threads: int, runs: int, saturate: float) -> dict:

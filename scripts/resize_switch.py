@@ -44,12 +44,9 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 def torch_square(img: Image.Image, size: int) -> torch.Tensor:
     """``resize_square``'s geometry (shorter side to ``size``, centre crop) with PyTorch's antialiased bilinear
     resize of the uint8 photo: a 1x3xSxS uint8 tensor."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = data.square_geometry(*img.size, size)
     x = torch.from_numpy(np.asarray(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1).unsqueeze(0)
     x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return x[:, :, top:top + size, left:left + size]
 
 

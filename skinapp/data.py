@@ -259,13 +259,18 @@ def _image_index(root: Path, samples: Sequence[Sample]) -> dict[str, Path]:
     return index
 
 
+def square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, crop left, crop top) of ``resize_square``: the shorter side to ``size``."""
+    scale = size / min(width, height)
+    nw, nh = max(size, round(width * scale)), max(size, round(height * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def resize_square(img: Image.Image, size: int) -> Image.Image:
     """Resize the shorter side to ``size`` and centre-crop: the one geometric preprocessing step everywhere."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = square_geometry(*img.size, size)
+    scale = size / min(img.size)
     img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None if scale > 0.5 else 2.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
 
