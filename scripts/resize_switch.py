@@ -1,18 +1,20 @@
 #!/usr/bin/env python3
-"""What switching the photo resize from Pillow to PyTorch's antialiased uint8 resize would change: each model's
-test AUC and probabilities, and the time per photo (issue #14's per-photo targets hinge on it).
+"""The resize switch: Pillow's bilinear resize (used everywhere until 3 December) against the app's resize now,
+PyTorch's antialiased uint8 resize (``skinapp.data.square_uint8``): each model's test AUC and probabilities, the
+time per photo (issue #14's per-photo targets hinge on it), and whether PyTorch's pixels depend on the CPU.
 
     .venv/bin/python scripts/resize_switch.py --data ../shared/data/isic9 \\
         --models lite0-tiny-128-kd-onnx,lite0-tiny-128-kd-onnx-int8,lite0-tiny-128-kd,dsnet-kd,teacher-lite012 \\
         --json docs/results/resize_switch.json
 
-Nothing in the app changes: the script swaps ``skinapp.data.resize_square`` (the one geometric step of training,
-evaluation and inference) for the PyTorch resize inside its own process. Accuracy: every model's locked test split
-decoded both ways, the paired AUC difference with its bootstrap interval, the largest probability change and the
-labels that flip at 0.5. Time: the benchmark's interleaved loop on its generated 600x450 photo, Pillow and PyTorch
-preprocessing of the same models taking turns. The ISIC photos here are 180 px, so the accuracy side sees only
-mild downsampling (students) and upsampling (the teacher), never a camera-size photo. Portability: the PyTorch
-resize of the same photos with PyTorch's portable CPU kernel forced must give the same bytes as its SIMD kernel.
+Pillow's resize is kept here (``pillow_resize_square``) and swapped in for ``skinapp.data.resize_square`` (the
+step that decodes a dataset for training and evaluation) inside this process only. Accuracy: every model's locked
+test split decoded both ways, the paired AUC difference with its bootstrap interval, the largest probability change
+and the labels that flip at 0.5. Time: the benchmark's interleaved loop on its generated 600x450 photo, Pillow and
+PyTorch preprocessing of the same models taking turns. The ISIC photos here are 180 px, so the accuracy side sees
+only mild downsampling (students) and upsampling (the teacher), never a camera-size photo (where the app keeps
+Pillow's resize: ``skinapp.data.pillow_reduces``). Portability: the PyTorch resize of the same photos with
+PyTorch's portable CPU kernel forced must give the same bytes as its SIMD kernel.
 """
 from __future__ import annotations
 
@@ -22,12 +24,10 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,30 +36,24 @@ from skinapp.benchmark import cpu_description, interleaved_latencies, synthetic_
 from skinapp.evaluation import paired_comparison  # noqa: E402
 from skinapp.inference import Predictor, split_logits  # noqa: E402
 
-PILLOW_RESIZE = data.resize_square
-# torch.from_numpy warns that Pillow's array is read-only; nothing here writes to it
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+APP_RESIZE = data.resize_square
 
 
-def torch_square(img: Image.Image, size: int) -> torch.Tensor:
-    """``resize_square``'s geometry (shorter side to ``size``, centre crop) with PyTorch's antialiased bilinear
-    resize of the uint8 photo: a 1x3xSxS uint8 tensor."""
+def pillow_resize_square(img: Image.Image, size: int) -> Image.Image:
+    """The app's resize until 3 December: Pillow's bilinear filter (box-reducing first for large downscales),
+    with the app's geometry (shorter side to ``size``, centre crop)."""
     nw, nh, left, top = data.square_geometry(*img.size, size)
-    x = torch.from_numpy(np.asarray(img if img.mode == "RGB" else img.convert("RGB"))).permute(2, 0, 1).unsqueeze(0)
-    x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    return x[:, :, top:top + size, left:left + size]
+    scale = size / min(img.size)
+    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None if scale > 0.5 else 2.0)
+    return img.crop((left, top, left + size, top + size))
 
 
-def torch_resize_square(img: Image.Image, size: int) -> Image.Image:
-    return Image.fromarray(torch_square(img, size)[0].permute(1, 2, 0).contiguous().numpy())
-
-
-class TorchPreprocessing(Predictor):
-    """The same model, its photo resized by PyTorch and normalised without a trip through Pillow or NumPy floats."""
+class PillowPreprocessing(Predictor):
+    """The same model with the photo resized by Pillow and normalised through NumPy floats, as until 3 December."""
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        x = torch_square(img, self.card.input_size).float() / 255.0
-        return data.normalize(x, self.card.mean, self.card.std)
+        arr = np.asarray(pillow_resize_square(img, self.card.input_size), dtype=np.float32) / 255.0
+        return data.normalize(torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0), self.card.mean, self.card.std)
 
 
 def test_probabilities(p: Predictor, ds, resize) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +61,7 @@ def test_probabilities(p: Predictor, ds, resize) -> tuple[np.ndarray, np.ndarray
     try:
         sd = split_logits(p, ds, "test")
     finally:
-        data.resize_square = PILLOW_RESIZE
+        data.resize_square = APP_RESIZE
     return sd.y, p.probabilities(sd.logits).numpy()
 
 
@@ -76,8 +70,8 @@ def accuracy_rows(models: list[str], data_dir: str) -> list[dict]:
     for name in models:
         p = Predictor.from_registry(name)
         ds = data.scan_dataset(data_dir, p.card.task)
-        y, p_pillow = test_probabilities(p, ds, PILLOW_RESIZE)
-        y2, p_torch = test_probabilities(p, ds, torch_resize_square)
+        y, p_pillow = test_probabilities(p, ds, pillow_resize_square)
+        y2, p_torch = test_probabilities(p, ds, APP_RESIZE)
         assert np.array_equal(y, y2)
         c = paired_comparison(y, p_torch, p_pillow)
         rows.append({"model": name, "n": c["n"], "auc_pillow": c["auc_b"], "auc_torch": c["auc_a"],
@@ -91,8 +85,8 @@ def accuracy_rows(models: list[str], data_dir: str) -> list[dict]:
 def latency_rows(models: list[str], threads: int, runs: int) -> dict:
     torch.set_num_threads(threads)
     img = synthetic_lesion()
-    pillow = [Predictor.from_registry(m, threads=threads) for m in models]
-    fast = [TorchPreprocessing.from_registry(m, threads=threads) for m in models]
+    pillow = [PillowPreprocessing.from_registry(m, threads=threads) for m in models]
+    fast = [Predictor.from_registry(m, threads=threads) for m in models]
     times = interleaved_latencies(pillow + fast, img, runs)
     pre = {}
     for label, p in (("pillow", pillow[0]), ("torch", fast[0])):
@@ -109,7 +103,7 @@ def latency_rows(models: list[str], threads: int, runs: int) -> dict:
 
 
 def resized_digest(data_dir: str, n: int = 60) -> str:
-    """A hash of the PyTorch resize of three generated photos and ``n`` ISIC photos, at 128 and 96 px."""
+    """A hash of the app's (PyTorch) resize of three generated photos and ``n`` ISIC photos, at 128 and 96 px."""
     import hashlib
 
     from skinapp.imageio import load_image
@@ -119,7 +113,7 @@ def resized_digest(data_dir: str, n: int = 60) -> str:
     h = hashlib.sha256()
     for size in (128, 96):
         for img in imgs:
-            h.update(torch_square(img, size).numpy().tobytes())
+            h.update(data.square_uint8(img, size).numpy().tobytes())
     return h.hexdigest()
 
 

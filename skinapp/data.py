@@ -266,19 +266,38 @@ def square_geometry(width: int, height: int, size: int) -> tuple[int, int, int, 
     return nw, nh, (nw - size) // 2, (nh - size) // 2
 
 
-def resize_square(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop: the one geometric preprocessing step everywhere."""
+def pillow_reduces(width: int, height: int, size: int) -> bool:
+    """Whether Pillow's resize to ``size`` first box-reduces the photo by an integer factor (``reducing_gap`` 2:
+    a downscale by 4x or more, i.e. camera-size photos). There its pixels are kept, and it is the faster one."""
+    nw, nh, _, _ = square_geometry(width, height, size)
+    return int(width / nw / 2.0) > 1 or int(height / nh / 2.0) > 1
+
+
+def square_uint8(img: Image.Image, size: int) -> torch.Tensor:
+    """The one geometric preprocessing step everywhere (training, evaluation, inference): the shorter side to
+    ``size``, then the centre square, as a 1x3xSxS uint8 tensor. PyTorch's antialiased bilinear resize of the
+    uint8 photo (Pillow's filter, within one grey level of it, the same bytes on every CPU kernel and twice as
+    fast; docs/experiments.md, "The resize switch"), except for downscales by 4x or more, which keep Pillow's
+    box reduce and resize (``pillow_reduces``)."""
     nw, nh, left, top = square_geometry(*img.size, size)
-    scale = size / min(img.size)
-    img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=None if scale > 0.5 else 2.0)
-    return img.crop((left, top, left + size, top + size))
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    if pillow_reduces(*img.size, size):
+        small = rgb.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0).crop((left, top, left + size, top + size))
+        return torch.from_numpy(np.array(small)).permute(2, 0, 1).unsqueeze(0)
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).unsqueeze(0)  # channels last: the fast uint8 kernel
+    if (nh, nw) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    return x[:, :, top:top + size, left:left + size]
+
+
+def resize_square(img: Image.Image, size: int) -> Image.Image:
+    """``square_uint8`` as a Pillow image (what pages show and overlays are drawn on)."""
+    return Image.fromarray(square_uint8(img, size)[0].permute(1, 2, 0).contiguous().numpy())
 
 
 def to_tensor(img: Image.Image, size: int, mean, std) -> torch.Tensor:
     """PIL image -> normalised 1x3xSxS float tensor."""
-    arr = np.asarray(resize_square(img, size), dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    return normalize(x.unsqueeze(0), mean, std)
+    return normalize(square_uint8(img, size).float() / 255.0, mean, std)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:

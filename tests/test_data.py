@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from skinapp.data import (DEFAULT_LABEL_MAP, DatasetError, augment_batch, decode_dataset, model_input, normalize,
-                          read_label_map, resize_batch, resize_square, scan_dataset, to_tensor)
+                          pillow_reduces, read_label_map, resize_batch, resize_square, scan_dataset, square_geometry,
+                          square_uint8, to_tensor)
 
 from conftest import SHARED_ISIC, lesion, make_dataset
 
@@ -359,6 +360,43 @@ def test_resize_square_centre_crops():
     assert (small[:, 3:12] == (0, 255, 0)).all()
     tall = np.asarray(resize_square(Image.fromarray(arr.transpose(1, 0, 2).copy()), 30))
     assert (tall == (0, 255, 0)).all()
+
+
+def _pillow_square(img: Image.Image, size: int) -> np.ndarray:
+    """Pillow's bilinear resize with the app's geometry: the resize every shipped model was first trained on."""
+    nw, nh, left, top = square_geometry(*img.size, size)
+    out = img.resize((nw, nh), Image.BILINEAR, reducing_gap=2.0 if size / min(img.size) <= 0.5 else None)
+    return np.asarray(out.crop((left, top, left + size, top + size)), dtype=int)
+
+
+def test_resize_is_pillows_within_one_grey_level_and_pillows_own_for_large_downscales():
+    """PyTorch's antialiased resize replaced Pillow's: it may round a value differently, never shift or blur the
+    photo; where Pillow box-reduces first (4x or more, camera-size photos) Pillow's pixels are kept as they were."""
+    from skinapp.benchmark import synthetic_lesion
+
+    cases = [(600, 450, 128, False), (450, 600, 224, False), (180, 180, 96, False), (180, 180, 260, False),
+             (97, 301, 96, False), (600, 450, 96, True), (1600, 1200, 128, True)]
+    for w, h, size, reduces in cases:
+        img = synthetic_lesion(w, h, seed=2)
+        assert pillow_reduces(w, h, size) is reduces, (w, h, size)
+        got, want = np.asarray(resize_square(img, size), dtype=int), _pillow_square(img, size)
+        assert got.shape == want.shape == (size, size, 3)
+        diff = np.abs(got - want)
+        if reduces:
+            assert diff.max() == 0, (w, h, size)
+        else:  # a blur or a one-pixel shift moves the photo's noise (sd 8) by tens, in most values
+            assert diff.max() <= 1 and diff.mean() < 0.3, (w, h, size, diff.max(), diff.mean())
+        t = square_uint8(img, size)
+        assert t.dtype == torch.uint8 and t.shape == (1, 3, size, size)
+        assert np.array_equal(t[0].permute(1, 2, 0).numpy(), got)
+
+
+def test_resize_keeps_a_photo_already_at_size_and_reads_any_mode():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(resize_square(Image.fromarray(arr), 40)), arr)
+    grey = Image.fromarray(arr[..., 0], mode="L")
+    assert np.array_equal(square_uint8(grey, 40)[0, 1].numpy(), arr[..., 0])
 
 
 def test_to_tensor_shape_and_normalisation():

@@ -185,19 +185,44 @@ def test_onnx_spinning_measures_the_setting_the_app_ships():
     assert spinning.SETTINGS["never"] == runtime.SPINNING["never"]
 
 
-def test_resize_switch_keeps_resize_squares_geometry():
-    """The measured alternative must differ from Pillow's resize only in rounding, never in crop or size."""
+def test_resize_switch_measures_pillow_with_the_apps_geometry():
+    """The Pillow resize the switch is measured against must differ from the app's only in rounding, never in
+    crop or size, and its Pillow preprocessing must feed a model the same tensor up to that rounding."""
     import numpy as np
+    import torch
 
     from skinapp.benchmark import synthetic_lesion
-    from skinapp.data import resize_square
+    from skinapp.data import resize_square, to_tensor
 
     switch = load("resize_switch")
     for w, h, size in ((600, 450, 128), (450, 600, 96), (180, 180, 260), (333, 127, 128)):
         img = synthetic_lesion(w, h, seed=1)
         want = np.asarray(resize_square(img, size), dtype=int)
-        got = np.asarray(switch.torch_resize_square(img, size), dtype=int)
+        got = np.asarray(switch.pillow_resize_square(img, size), dtype=int)
         assert got.shape == want.shape == (size, size, 3)
-        # rounding, and Pillow's box reduction first for large downscales, move a value by a few levels; a crop
-        # shifted by one pixel moves the photo's noise (sd 8) and the blob's edge by tens
-        assert np.abs(got - want).max() <= 8 and np.abs(got - want).mean() < 1
+        # rounding moves a value by one level; a crop shifted by one pixel moves the photo's noise (sd 8) and the
+        # blob's edge by tens
+        assert np.abs(got - want).max() <= 1 and np.abs(got - want).mean() < 0.3
+    card = type("Card", (), {"input_size": 128, "mean": (0.5, 0.4, 0.3), "std": (0.2, 0.25, 0.3)})()
+    pillow = switch.PillowPreprocessing.__new__(switch.PillowPreprocessing)
+    pillow.card = card
+    img = synthetic_lesion(seed=3)
+    step = 1 / 255 / min(card.std)
+    assert torch.allclose(pillow.preprocess(img), to_tensor(img, 128, card.mean, card.std), atol=step * 1.01, rtol=0)
+
+
+def test_remeasure_cards_runs_each_cards_own_make_command():
+    """Originals are recalibrated, never retrained; a copy is made again from its source the way it was made
+    (fp16 by compress, ONNX by export, int8 only where the card says int8)."""
+    from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
+
+    remeasure = load("remeasure_cards")
+    cards = {c.name: c for c in Registry(DEFAULT_WEIGHTS_DIR).cards()}
+    if not cards:
+        pytest.skip("no shipped models in weights/")
+    assert remeasure.command(cards["dsnet-kd"], "D") == ["calibrate", "--model", "dsnet-kd", "--data", "D"]
+    assert remeasure.command(cards["dsnet-kd-fp16"], "D") == [
+        "compress", "--model", "dsnet-kd", "--name", "dsnet-kd-fp16", "--data", "D", "--overwrite", "--dtype", "float16"]
+    fp32 = remeasure.command(cards["lite0-tiny-kd-onnx"], "D")
+    assert fp32[:5] == ["export", "--model", "lite0-tiny-kd", "--name", "lite0-tiny-kd-onnx"] and "--int8" not in fp32
+    assert remeasure.command(cards["dsnet-kd-onnx-int8"], "D")[-1] == "--int8"
