@@ -226,3 +226,20 @@ def test_remeasure_cards_runs_each_cards_own_make_command():
     fp32 = remeasure.command(cards["lite0-tiny-kd-onnx"], "D")
     assert fp32[:5] == ["export", "--model", "lite0-tiny-kd", "--name", "lite0-tiny-kd-onnx"] and "--int8" not in fp32
     assert remeasure.command(cards["dsnet-kd-onnx-int8"], "D")[-1] == "--int8"
+
+
+def test_onnx_op_profile_counts_each_operator_of_the_graph():
+    """The profile is of the graph given: a conv-relu-pool-gemm network shows exactly those operators, one node
+    each per run (ONNX Runtime may fuse the ReLU into its convolution), slowest first."""
+    from torch import nn
+
+    from skinapp.runtime import export_graph
+
+    profile = load("onnx_op_profile")
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    graph, _ = export_graph(net.eval(), 16, "tiny")
+    ops = profile.op_times(graph, 16, threads=1, runs=5)
+    assert {"Conv", "GlobalAveragePool", "Gemm"} <= set(ops) <= {"Conv", "Relu", "GlobalAveragePool", "Flatten",
+                                                                 "Gemm", "ReorderInput", "ReorderOutput"}
+    assert ops["Conv"]["nodes"] == 1 and ops["Conv"]["us_per_run"] > 0
+    assert list(ops) == sorted(ops, key=lambda k: -ops[k]["us_per_run"])
