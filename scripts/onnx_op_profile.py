@@ -20,19 +20,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skinapp.registry import Registry  # noqa: E402
-from skinapp.runtime import session_config  # noqa: E402
+from skinapp.runtime import session_options  # noqa: E402
 
 
 def op_times(graph: bytes | str, input_size: int, threads: int = 2, runs: int = 300) -> dict[str, dict]:
     """Operator type -> {"us_per_run", "nodes"}, slowest first, from ONNX Runtime's profile of ``runs`` calls."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    for key, value in session_config().items():
-        opts.add_session_config_entry(key, value)
+    opts = session_options(threads)
     with tempfile.TemporaryDirectory() as tmp:
         opts.enable_profiling, opts.profile_file_prefix = True, str(Path(tmp) / "profile")
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])

@@ -47,10 +47,10 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     reg = Registry(args.weights) if args.weights else Registry()
     cards = reg.cards()
+    defaults = {c.role: c.name for c in cards if c.default}
     if args.only:
         wanted = {n.strip() for n in args.only.split(",")}
         cards = [c for c in cards if c.name in wanted]
-    defaults = {c.role: c.name for c in reg.cards() if c.default}
     where = ["--weights", str(reg.root)]
     for card in sorted(cards, key=lambda c: bool(c.source)):  # sources before the copies made from them
         t0 = time.time()

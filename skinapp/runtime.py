@@ -50,6 +50,22 @@ def session_config() -> dict[str, str]:
     return SPINNING[choice]
 
 
+def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
+    """The options every session of the app runs with (the profiling script adds its profiler to them): ``threads``
+    intra-op threads (default: torch's), one inter-op thread, every graph optimisation, the spinning setting."""
+    import onnxruntime as ort
+
+    config = session_config()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    for key, value in config.items():
+        opts.add_session_config_entry(key, value)
+    return opts
+
+
 class OnnxModel:
     """An ONNX Runtime session behind the call a PyTorch model offers."""
 
@@ -58,14 +74,7 @@ class OnnxModel:
             import onnxruntime as ort
         except ImportError as exc:
             raise OnnxRuntimeError(f"onnxruntime is not installed ({exc}); pip install onnxruntime") from None
-        config = session_config()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        for key, value in config.items():
-            opts.add_session_config_entry(key, value)
+        opts = session_options(threads)
         try:
             self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged graph
