@@ -91,16 +91,21 @@ def _ort_version() -> str:
 def _int8(graph: bytes, source: Predictor, decoded, val, name: str, max_float: int) -> tuple[bytes, dict]:
     """Quantise on a seeded sample of validation images, recorded by count and digest; when the copy loses more
     than ``INT8_TOLERANCE`` validation AUC, keep float the convolutions that cost it most (``_keep_float``)."""
-    card, index = source.card, val.selection.index
-    rng = np.random.default_rng(0)
-    pick = np.sort(rng.choice(index, size=min(CALIBRATION_IMAGES, len(index)), replace=False))
-    batches = [_inputs(card, decoded, pick[i:i + 32]) for i in range(0, len(pick), 32)]
+    pick, batches = calibration_images(source.card, decoded, val.selection.index)
     digest = hashlib.sha256("\n".join(decoded.hashes[i] for i in pick).encode()).hexdigest()[:16]
     info = {"calibration_images": int(len(pick)), "calibration_split": "validation", "calibration_digest": digest}
     with Int8Quantizer(graph) as quantizer:
         keep, search, made = _keep_float(quantizer, source, decoded, val, batches, max_float)
         info |= {"kept_float_convolutions": keep} | ({"sensitivity_search": search} if search else {})
         return rename_graph(made, name) if made else quantizer.quantize(batches, name, keep), info
+
+
+def calibration_images(card: ModelCard, decoded, val_index: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The seeded sample of validation images an int8 copy is calibrated on (dataset indices, sorted) and their
+    model inputs in batches of 32."""
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.choice(val_index, size=min(CALIBRATION_IMAGES, len(val_index)), replace=False))
+    return pick, [_inputs(card, decoded, pick[i:i + 32]) for i in range(0, len(pick), 32)]
 
 
 def _inputs(card: ModelCard, decoded, index: np.ndarray) -> np.ndarray:

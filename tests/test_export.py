@@ -347,3 +347,52 @@ def test_quantize_int8_names_the_convolutions_when_asked_to_keep_an_unknown_one(
     with pytest.raises(ValueError, match="no convolution named nope.*" + re.escape(names[0])):
         runtime.quantize_int8(graph, batch, "x", ["nope"])
     assert runtime.quantize_int8(graph, batch, "x", names[:1])  # a known one is accepted
+
+
+def _conv_outputs(graph: bytes, outputs: list[str], x: np.ndarray) -> list[np.ndarray]:
+    """Convolution outputs, the graph run as written (an int8 one computes in float on dequantised values)."""
+    import onnx
+    import onnxruntime as ort
+
+    g = onnx.load_from_string(graph)
+    g.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outputs)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(g.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(outputs,
+                                                                                                   {"image": x})
+
+
+def test_bias_correction_leaves_each_int8_convolution_within_half_a_bias_step_of_the_float_mean(exported):
+    """After correction every int8 convolution's per-channel mean output on the calibration images is the float
+    graph's, up to rounding its int32 bias (half a step); without it some channel is further off. Only bias values
+    change. The outputs differ in size (strides), which the means must allow for."""
+    import onnx
+    from onnx import numpy_helper
+
+    from skinapp import runtime
+    from skinapp.export import _plain
+
+    reg, calib = exported
+    p = Predictor.from_registry("tiny-student", reg)
+    graph, _ = runtime.export_graph(_plain(p.model), p.card.input_size, "x")
+    with runtime.Int8Quantizer(graph) as q:
+        plain, corrected = (q.quantize([calib], "x", bias_correction=c) for c in (False, True))
+    ref = {n.name: n.output[0] for n in onnx.load_from_string(graph).graph.node if n.op_type == "Conv"}
+    m = onnx.load_from_string(corrected)
+    init = {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+    dq = {n.output[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    convs = [n for n in m.graph.node if n.op_type == "Conv" and n.input[2] in dq]
+    want = _conv_outputs(graph, [ref[n.name] for n in convs], calib)
+    assert len(convs) >= 2 and len({a.shape[2:] for a in want}) > 1
+    want = [a.astype(np.float64).mean(axis=(0, 2, 3)) for a in want]
+    step = [init[dq[n.input[2]].input[1]] for n in convs]
+    for made, within in ((corrected, True), (plain, False)):
+        got = [a.astype(np.float64).mean(axis=(0, 2, 3))
+               for a in _conv_outputs(made, [n.output[0] for n in convs], calib)]
+        ok = [bool((np.abs(w - g) <= s / 2 + 1e-5 * (1 + np.abs(w))).all()) for w, g, s in zip(want, got, step)]
+        assert all(ok) if within else not all(ok)
+    before = onnx.load_from_string(plain)
+    assert [(n.op_type, list(n.input)) for n in before.graph.node] == [(n.op_type, list(n.input)) for n in m.graph.node]
+    changed = {t.name for t in m.graph.initializer} - {
+        t.name for t, u in zip(before.graph.initializer, m.graph.initializer) if t == u}
+    assert changed and all(c.endswith("bias_quantized") for c in changed)
