@@ -7,7 +7,6 @@ thread-safe, so one session per model serves every user of the app.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import io
 import logging
@@ -303,9 +302,9 @@ def _as_written(model, outputs: list[str]):
 
 def _channel_means(session, outputs: list[str], batches: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Per-channel means of N x C x H x W ``outputs`` over every image and position."""
-    sums, counts = [0.0] * len(outputs), [0] * len(outputs)
+    sums, counts, image = [0.0] * len(outputs), [0] * len(outputs), session.get_inputs()[0].name
     for b in batches:
-        got = session.run(outputs, {"image": b.astype(np.float32)})
+        got = session.run(outputs, {image: b.astype(np.float32)})
         sums = [s + a.astype(np.float64).sum(axis=(0, 2, 3)) for s, a in zip(sums, got)]
         counts = [c + a.size // a.shape[1] for c, a in zip(counts, got)]  # outputs differ in size (strides)
     return [s / c for s, c in zip(sums, counts)]
