@@ -11,6 +11,7 @@ Each copy keeps float the convolutions its shipped int8 card keeps (none, today)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -22,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skinapp.data import decode_dataset, scan_dataset  # noqa: E402
 from skinapp.evaluation import paired_comparison  # noqa: E402
-from skinapp.export import _graph, _inputs, calibration_images  # noqa: E402
-from skinapp.inference import Predictor, split_logits  # noqa: E402
+from skinapp.export import _graph, calibration_images  # noqa: E402
+from skinapp.inference import Predictor, dataset_logits, split_logits  # noqa: E402
 from skinapp.registry import Registry  # noqa: E402
 from skinapp.runtime import Int8Quantizer, OnnxModel  # noqa: E402
 
@@ -51,13 +52,9 @@ def one(reg: Registry, name: str, data: str) -> dict:
     row = {"model": name, "kept_float": keep, "calibration_images": int(len(pick))}
     with Int8Quantizer(graph) as q:
         for corrected in (False, True):
-            model = OnnxModel(q.quantize(batches, "probe", keep, bias_correction=corrected), 2)
-
-            def logits(index: np.ndarray) -> torch.Tensor:
-                return torch.cat([model(torch.as_tensor(_inputs(card, decoded, index[i:i + 64])))
-                                  for i in range(0, len(index), 64)])
-
-            lv, lt = logits(val.selection.index), logits(test.selection.index)
+            probe = Predictor(OnnxModel(q.quantize(batches, "probe", keep, bias_correction=corrected), 2),
+                              dataclasses.replace(card, runtime="onnx"))
+            lv, lt = (dataset_logits(probe, decoded, s.selection.index) for s in (val, test))
             row["corrected" if corrected else "plain"] = {
                 "validation": agreement(source, val.logits, lv, val.y),
                 "validation_not_calibrated_on": agreement(source, val.logits[held], lv[held], val.y[held]),

@@ -266,9 +266,10 @@ def correct_bias(reference: bytes, graph: bytes, batches: Sequence[np.ndarray]) 
              and n.input[2] in made and made[n.input[2]].input[0] in init]
     if not convs:
         return graph
-    ref = {n.name: n.output[0] for n in onnx.load_from_string(reference).graph.node if n.op_type == "Conv"}
+    float_graph = onnx.load_from_string(reference)
+    ref = {n.name: n.output[0] for n in float_graph.graph.node if n.op_type == "Conv"}
     wanted = [ref[n.name] for n, _ in convs]
-    target = _channel_means(_as_written(onnx.load_from_string(reference), wanted), wanted, batches)
+    target = _channel_means(_as_written(float_graph, wanted), wanted, batches)
     for (node, dq), want in zip(convs, target):  # a fresh session each step: the biases are constants in it
         (got,) = _channel_means(_as_written(_prefix(m, node.output[0]), [node.output[0]]), [node.output[0]], batches)
         b = init[dq.input[0]]
