@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 MODELS = "teacher-lite012,lite0-tiny-128-kd,lite0-tiny-128-kd-onnx,lite0-tiny-128-kd-onnx-int8"
 # importing skinapp sets GOMP_SPINCOUNT=10000 unless it is set, so libgomp's own defaults are named explicitly
 SETTINGS = {"libgomp-default": {"GOMP_SPINCOUNT": "300000"}, "spincount-10000": {"GOMP_SPINCOUNT": "10000"},
@@ -36,7 +37,6 @@ SETTINGS = {"libgomp-default": {"GOMP_SPINCOUNT": "300000"}, "spincount-10000": 
 
 def measure(names: list[str], runs: int, pairs: int) -> dict:
     """In this process: per-photo p50 (ms) of each model, interleaved, and the handover forward times."""
-    sys.path.insert(0, str(ROOT))
     from skinapp.benchmark import interleaved_latencies, synthetic_lesion
     from skinapp.inference import Predictor
 
@@ -77,7 +77,6 @@ def main() -> int:
     if args.child:
         print(json.dumps(measure(args.models.split(","), args.runs, args.pairs)))
         return 0
-    sys.path.insert(0, str(ROOT))
     from skinapp.benchmark import cpu_description
 
     rows, load = [], os.getloadavg()[0]
