@@ -161,8 +161,10 @@ def legend(width: int = 256, height: int = 14) -> np.ndarray:
 
 def explain(predictor, img: Image.Image, target: str | None = None, alpha: float = 0.45) -> CamResult:
     """Grad-CAM for the predicted task label (at 0.5, or ``target``: the page passes the verdict it shows at the
-    user's threshold) of a Predictor on one image."""
+    user's threshold) of a Predictor on one image. ``latency_ms`` is the map's own time: an ONNX copy's first map
+    also loads the PyTorch model it runs on (and timm, about 4 s once per process), which is not counted."""
     card = predictor.card
+    network = predictor.cam_model()
     t0 = time.perf_counter()
     x = predictor.preprocess(img)
     if target is None:
@@ -171,6 +173,6 @@ def explain(predictor, img: Image.Image, target: str | None = None, alpha: float
     if target not in card.task_labels:
         raise ExplainError(f"unknown Grad-CAM target {target!r}; choose one of: {', '.join(card.task_labels)}")
     indices = [i for i, g in enumerate(card.groups) if g == target]
-    heat = gradcam(predictor.cam_model(), x, card.cam_layer, indices, card.cam_method)
+    heat = gradcam(network, x, card.cam_layer, indices, card.cam_method)
     latency = (time.perf_counter() - t0) * 1000
     return CamResult(heat, overlay(img, heat, alpha), target, latency)

@@ -42,9 +42,15 @@ def registry() -> Registry:
     return Registry()
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=16)
+@st.cache_resource(show_spinner="Loading the model (for an ONNX copy, also the PyTorch model its activation maps "
+                                 "run on)…", max_entries=16)
 def _load(name: str, sha256: str, root: str) -> Predictor:
-    return Predictor.from_registry(name, Registry(root))
+    """Every page that loads a model draws its activation maps, so an ONNX copy's PyTorch source is loaded here,
+    under the loading spinner, rather than inside the first photo's analysis (4-5 s there, mostly importing timm)."""
+    pred = Predictor.from_registry(name, Registry(root))
+    if pred.onnx and pred.card.source:
+        pred.cam_model()
+    return pred
 
 
 def broken_models_note() -> None:
