@@ -144,6 +144,9 @@ def test_compare_page(env):
     df = at.dataframe[0].value
     assert set(df["model"]) == {"tiny-teacher", "tiny-student"}
     assert (df["median_ms"] > 0).all()
+    ms = dict(zip(df["model"], df["median_ms"]))  # the student against its teacher, in the caption's words
+    assert (f"tiny-student answered {ms['tiny-teacher'] / ms['tiny-student']:.0f}x faster than tiny-teacher "
+            f"({ms['tiny-student']:.1f} against {ms['tiny-teacher']:.1f} ms).") in note
     verdicts = set(df["verdict"])
     if len(verdicts) == 1 and "Uncertain" not in df["verdict"][0]:  # the agreement line matches the table
         assert any(f"All 2 models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.success)
@@ -152,6 +155,17 @@ def test_compare_page(env):
     else:
         assert any("The models do not agree at threshold 0.50" in w.value for w in at.warning)
     assert "c.png" in image_captions(at)  # the photo itself, beside the overlays
+
+
+def test_compare_says_how_much_faster_each_student_answered():
+    from skinapp.ui.compare import speedups
+
+    row = lambda model, role, ms, teacher=None: {"model": model, "role": role, "median_ms": ms, "teacher": teacher}
+    rows = [row("big", "teacher", 260.0), row("small", "teacher", 20.0), row("s1", "student", 4.0, "small"),
+            row("s2", "student", 2.6, "gone")]
+    assert speedups(rows) == (" s1 answered 5x faster than small (4.0 against 20.0 ms)."
+                              " s2 answered 100x faster than big (2.6 against 260.0 ms).")
+    assert speedups([row("s1", "student", 4.0, "small")]) == ""  # no teacher chosen: nothing to compare with
 
 
 @pytest.mark.parametrize("threshold, band", [(0.05, 0.0), (0.95, 0.0), (0.5, 0.3)])
