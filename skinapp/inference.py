@@ -72,7 +72,12 @@ class Predictor:
                 if self.registry is None or not self.card.source:
                     raise RegistryError(f"model {self.card.name!r} is an ONNX copy whose source model is not known "
                                         f"here, so it has no Grad-CAM")
-                self._cam = Predictor.from_registry(self.card.source, self.registry).model
+                try:
+                    self._cam = Predictor.from_registry(self.card.source, self.registry).model
+                except RegistryError as exc:
+                    raise RegistryError(f"model {self.card.name!r} is an ONNX copy of {self.card.source!r}, the "
+                                        f"PyTorch model its activation maps run on, which cannot be loaded: {exc}"
+                                        ) from None
             return self._cam
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:

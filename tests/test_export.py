@@ -160,6 +160,28 @@ def test_a_copys_first_map_does_not_count_loading_its_source(exported, monkeypat
     assert loaded._cam is not None  # loaded with the copy, not inside the first photo's analysis
 
 
+def test_a_copy_whose_source_is_gone_is_refused_once_naming_it(exported, monkeypatch, tmp_path):
+    """Every page that loads a model draws its maps, so a copy without its source is refused when it is loaded,
+    saying which model is missing, rather than failing photo by photo."""
+    from streamlit.testing.v1 import AppTest
+
+    from test_ui import APP
+
+    reg, _ = exported
+    root = tmp_path / "weights"
+    shutil.copytree(reg.root, root)
+    for f in root.glob("tiny-student.*"):
+        f.unlink()
+    monkeypatch.setenv("SKINAPP_WEIGHTS", str(root))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.selectbox(key="dx_model").set_value(Registry(root).get("tiny-student-onnx-int8")).run()
+    assert not at.exception and not at.file_uploader  # no upload offered for a model that cannot answer
+    assert [e.value for e in at.error] == [
+        "Model tiny-student-onnx-int8 cannot be used: model 'tiny-student-onnx-int8' is an ONNX copy of "
+        "'tiny-student', the PyTorch model its activation maps run on, which cannot be loaded: unknown model "
+        "'tiny-student'; registered models: tiny-teacher, tiny-nokd, tiny-student-onnx, tiny-student-onnx-int8"]
+
+
 def test_one_session_serves_concurrent_callers(exported):
     reg, _ = exported
     copy = Predictor.from_registry("tiny-student-onnx", reg, threads=1)
