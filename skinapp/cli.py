@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the report's 'uncertain' band around the threshold (default 0.1, as on the Diagnose page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("images", nargs="+")
-    for name, helptext in (("evaluate", "metrics with 95% intervals on a dataset folder"),
+    for name, helptext in (("evaluate", "metrics with 95%% intervals on a dataset folder"),
                            ("calibrate", "fit a temperature on validation, report ECE on test")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--model", required=True)

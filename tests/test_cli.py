@@ -381,3 +381,17 @@ def test_cam_files_of_same_stem_do_not_overwrite_each_other_and_names_print_on_o
     assert len(out) == 3 and any("two\\nlines.jpg:" in line for line in out)
     same = cam_file_names([tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"])
     assert sorted(same.values()) == ["x_jpg_cam-2.png", "x_jpg_cam.png"]
+
+
+def test_every_help_text_prints():
+    """`python -m skinapp --help` once died on '95% intervals' (argparse %-formats help texts)."""
+    import argparse
+
+    from skinapp.cli import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    (subs,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert "metrics with 95% intervals on a dataset folder" in text
+    for name, sub in subs.choices.items():
+        assert name in text and sub.format_help().startswith("usage:")
