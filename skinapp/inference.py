@@ -69,16 +69,28 @@ class Predictor:
             return self.model
         with self._cam_lock:
             if self._cam is None:
-                if self.registry is None or not self.card.source:
-                    raise RegistryError(f"model {self.card.name!r} is an ONNX copy whose source model is not known "
-                                        f"here, so it has no Grad-CAM")
+                source = self.cam_source()
                 try:
-                    self._cam = Predictor.from_registry(self.card.source, self.registry).model
+                    self._cam = Predictor.from_registry(source, self.registry).model
                 except RegistryError as exc:
-                    raise RegistryError(f"model {self.card.name!r} is an ONNX copy of {self.card.source!r}, the "
-                                        f"PyTorch model its activation maps run on, which cannot be loaded: {exc}"
-                                        ) from None
+                    raise self._source_error(exc) from None
             return self._cam
+
+    def cam_source(self) -> str:
+        """The registered model an ONNX copy's activation maps run on, checked without loading it (cheap: a page
+        refuses a copy without it at once, by name, and loads the source itself in the background)."""
+        if self.registry is None or not self.card.source:
+            raise RegistryError(f"model {self.card.name!r} is an ONNX copy whose source model is not known here, so "
+                                f"it has no Grad-CAM")
+        try:
+            self.registry.get(self.card.source)
+        except RegistryError as exc:
+            raise self._source_error(exc) from None
+        return self.card.source
+
+    def _source_error(self, exc: RegistryError) -> RegistryError:
+        return RegistryError(f"model {self.card.name!r} is an ONNX copy of {self.card.source!r}, the PyTorch model "
+                             f"its activation maps run on, which cannot be loaded: {exc}")
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         return to_tensor(img, self.card.input_size, self.card.mean, self.card.std)

@@ -6,8 +6,10 @@ re-registered under the same name is reloaded, and a new one is selectable witho
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import os
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from skinapp.explain import explain, legend, overlay
 from skinapp.imageio import display_copy, load_image, one_line
 from skinapp.inference import Predictor
 from skinapp.registry import ModelCard, Registry, RegistryError
+
+log = logging.getLogger(__name__)
 
 DISCLAIMER = ("**Research and education tool — not a medical device, not for diagnosis.** Outputs are model "
               "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
@@ -42,15 +46,23 @@ def registry() -> Registry:
     return Registry()
 
 
-@st.cache_resource(show_spinner="Loading the model (for an ONNX copy, also the PyTorch model its activation maps "
-                                 "run on)…", max_entries=16)
+@st.cache_resource(show_spinner="Loading model…", max_entries=16)
 def _load(name: str, sha256: str, root: str) -> Predictor:
-    """Every page that loads a model draws its activation maps, so an ONNX copy's PyTorch source is loaded here,
-    under the loading spinner, rather than inside the first photo's analysis (4-5 s there, mostly importing timm)."""
+    """Every page that loads a model draws its activation maps. An ONNX copy draws them on its PyTorch source: a
+    copy without one is refused here, and the source is loaded in the background (the first time, importing timm
+    takes 4-5 s), so the page is ready while the user picks photos and the first photo's analysis does not wait."""
     pred = Predictor.from_registry(name, Registry(root))
-    if pred.onnx and pred.card.source:
-        pred.cam_model()
+    if pred.onnx:
+        pred.cam_source()
+        threading.Thread(target=_preload_cam, args=(pred,), name=f"skinapp-cam-{name}", daemon=True).start()
     return pred
+
+
+def _preload_cam(pred: Predictor) -> None:
+    try:
+        pred.cam_model()
+    except Exception:  # asked again, with its message, when a photo's map is drawn
+        log.warning("could not preload the activation-map model of %s", pred.card.name, exc_info=True)
 
 
 def broken_models_note() -> None:
