@@ -164,6 +164,29 @@ def test_a_copys_first_map_does_not_count_loading_its_source(exported, monkeypat
     assert loaded._cam is not None
 
 
+def test_compare_times_a_copy_only_once_its_source_has_loaded(exported, monkeypatch):
+    """The source loads in the background; its 4-5 s of CPU must not fall inside the copy's timed runs."""
+    from skinapp.ui import compare
+    from test_ui import page, png
+
+    reg, _ = exported
+    timed = []
+    real = compare.interleaved_latencies
+
+    def check(predictors, *args, **kw):
+        timed.extend((p.card.name, p.onnx, p._cam is not None) for p in predictors)
+        return real(predictors, *args, **kw)
+
+    monkeypatch.setattr(compare, "interleaved_latencies", check)
+    monkeypatch.setenv("SKINAPP_WEIGHTS", str(reg.root))
+    at = page("compare").run()
+    at.multiselect(key="cmp_models").set_value(["tiny-teacher", "tiny-student-onnx-int8"]).run()
+    at.slider(key="cmp_budget").set_value(1)
+    at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png")).run()
+    assert not at.exception and not at.error
+    assert ("tiny-student-onnx-int8", True, True) in timed
+
+
 def test_a_copy_whose_source_is_gone_is_refused_once_naming_it(exported, monkeypatch, tmp_path):
     """Every page that loads a model draws its maps, so a copy without its source is refused when it is loaded,
     saying which model is missing, rather than failing photo by photo."""

@@ -10,6 +10,7 @@ import streamlit as st
 from skinapp.benchmark import interleaved_latencies
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
+from skinapp.registry import RegistryError
 from skinapp.ui import common
 
 
@@ -38,6 +39,8 @@ def render() -> None:
         st.error(common.md(common.friendly(exc)), icon=":material/error:")
         return
     chosen = [name for name in chosen if common.usable(cards[name])]
+    with st.spinner("Loading the networks the activation maps run on…"):
+        chosen = [name for name in chosen if _maps_ready(cards[name])]
     if not chosen:
         return
     with st.spinner(f"Timing {len(chosen)} model(s) in turn for about {budget} s…"):
@@ -51,6 +54,17 @@ def render() -> None:
     _agreement(rows, threshold, band)
     _latency_chart(rows, len(times[0]), budget)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+
+
+def _maps_ready(card) -> bool:
+    """An ONNX copy's PyTorch source loads in the background (``common._load``): wait for it before the timing, so
+    that loading it (4-5 s of CPU the first time) does not fall inside the copy's timed runs."""
+    try:
+        common.predictor(card).cam_model()
+        return True
+    except RegistryError as exc:
+        st.error(f"Model {card.name} cannot be used: {common.friendly(exc)}", icon=":material/error:")
+        return False
 
 
 def _one_model(col, card, data: bytes, filename: str, times: list[float], threshold: float, band: float) -> dict:
