@@ -179,6 +179,7 @@ def test_compare_times_a_copy_only_once_its_source_has_loaded(exported, monkeypa
 
     monkeypatch.setattr(compare, "interleaved_latencies", check)
     monkeypatch.setenv("SKINAPP_WEIGHTS", str(reg.root))
+    compare.common._load.clear()  # a copy loaded by an earlier test would have its source already
     at = page("compare").run()
     at.multiselect(key="cmp_models").set_value(["tiny-teacher", "tiny-student-onnx-int8"]).run()
     at.slider(key="cmp_budget").set_value(1)
