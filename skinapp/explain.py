@@ -86,6 +86,12 @@ def cam_name(method: str) -> str:
     return CAM_NAMES.get(method, method)
 
 
+def load_cam_library(method: str = "gradcam") -> None:
+    """Import the activation-map library now (1.2 s the first time here: it imports OpenCV and more), e.g. in the
+    background while a page waits for its first photo. A second importer waits for a first one to finish."""
+    _cam_class(method)
+
+
 def _cam_class(method: str):
     import pytorch_grad_cam as pgc  # imported here: it costs seconds at start-up and most commands never need it
 
@@ -161,10 +167,12 @@ def legend(width: int = 256, height: int = 14) -> np.ndarray:
 
 def explain(predictor, img: Image.Image, target: str | None = None, alpha: float = 0.45) -> CamResult:
     """Grad-CAM for the predicted task label (at 0.5, or ``target``: the page passes the verdict it shows at the
-    user's threshold) of a Predictor on one image. ``latency_ms`` is the map's own time: an ONNX copy's first map
-    also loads the PyTorch model it runs on (and timm, about 4 s once per process), which is not counted."""
+    user's threshold) of a Predictor on one image. ``latency_ms`` is the map's own time: the first map of a process
+    also imports the map library (1.2 s) and, for an ONNX copy, loads the PyTorch model it runs on (and timm, about
+    4 s), which are not counted."""
     card = predictor.card
     network = predictor.cam_model()
+    load_cam_library(card.cam_method)
     t0 = time.perf_counter()
     x = predictor.preprocess(img)
     if target is None:

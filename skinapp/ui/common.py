@@ -20,7 +20,7 @@ import torch
 from skinapp.data import resize_square
 from skinapp.decision import UNCERTAIN, OperatingPoint, auc_text, operating_point, verdict  # noqa: F401 (pages use them)
 from skinapp.evaluation import grouped_probs
-from skinapp.explain import explain, legend, overlay
+from skinapp.explain import explain, legend, load_cam_library, overlay
 from skinapp.imageio import display_copy, load_image, one_line
 from skinapp.inference import Predictor
 from skinapp.registry import ModelCard, Registry, RegistryError
@@ -48,21 +48,29 @@ def registry() -> Registry:
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=16)
 def _load(name: str, sha256: str, root: str) -> Predictor:
-    """Every page that loads a model draws its activation maps. An ONNX copy draws them on its PyTorch source: a
-    copy without one is refused here, and the source is loaded in the background (the first time, importing timm
-    takes 4-5 s), so the page is ready while the user picks photos and the first photo's analysis does not wait."""
+    """Every page that loads a model draws its activation maps, and the first map of a server pays for imports:
+    the map library (1.2 s) and, for an ONNX copy, the PyTorch source its maps run on (4-5 s with timm). Both are
+    done in the background, so the page is ready while the user picks photos and the first photo does not wait;
+    a copy whose source is not registered is refused here, by name."""
     pred = Predictor.from_registry(name, Registry(root))
     if pred.onnx:
         pred.cam_source()
-        threading.Thread(target=_preload_cam, args=(pred,), name=f"skinapp-cam-{name}", daemon=True).start()
+    threading.Thread(target=_preload_maps, args=(pred,), name=f"skinapp-maps-{name}", daemon=True).start()
     return pred
 
 
-def _preload_cam(pred: Predictor) -> None:
+def _preload_maps(pred: Predictor) -> None:
     try:
-        pred.cam_model()
+        maps_ready(pred)
     except Exception:  # asked again, with its message, when a photo's map is drawn
-        log.warning("could not preload the activation-map model of %s", pred.card.name, exc_info=True)
+        log.warning("could not preload what the activation maps of %s need", pred.card.name, exc_info=True)
+
+
+def maps_ready(pred: Predictor) -> None:
+    """Wait until what ``_load`` prepares in the background is there (or do it): a page that times models calls
+    this first, so the imports cannot fall inside the timed runs."""
+    pred.cam_model()
+    load_cam_library(pred.card.cam_method)
 
 
 def broken_models_note() -> None:

@@ -39,7 +39,7 @@ def render() -> None:
         st.error(common.md(common.friendly(exc)), icon=":material/error:")
         return
     chosen = [name for name in chosen if common.usable(cards[name])]
-    with st.spinner("Loading the networks the activation maps run on…"):
+    with st.spinner("Loading what the activation maps need…"):
         chosen = [name for name in chosen if _maps_ready(cards[name])]
     if not chosen:
         return
@@ -57,10 +57,10 @@ def render() -> None:
 
 
 def _maps_ready(card) -> bool:
-    """An ONNX copy's PyTorch source loads in the background (``common._load``): wait for it before the timing, so
-    that loading it (4-5 s of CPU the first time) does not fall inside the copy's timed runs."""
+    """What the maps need loads in the background (``common._load``): wait for it before the timing, so that
+    loading it (up to 5-6 s of CPU the first time) does not fall inside the timed runs."""
     try:
-        common.predictor(card).cam_model()
+        common.maps_ready(common.predictor(card))
         return True
     except RegistryError as exc:
         st.error(f"Model {card.name} cannot be used: {common.friendly(exc)}", icon=":material/error:")
