@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_bytes, save_file
 from torch import nn
 
+from .explain import CAM_METHODS
 from .models import build_fused, count_mflops, count_params, create_model, get_arch
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,9 @@ def read_card(path: Path, root: Path) -> ModelCard:
     if card.name != path.stem:
         raise ModelFileError(f"{path.name} names model {card.name!r}; a card must be saved as NAME.json "
                              f"(a copy or a duplicate name?)")
+    if card.cam_method not in CAM_METHODS:  # found when the card is read, not photo by photo
+        raise ModelFileError(f"{path.name}: activation-map method {card.cam_method!r} is not one of: "
+                             f"{', '.join(CAM_METHODS)}")
     w = card.weights
     if not isinstance(w, str) or not w or Path(w).name != w or w in (".", "..") or "\\" in w:
         raise ModelFileError(f"{path.name}: weights {w!r} must be a file name inside the registry folder {root}")

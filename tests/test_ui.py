@@ -157,6 +157,20 @@ def test_compare_page(env):
     assert "c.png" in image_captions(at)  # the photo itself, beside the overlays
 
 
+@pytest.mark.parametrize("name", ["diagnose", "compare"])
+def test_a_card_naming_an_unknown_map_method_is_left_out_with_its_reason(env, name):
+    """Found when the card is read (every photo used to fail on Diagnose, and Compare raised)."""
+    edit_card(env, "tiny-student", cam_method="scorecam")
+    at = page(name).run()
+    assert not at.exception
+    assert any("`tiny-student.json`: tiny-student.json: activation-map method 'scorecam' is not one of: gradcam, "
+               "hirescam, layercam" in w.value for w in at.warning)
+    if name == "compare":
+        at.slider(key="cmp_budget").set_value(1)
+        at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png")).run()
+        assert not at.exception and set(at.dataframe[0].value["model"]) == {"tiny-teacher", "tiny-nokd"}
+
+
 def test_compare_says_how_much_faster_each_student_answered():
     from skinapp.ui.compare import speedups
 
