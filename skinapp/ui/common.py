@@ -67,8 +67,8 @@ def _preload_maps(pred: Predictor) -> None:
 
 
 def maps_ready(pred: Predictor) -> None:
-    """Wait until what ``_load`` prepares in the background is there (or do it): a page that times models calls
-    this first, so the imports cannot fall inside the timed runs."""
+    """Wait until what ``_load`` prepares in the background is there (or do it): a page that times models waits
+    (``usable(card, maps=True)``), so the imports cannot fall inside the timed runs."""
     pred.cam_model()
     load_cam_library(pred.card.cam_method)
 
@@ -81,10 +81,13 @@ def broken_models_note() -> None:
             f"`{b.file}`: {b.reason}" for b in broken), icon=":material/report:")
 
 
-def usable(card: ModelCard) -> bool:
-    """Load the model once; if its files are tampered with or broken, say so once instead of per photo."""
+def usable(card: ModelCard, maps: bool = False) -> bool:
+    """Load the model once; if its files are tampered with or broken, say so once instead of per photo.
+    ``maps``: also wait for what its activation maps need (``maps_ready``), as a page that times models must."""
     try:
-        predictor(card)
+        pred = predictor(card)
+        if maps:
+            maps_ready(pred)
         return True
     except RegistryError as exc:
         st.error(f"Model {card.name} cannot be used: {friendly(exc)}", icon=":material/error:")

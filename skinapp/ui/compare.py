@@ -10,7 +10,6 @@ import streamlit as st
 from skinapp.benchmark import interleaved_latencies
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
-from skinapp.registry import RegistryError
 from skinapp.ui import common
 
 
@@ -38,9 +37,10 @@ def render() -> None:
     except InvalidImageError as exc:
         st.error(common.md(common.friendly(exc)), icon=":material/error:")
         return
-    chosen = [name for name in chosen if common.usable(cards[name])]
-    with st.spinner("Loading what the activation maps need…"):
-        chosen = [name for name in chosen if _maps_ready(cards[name])]
+    with st.spinner("Loading the models and what their activation maps need…"):
+        # what the maps need loads in the background (common._load): waited for here, so that loading it (up to
+        # 5-6 s of CPU the first time) cannot fall inside the timed runs
+        chosen = [name for name in chosen if common.usable(cards[name], maps=True)]
     if not chosen:
         return
     with st.spinner(f"Timing {len(chosen)} model(s) in turn for about {budget} s…"):
@@ -54,17 +54,6 @@ def render() -> None:
     _agreement(rows, threshold, band)
     _latency_chart(rows, len(times[0]), budget)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
-
-
-def _maps_ready(card) -> bool:
-    """What the maps need loads in the background (``common._load``): wait for it before the timing, so that
-    loading it (up to 5-6 s of CPU the first time) does not fall inside the timed runs."""
-    try:
-        common.maps_ready(common.predictor(card))
-        return True
-    except RegistryError as exc:
-        st.error(f"Model {card.name} cannot be used: {common.friendly(exc)}", icon=":material/error:")
-        return False
 
 
 def _one_model(col, card, data: bytes, filename: str, times: list[float], threshold: float, band: float) -> dict:
