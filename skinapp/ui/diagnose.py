@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -51,28 +53,80 @@ def _settings(cards):
     return card, temperature, threshold, band, alpha
 
 
-def _show_one(card, f, data: bytes, temperature: float, threshold: float, band: float,
-              alpha: float) -> tuple[dict, CaseResult]:
-    a = common.analyse(card, data, f.name, threshold, temperature)
-    p = common.p_positive(card, a.logits, temperature)
+@dataclass
+class _Pending:
+    """A photo whose verdict is on the page and whose activation map is still to draw, and where it goes."""
+    name: str
+    photo: common.Upload
+    slot: Any
+    p: float
+    target: str
+
+
+def _show_verdict(card, f, temperature: float, threshold: float, band: float) -> tuple[dict, _Pending]:
+    photo = common.Upload(f.getvalue(), f.name)
+    pr = common.predict(card, photo)
+    p = common.p_positive(card, pr.logits, temperature)
     headline, colour = common.verdict(card, p, threshold, band)
-    photo, cam = common.decode(data, f.name), common.cam_overlay(data, f.name, a.heatmap, alpha)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
-        c1.image(photo, caption=common.md(f.name), width="stretch")
-        c2.image(cam, width="stretch",
-                 caption=f"{cam_name(card.cam_method)}: regions that raised the '{a.target}' score (the label "
-                         f"shown at this threshold)")
-        c2.image(common.cam_legend(), width="stretch", caption="colour: low → high contribution")
+        c1.image(common.decode(photo.data, f.name), caption=common.md(f.name), width="stretch")
+        slot = c2.empty()
+        slot.caption(":material/hourglass_empty: The activation map follows.")
         c3.markdown(f"#### :{colour}[{headline}]")
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
-                   f"prediction {a.latency_ms:.1f} ms · Grad-CAM {a.cam_ms:.1f} ms · model {card.name}")
+                   f"prediction {pr.latency_ms:.1f} ms · model {card.name}")
     neg, pos = card.task_labels
     row = {"file": f.name, "model": card.name, f"p_{neg}": round(1 - p, 4), f"p_{pos}": round(p, 4),
            "verdict": headline, "temperature": temperature, "threshold": threshold,
-           "latency_ms": round(a.latency_ms, 2), "error": ""}
-    return row, CaseResult(f.name, photo, cam, a.target, p)
+           "latency_ms": round(pr.latency_ms, 2), "error": ""}
+    return row, _Pending(f.name, photo, slot, p, common.shown_label(card, p, threshold))
+
+
+def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
+    """Draw the map where ``_show_verdict`` left room; a map that fails leaves the verdict standing and says so."""
+    photo = common.decode(job.photo.data, job.name)
+    try:
+        with job.slot.container(), st.spinner("Drawing the activation map…", show_time=True):
+            m = common.activation_map(card, job.photo, job.target)
+    except Exception as exc:
+        log.exception("activation map failed for one upload")
+        job.slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
+                       icon=":material/error:")
+        return CaseResult(job.name, photo, None, None, job.p)
+    cam = common.cam_overlay(job.photo.data, job.name, m.heatmap, alpha)
+    with job.slot.container():
+        st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)}: regions that raised the "
+                                                f"'{m.target}' score (the label shown at this threshold)")
+        st.image(common.cam_legend(), width="stretch",
+                 caption=f"colour: low → high contribution · drawn in {m.cam_ms:.1f} ms")
+    return CaseResult(job.name, photo, cam, m.target, job.p)
+
+
+def _verdicts(card, files, temperature: float, threshold: float, band: float, bar) -> tuple[list, list, dict]:
+    """Every photo's verdict first (the maps take longer: 1.9 s a photo on the fused teacher); a photo that
+    cannot be read gets its error in its place."""
+    rows, pending, failed = [], [], {}
+    for i, f in enumerate(files):
+        if bar is not None:
+            bar.progress(i / (2 * len(files)), text=f"Analysing photo {i + 1} of {len(files)} with {card.name}…")
+        try:
+            busy = st.spinner(f"Analysing {common.md(f.name)} with {card.name}…", show_time=True)
+            with busy if bar is None else nullcontext():  # one photo has no bar: a spinner says what it waits for
+                row, job = _show_verdict(card, f, temperature, threshold, band)
+            pending.append(job)
+        except InvalidImageError as exc:
+            st.error(common.md(common.friendly(exc)), icon=":material/error:")
+            row = {"file": f.name, "model": card.name, "error": common.friendly(exc)}
+            failed[i] = CaseResult(f.name, error=common.friendly(exc))
+        except Exception as exc:  # never let one file break the page
+            log.exception("analysis failed for one upload")
+            st.error(f"{common.md(f.name)}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
+            row = {"file": f.name, "model": card.name, "error": type(exc).__name__}
+            failed[i] = CaseResult(f.name, error=f"could not be analysed ({type(exc).__name__})")
+        rows.append(row)
+    return rows, pending, failed
 
 
 def render() -> None:
@@ -90,28 +144,16 @@ def render() -> None:
     if not files:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return
-    rows, cases = [], []
     bar = st.progress(0.0) if len(files) > 1 else None  # a slow model on many photos shows where it is
-    for i, f in enumerate(files):
+    rows, pending, failed = _verdicts(card, files, temperature, threshold, band, bar)
+    maps = []
+    for j, job in enumerate(pending):
         if bar is not None:
-            bar.progress(i / len(files), text=f"Analysing photo {i + 1} of {len(files)} with {card.name}…")
-        try:
-            # one photo has no bar: a spinner says what the page waits for (the first activation map of an ONNX
-            # copy also loads the PyTorch model it is computed on)
-            busy = st.spinner(f"Analysing {common.md(f.name)} with {card.name}…", show_time=True)
-            with busy if bar is None else nullcontext():
-                row, case = _show_one(card, f, f.getvalue(), temperature, threshold, band, alpha)
-        except InvalidImageError as exc:
-            st.error(common.md(common.friendly(exc)), icon=":material/error:")
-            row = {"file": f.name, "model": card.name, "error": common.friendly(exc)}
-            case = CaseResult(f.name, error=common.friendly(exc))
-        except Exception as exc:  # never let one file break the page
-            log.exception("analysis failed for one upload")
-            st.error(f"{common.md(f.name)}: could not be analysed ({type(exc).__name__}).", icon=":material/error:")
-            row = {"file": f.name, "model": card.name, "error": type(exc).__name__}
-            case = CaseResult(f.name, error=f"could not be analysed ({type(exc).__name__})")
-        rows.append(row)
-        cases.append(case)
+            bar.progress((len(files) + j) / (len(files) + len(pending)),
+                         text=f"Drawing activation map {j + 1} of {len(pending)}…")
+        maps.append(_show_map(card, job, alpha))
+    drawn = iter(maps)
+    cases = [failed[i] if i in failed else next(drawn) for i in range(len(files))]
     if bar is not None:
         bar.empty()
     _report_button(card, cases, ReportSettings(temperature, threshold, band))
