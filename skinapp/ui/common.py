@@ -181,11 +181,10 @@ def activation_map(card: ModelCard, photo: Upload, target: str) -> ActivationMap
     return _map(card.name, card.sha256, str(registry().root), photo.digest, target, photo)
 
 
-def analyse(card: ModelCard, data: bytes, filename: str, threshold: float | None = None,
+def analyse(card: ModelCard, photo: Upload, threshold: float | None = None,
             temperature: float | None = None) -> Analysis:
     """The model's logits and a map of the label the page shows: the side of ``threshold`` the photo's
     probability at ``temperature`` falls on (at 0.5 when no threshold is given)."""
-    photo = Upload(data, filename)
     pr = predict(card, photo)
     p = p_positive(card, pr.logits, card.temperature if temperature is None else temperature)
     m = activation_map(card, photo, shown_label(card, p, 0.5 if threshold is None else threshold))
@@ -196,25 +195,25 @@ def analyse(card: ModelCard, data: bytes, filename: str, threshold: float | None
 SESSION_IMAGE_BYTES = 64 * 2**20
 
 
-def _decoded(data: bytes, filename: str) -> tuple:
+def _decoded(photo: Upload) -> tuple:
     """The upload decoded once per session and kept only as two small copies: what the page shows
     (``display_copy``) and the centre square the models see (for the Grad-CAM overlay). In this session's memory
     (never another's, never on disk); least recently used dropped first past ``SESSION_IMAGE_BYTES``."""
     store: OrderedDict = st.session_state.setdefault("_decoded_uploads", OrderedDict())
-    key = file_digest(data)
+    key = photo.digest
     if key in store:
         store.move_to_end(key)
         return store[key]
-    img = load_image(data, name=filename)
+    img = photo.image
     store[key] = (display_copy(img), resize_square(img, min(512, *img.size)))
     while len(store) > 1 and sum(i.width * i.height * 3 for pair in store.values() for i in pair) > SESSION_IMAGE_BYTES:
         store.popitem(last=False)
     return store[key]
 
 
-def decode(data: bytes, filename: str):
+def decode(photo: Upload):
     """The photo as the page shows it."""
-    return _decoded(data, filename)[0]
+    return _decoded(photo)[0]
 
 
 def p_positive(card: ModelCard, logits: np.ndarray, temperature: float) -> float:
@@ -254,8 +253,8 @@ def cam_legend() -> np.ndarray:
     return legend(256, 10)
 
 
-def cam_overlay(data: bytes, filename: str, heatmap: np.ndarray, alpha: float) -> np.ndarray:
-    return overlay(_decoded(data, filename)[1], heatmap, alpha)  # the square the model saw, not the letterbox
+def cam_overlay(photo: Upload, heatmap: np.ndarray, alpha: float) -> np.ndarray:
+    return overlay(_decoded(photo)[1], heatmap, alpha)  # the square the model saw, not the letterbox
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>~|$])")

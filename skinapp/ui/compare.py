@@ -31,9 +31,9 @@ def render() -> None:
     if not chosen or f is None:
         st.info("Choose at least one model and upload a photo.")
         return
-    data = f.getvalue()
+    photo = common.Upload(f.getvalue(), f.name)
     try:
-        img = common.decode(data, f.name)
+        img = common.decode(photo)
     except InvalidImageError as exc:
         st.error(common.md(common.friendly(exc)), icon=":material/error:")
         return
@@ -49,22 +49,22 @@ def render() -> None:
                                       budget_s=budget)
     cols = st.columns(len(chosen) + 1)
     cols[0].image(img, caption=common.md(f.name), width="stretch")
-    rows = [_one_model(col, cards[name], data, f.name, t, threshold, band)
+    rows = [_one_model(col, cards[name], photo, t, threshold, band)
             for col, name, t in zip(cols[1:], chosen, times)]
     _agreement(rows, threshold, band)
     _latency_chart(rows, len(times[0]), budget)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
 
 
-def _one_model(col, card, data: bytes, filename: str, times: list[float], threshold: float, band: float) -> dict:
+def _one_model(col, card, photo: common.Upload, times: list[float], threshold: float, band: float) -> dict:
     """One model's column, worded as on Diagnose (at its own calibrated temperature), and its table row."""
-    a = common.analyse(card, data, filename, threshold, card.temperature)
+    a = common.analyse(card, photo, threshold, card.temperature)
     p = common.p_positive(card, a.logits, card.temperature)
     headline, colour = common.verdict(card, p, threshold, band)
     ms = statistics.median(times)
     with col:
         st.markdown(f"**{common.md(card.name)}** · {card.role}")
-        st.image(common.cam_overlay(data, filename, a.heatmap, 0.45), width="stretch",
+        st.image(common.cam_overlay(photo, a.heatmap, 0.45), width="stretch",
                  caption=f"{cam_name(card.cam_method)}: regions that raised the '{a.target}' score")
         st.markdown(f"##### :{colour}[{headline}]")
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")

@@ -70,7 +70,7 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
     headline, colour = common.verdict(card, p, threshold, band)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
-        c1.image(common.decode(photo.data, f.name), caption=common.md(f.name), width="stretch")
+        c1.image(common.decode(photo), caption=common.md(f.name), width="stretch")
         slot = c2.empty()
         slot.caption(":material/hourglass_empty: The activation map follows.")
         c3.markdown(f"#### :{colour}[{headline}]")
@@ -86,7 +86,7 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
 
 def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
     """Draw the map where ``_show_verdict`` left room; a map that fails leaves the verdict standing and says so."""
-    photo = common.decode(job.photo.data, job.name)
+    photo = common.decode(job.photo)
     try:
         with job.slot.container(), st.spinner("Drawing the activation map…", show_time=True):
             m = common.activation_map(card, job.photo, job.target)
@@ -95,7 +95,7 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
         job.slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
                        icon=":material/error:")
         return CaseResult(job.name, photo, None, None, job.p)
-    cam = common.cam_overlay(job.photo.data, job.name, m.heatmap, alpha)
+    cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
         st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)}: regions that raised the "
                                                 f"'{m.target}' score (the label shown at this threshold)")
