@@ -129,6 +129,22 @@ def test_diagnose_prediction_under_one_second(env):
     assert time.perf_counter() - t0 < 1.0
 
 
+def test_compare_keeps_verdicts_and_timing_when_a_map_fails(env):
+    """A card whose map layer does not exist once made Compare raise for every model chosen."""
+    edit_card(env, "tiny-student", cam_layer="no.such.layer")
+    at = page("compare")
+    at.run()
+    at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png"))
+    at.slider(key="cmp_budget").set_value(1)
+    at.run()
+    assert not at.exception
+    (error,) = [e.value for e in at.error]
+    assert "activation map could not be drawn" in error and "no.such.layer" in error
+    df = at.dataframe[0].value
+    assert set(df["model"]) == {"tiny-teacher", "tiny-student"} and (df["median_ms"] > 0).all()
+    assert sum("regions that raised the" in i.proto.imgs[0].caption for i in at.get("image")) == 1  # the teacher's
+
+
 def test_compare_page(env):
     at = page("compare").run()
     assert_clean(at)
@@ -722,8 +738,8 @@ def test_grad_cam_explains_the_label_shown_at_the_users_threshold(env):
     card = Registry().get("tiny-student")
     data = png(5)
     photo = common.Upload(data, "one.png")
-    p = common.p_positive(card, common.analyse(card, photo).logits, card.temperature)
-    below, above = common.analyse(card, photo, threshold=p / 2), common.analyse(card, photo, threshold=(1 + p) / 2)
+    p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)
+    below, above = (common.activation_map(card, photo, common.shown_label(card, p, t)) for t in (p / 2, (1 + p) / 2))
     assert (below.target, above.target) == ("malignant", "benign")
     assert not np.allclose(below.heatmap, above.heatmap)  # two different explanations, not one relabelled
 

@@ -124,15 +124,6 @@ class ActivationMap:
     cam_ms: float
 
 
-@dataclass(frozen=True)
-class Analysis:
-    logits: np.ndarray
-    heatmap: np.ndarray
-    target: str
-    latency_ms: float
-    cam_ms: float
-
-
 def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -179,16 +170,6 @@ def shown_label(card: ModelCard, p: float, threshold: float) -> str:
 def activation_map(card: ModelCard, photo: Upload, target: str) -> ActivationMap:
     """The map of ``target``, the label the page shows (``shown_label``), once per (model, photo, label)."""
     return _map(card.name, card.sha256, str(registry().root), photo.digest, target, photo)
-
-
-def analyse(card: ModelCard, photo: Upload, threshold: float | None = None,
-            temperature: float | None = None) -> Analysis:
-    """The model's logits and a map of the label the page shows: the side of ``threshold`` the photo's
-    probability at ``temperature`` falls on (at 0.5 when no threshold is given)."""
-    pr = predict(card, photo)
-    p = p_positive(card, pr.logits, card.temperature if temperature is None else temperature)
-    m = activation_map(card, photo, shown_label(card, p, 0.5 if threshold is None else threshold))
-    return Analysis(pr.logits, m.heatmap, m.target, pr.latency_ms, m.cam_ms)
 
 
 #: decoded photos a session keeps (display copies, at most 1024 px a side): past this, the oldest are dropped

@@ -1,6 +1,7 @@
 """Compare: one photo through the teacher and students side by side, with measured latency."""
 from __future__ import annotations
 
+import logging
 import statistics
 
 import pandas as pd
@@ -11,6 +12,8 @@ from skinapp.benchmark import interleaved_latencies
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.ui import common
+
+log = logging.getLogger(__name__)
 
 
 def render() -> None:
@@ -58,14 +61,19 @@ def render() -> None:
 
 def _one_model(col, card, photo: common.Upload, times: list[float], threshold: float, band: float) -> dict:
     """One model's column, worded as on Diagnose (at its own calibrated temperature), and its table row."""
-    a = common.analyse(card, photo, threshold, card.temperature)
-    p = common.p_positive(card, a.logits, card.temperature)
+    p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)
     headline, colour = common.verdict(card, p, threshold, band)
     ms = statistics.median(times)
     with col:
         st.markdown(f"**{common.md(card.name)}** · {card.role}")
-        st.image(common.cam_overlay(photo, a.heatmap, 0.45), width="stretch",
-                 caption=f"{cam_name(card.cam_method)}: regions that raised the '{a.target}' score")
+        try:
+            m = common.activation_map(card, photo, common.shown_label(card, p, threshold))
+            st.image(common.cam_overlay(photo, m.heatmap, 0.45), width="stretch",
+                     caption=f"{cam_name(card.cam_method)}: regions that raised the '{m.target}' score")
+        except Exception as exc:  # the verdict and the timing stand without the map
+            log.exception("activation map failed on Compare")
+            st.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
+                     icon=":material/error:")
         st.markdown(f"##### :{colour}[{headline}]")
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
         st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "

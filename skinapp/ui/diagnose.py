@@ -98,7 +98,7 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
     cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
         st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)}: regions that raised the "
-                                                f"'{m.target}' score (the label shown at this threshold)")
+                                                f"'{m.target}' score (the side of the threshold this photo is on)")
         st.image(common.cam_legend(), width="stretch",
                  caption=f"colour: low → high contribution · drawn in {m.cam_ms:.1f} ms")
     return CaseResult(job.name, photo, cam, m.target, job.p)
