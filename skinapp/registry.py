@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -199,6 +200,102 @@ class BrokenEntry:
     reason: str
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, tuple) and all(isinstance(x, str) and x for x in v)
+
+
+def _maybe(kind) -> Any:
+    return lambda v: v is None or kind(v)
+
+
+#: what each card field must hold, in the words of the refusal: a card that breaks one is listed as broken with
+#: its reason (a hand-edited ``"temperature": 0`` or ``"metrics": null`` once broke every page that listed it)
+FIELD_RULES: dict[str, tuple[Any, str]] = {
+    "role": (lambda v: v in ROLES, f"one of {', '.join(ROLES)}"),
+    "arch": (lambda v: isinstance(v, str) and bool(v), "an architecture name"),
+    "label_names": (lambda v: _texts(v) and len(v) >= 2, "a list of two or more class names"),
+    "groups": (_texts, "a list of task labels, one per class"),
+    "task": (lambda v: isinstance(v, str), "text"),
+    "task_labels": (lambda v: _texts(v) and len(v) == 2 and v[0] != v[1], "two different labels"),
+    "input_size": (lambda v: _count(v) and 16 <= v <= 2048, "a whole number of pixels from 16 to 2048"),
+    "mean": (lambda v: len(v) == 3 and all(map(_number, v)), "three numbers"),
+    "std": (lambda v: len(v) == 3 and all(_number(x) and x > 0 for x in v), "three positive numbers"),
+    "cam_layer": (lambda v: isinstance(v, str), "text"),
+    "temperature": (lambda v: _number(v) and 0 < v <= 1000, "a number above 0 and at most 1000"),
+    "teacher": (_maybe(lambda v: isinstance(v, str) and bool(v)), "a model name or null"),
+    "source": (_maybe(lambda v: isinstance(v, str) and bool(v)), "a model name or null"),
+    "kd": (_maybe(lambda v: isinstance(v, dict)), "an object or null"),
+    "fusion": (_maybe(lambda v: isinstance(v, dict)), "an object or null"),
+    "export": (_maybe(lambda v: isinstance(v, dict)), "an object or null"),
+    "params": (_count, "a whole number, 0 or more"),
+    "file_bytes": (_count, "a whole number, 0 or more"),
+    "mflops": (lambda v: _number(v) and v >= 0, "a number, 0 or more"),
+    "split_seed": (_maybe(lambda v: isinstance(v, int) and not isinstance(v, bool)), "a whole number or null"),
+    "dtype": (lambda v: v in ("float32", "float16"), "float32 or float16"),
+    "runtime": (lambda v: v in ("torch", "onnx"), "torch or onnx"),
+    "default": (lambda v: isinstance(v, bool), "true or false"),
+    **{k: (lambda v: isinstance(v, str), "text") for k in ("name", "sha256", "weights", "created", "description")},
+    **{k: (lambda v: isinstance(v, dict), "an object") for k in ("data", "metrics", "test_metrics", "train")},
+}
+#: what the pages read from a card's metrics: numbers (or null) and [low, high] intervals
+METRIC_NUMBERS = ("n", "n_positive", "threshold", "auc", "accuracy", "balanced_accuracy", "sensitivity",
+                  "specificity", "sens_at_spec80", "threshold_at_spec80", "ece", "ece_before", "ece_after",
+                  "temperature")
+METRIC_INTERVALS = ("auc_ci", "sens_at_spec80_ci")
+
+
+def _metrics_problem(m: dict) -> str | None:
+    for k in METRIC_NUMBERS:
+        if k in m and m[k] is not None and not _number(m[k]):
+            return f"{k} must be a number or null, not {m[k]!r:.40}"
+    for k in METRIC_INTERVALS:
+        v = m.get(k)
+        if v is not None and not (isinstance(v, list) and len(v) == 2 and all(map(_number, v))):
+            return f"{k} must be [low, high] or null, not {v!r:.40}"
+    roc = m.get("roc")
+    if roc is not None:
+        curves = [roc.get(k) for k in ("fpr", "tpr", "thresholds")] if isinstance(roc, dict) else [None]
+        if not all(isinstance(c, list) and c and len(c) == len(curves[0]) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in c) for c in curves):
+            return "roc must hold fpr, tpr and thresholds: lists of numbers of one length"
+    for k in ("subgroups", "per_class", "change"):
+        if m.get(k) is not None and not isinstance(m[k], dict):
+            return f"{k} must be an object"
+    null = m.get("ece_null")
+    if null is not None and not (isinstance(null, dict) and _number(null.get("mean")) and _number(null.get("p95"))):
+        return "ece_null must hold numbers mean and p95"
+    for k in ("reliability", "reliability_before"):
+        if m.get(k) is not None and not (isinstance(m[k], list) and all(
+                isinstance(b, dict) and _number(b.get("confidence")) and _number(b.get("accuracy"))
+                and _count(b.get("n")) for b in m[k])):
+            return f"{k} must be a list of bins, each with confidence, accuracy and n"
+    return None
+
+
+def card_problem(card: ModelCard) -> str | None:
+    """The first field of ``card`` that does not hold what the pages and the engine expect, in words; None if
+    every one does."""
+    for name, (ok, what) in FIELD_RULES.items():
+        value = getattr(card, name)
+        if not ok(value):
+            return f"{name} must be {what}, not {value!r:.60}"
+    if len(card.groups) != len(card.label_names) or not set(card.groups) <= set(card.task_labels):
+        return f"groups must give one of {', '.join(card.task_labels)} for each of the {len(card.label_names)} classes"
+    for split in ("metrics", "test_metrics"):
+        problem = _metrics_problem(getattr(card, split))
+        if problem:
+            return f"{split}: {problem}"
+    return None
+
+
 def read_card(path: Path, root: Path) -> ModelCard:
     """One card file, checked: valid JSON object, every required field, named after its file, weights inside the
     registry folder (an absolute path or ``..`` could make the app read any file on the server)."""
@@ -212,6 +309,9 @@ def read_card(path: Path, root: Path) -> ModelCard:
         card = ModelCard.from_dict(raw)
     except TypeError as exc:
         raise ModelFileError(f"{path.name} has fields of the wrong kind ({exc})") from None
+    problem = card_problem(card)
+    if problem:
+        raise ModelFileError(f"{path.name}: {problem}")
     if card.name != path.stem:
         raise ModelFileError(f"{path.name} names model {card.name!r}; a card must be saved as NAME.json "
                              f"(a copy or a duplicate name?)")

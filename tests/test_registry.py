@@ -117,6 +117,43 @@ def test_one_bad_card_breaks_only_itself(tmp_path, file, content, reason):
         reg.register(make_model(1), make_card(path.stem))
 
 
+@pytest.mark.parametrize("changes, reason", [
+    ({"params": None}, "params must be a whole number"),
+    ({"metrics": None}, "metrics must be an object"),
+    ({"temperature": 0}, "temperature must be a number above 0"),
+    ({"temperature": "1.2"}, "temperature must be a number above 0"),
+    ({"temperature": float("nan")}, "temperature must be a number above 0"),
+    ({"input_size": "48"}, "input_size must be a whole number of pixels"),
+    ({"input_size": True}, "input_size must be a whole number of pixels"),
+    ({"mean": [0.5]}, "mean must be three numbers"),
+    ({"std": [0.2, 0.0, 0.2]}, "std must be three positive numbers"),
+    ({"task_labels": ["benign", "malignant", "other"]}, "task_labels must be two different labels"),
+    ({"groups": ["benign"]}, "groups must give one of benign, malignant for each of the 2 classes"),
+    ({"role": "oracle"}, "role must be one of teacher, student"),
+    ({"default": "yes"}, "default must be true or false"),
+    ({"test_metrics": {"n": 5, "auc": 0.8, "roc": {"thresholds": [0.5], "tpr": [1]}}}, "test_metrics: roc must hold"),
+    ({"test_metrics": {"auc": "0.9"}}, "test_metrics: auc must be a number or null"),
+    ({"metrics": {"auc_ci": [0.8]}}, "metrics: auc_ci must be [low, high] or null"),
+    ({"metrics": {"reliability": [1, 2]}}, "metrics: reliability must be a list of bins"),
+    ({"metrics": {"reliability": [{"confidence": 0.6, "n": 3}]}}, "metrics: reliability must be a list of bins"),
+    ({"test_metrics": {"ece_null": {"mean": 0.1}}}, "test_metrics: ece_null must hold numbers mean and p95"),
+])
+def test_a_card_field_of_the_wrong_kind_is_refused_with_its_reason(tmp_path, changes, reason):
+    """Each of these, hand-edited into a card, once crashed a page that listed the model."""
+    reg = Registry(tmp_path)
+    reg.register(make_model(0), make_card("good"))
+    card = json.loads((tmp_path / "good.json").read_text())
+    (tmp_path / "odd.json").write_text(json.dumps(card | {"name": "odd"} | changes))
+    assert reg.names() == ["good"]
+    (b,) = reg.broken()
+    assert b.file == "odd.json" and b.reason.startswith("odd.json: ") and reason in b.reason, b.reason
+
+
+def test_every_shipped_card_passes_the_field_rules():
+    cards, broken = Registry().scan()
+    assert not broken and len(cards) >= 10
+
+
 @pytest.mark.parametrize("weights", ["/tmp/outside/x.safetensors", "../../../../../../etc/passwd", "sub/x.safetensors",
                                      "..", ""])
 def test_weights_outside_the_registry_folder_are_refused(tmp_path, weights):

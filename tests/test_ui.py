@@ -145,6 +145,19 @@ def test_compare_keeps_verdicts_and_timing_when_a_map_fails(env):
     assert sum("regions that raised the" in i.proto.imgs[0].caption for i in at.get("image")) == 1  # the teacher's
 
 
+def test_pages_list_a_card_with_odd_fields_as_broken_and_keep_working(env):
+    """A hand-edited card ("temperature": 0, "metrics": null, or an ECE without its pair) once crashed the pages
+    that listed it; now it is named in the 'left out' note, or shown without the missing line."""
+    edit_card(env, "tiny-nokd", temperature=0)
+    edit_card(env, "tiny-teacher", test_metrics=dict(json.loads((env / "tiny-teacher.json").read_text())
+                                                     ["test_metrics"], ece_before=0.1, ece_after=None))
+    for name in ("diagnose", "compare", "models"):
+        at = page(name).run()
+        assert not at.exception, name
+        (note,) = [w.value for w in at.warning if "left out" in w.value]
+        assert "tiny-nokd.json" in note and "temperature must be a number above 0" in note
+
+
 def test_compare_page(env):
     at = page("compare").run()
     assert_clean(at)

@@ -144,13 +144,14 @@ def _reliability_figure(card) -> go.Figure | None:
 
 def _ece_caption(card) -> str | None:
     split, m = card.reported
-    if "ece_before" not in m:
+    before, after = m.get("ece_before"), m.get("ece_after", m.get("ece"))
+    if before is None or after is None:
         return None
     null = m.get("ece_null")
     where = ("On the locked test split; temperature fitted on validation. " if split == "test" else
              "On the validation split, in-sample: the temperature was fitted on these same images, so this "
              "flatters the calibration. ")
-    text = (f"{where}ECE (15 bins) {m['ece_before']:.3f} at T = 1 → {m.get('ece_after', m.get('ece')):.3f} "
+    text = (f"{where}ECE (15 bins) {before:.3f} at T = 1 → {after:.3f} "
             f"at the fitted T = {card.temperature:.2f}")
     if null:
         text += (f". Sampling noise alone: a perfectly calibrated model with these probabilities would show "
