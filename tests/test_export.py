@@ -202,7 +202,7 @@ def test_a_copy_whose_source_is_gone_is_refused_once_naming_it(exported, monkeyp
         f.unlink()
     monkeypatch.setenv("SKINAPP_WEIGHTS", str(root))
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.selectbox(key="dx_model").set_value(Registry(root).get("tiny-student-onnx-int8")).run()
+    at.selectbox(key="dx_model").set_value("tiny-student-onnx-int8").run()
     assert not at.exception and not at.file_uploader  # no upload offered for a model that cannot answer
     assert [e.value for e in at.error] == [
         "Model tiny-student-onnx-int8 cannot be used: model 'tiny-student-onnx-int8' is an ONNX copy of "
@@ -304,7 +304,7 @@ def test_diagnose_runs_an_onnx_copy(exported, monkeypatch):
     reg, _ = exported
     monkeypatch.setenv("SKINAPP_WEIGHTS", str(reg.root))
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.selectbox(key="dx_model").set_value(reg.get("tiny-student-onnx-int8")).run()
+    at.selectbox(key="dx_model").set_value("tiny-student-onnx-int8").run()
     at.file_uploader(key="dx_files").set_value(("a.png", png(9), "image/png")).run()
     assert not at.exception and not at.error
     assert any(c.value.startswith("P(malignant) =") for c in at.caption)

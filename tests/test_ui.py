@@ -76,7 +76,7 @@ def test_app_starts_on_diagnose(env):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert_clean(at)
     assert at.title[0].value == "Diagnose"
-    assert "tiny-student" in at.selectbox(key="dx_model").value.name
+    assert at.selectbox(key="dx_model").value == "tiny-student"
 
 
 def test_diagnose_many_files_with_bad_ones(env):
@@ -116,6 +116,22 @@ def test_diagnose_temperature_moves_probability(env):
     caption = [c.value for c in at.caption if c.value.startswith("P(")][0]
     p2 = float(caption.split("= ")[1].split(" ")[0])
     assert abs(p2 - 0.5) < abs(p1 - 0.5) or abs(p1 - 0.5) < 1e-3
+
+
+def test_diagnose_follows_a_card_recalibrated_while_the_page_is_open(env):
+    """The model widget once held card objects: a card recalibrated on disk kept its old temperature in an open
+    session, and the probability stayed at it while the caption said the new one."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value(("one.png", png(5), "image/png")).run()
+    edit_card(env, "tiny-student", temperature=2.5)
+    at.run()
+    assert not at.exception
+    assert any(c.value.startswith("Calibrated: T = 2.50.") for c in at.caption)
+    (p_caption,) = [c.value for c in at.caption if c.value.startswith("P(")]
+    assert "at T = 2.50," in p_caption
+    fresh = AppTest.from_file(APP, default_timeout=60).run()
+    fresh.file_uploader(key="dx_files").set_value(("one.png", png(5), "image/png")).run()
+    assert [c.value for c in fresh.caption if c.value.startswith("P(")] == [p_caption]  # as a new session sees it
 
 
 def test_diagnose_prediction_under_one_second(env):
@@ -618,7 +634,7 @@ def test_shipped_default_student_under_one_second(tmp_path, monkeypatch):
     monkeypatch.setenv("SKINAPP_JOBS", str(tmp_path / "jobs"))
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert_clean(at)
-    assert at.selectbox(key="dx_model").value.name == Registry(DEFAULT_WEIGHTS_DIR).default("student").name
+    assert at.selectbox(key="dx_model").value == Registry(DEFAULT_WEIGHTS_DIR).default("student").name
     at.file_uploader(key="dx_files").set_value(("warm.png", png(21, size=300), "image/png")).run()
     at.file_uploader(key="dx_files").set_value(("fresh.png", png(22, size=300), "image/png"))
     t0 = time.perf_counter()

@@ -36,14 +36,17 @@ def _operating_caption(card, threshold: float, temperature: float) -> str | None
 
 def _settings(cards):
     reg = common.registry()
-    names = [c.name for c in cards]
-    default = reg.default("student").name if any(c.role == "student" for c in cards) else names[0]
-    card = st.selectbox("Model", cards, index=names.index(default), format_func=common.model_label,
-                        key="dx_model")
+    by_name = {c.name: c for c in cards}  # names, not cards, in the widget: a card re-read from disk is used
+    default = reg.default("student").name if any(c.role == "student" for c in cards) else cards[0].name
+    name = st.selectbox("Model", list(by_name), index=list(by_name).index(default),
+                        format_func=lambda n: common.model_label(by_name[n]), key="dx_model")
+    card = by_name[name]
     c1, c2, c3 = st.columns(3)
     hi = max(10.0, round(card.temperature * 2, 2))
+    # keyed by the card's weights and calibration too: a model retrained or recalibrated under its name starts
+    # from its new calibrated temperature, not the old one
     temperature = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
-                            key=f"dx_T_{card.name}", help=T_HELP)
+                            key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
     c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     threshold, band = common.decision_sliders(c2, c3, card, f"dx_{card.name}")
     caption = _operating_caption(card, threshold, temperature)
