@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from typing import Any, Iterator
 from .data import DatasetError
 from .registry import Registry
 
+log = logging.getLogger(__name__)
 DEFAULT_JOBS_DIR = Path(__file__).resolve().parent.parent / "runs" / "jobs"
 TERMINAL = ("done", "stopped", "error")
 
@@ -138,11 +140,13 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     events = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            events.append(json.loads(line))
+            event = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line being written right now
+        if isinstance(event, dict):
+            events.append(event)
     return events
 
 
@@ -158,7 +162,13 @@ def _preparing(events: list[dict[str, Any]]) -> str:
 
 
 def job_state(job_dir: Path) -> JobState:
-    spec = json.loads((job_dir / "job.json").read_text())
+    try:
+        spec = json.loads((job_dir / "job.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise JobError(f"job {job_dir.name} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.setdefault("args", {}), dict) \
+            or not isinstance(spec.get("started"), (int, float)):
+        raise JobError(f"job {job_dir.name} cannot be read (its job.json has no start time or odd arguments)")
     events = read_events(job_dir / "progress.jsonl")
     last = next((e for e in reversed(events) if e.get("event") in TERMINAL), None)
     steps = [e for e in events if e.get("event") == "step"]
@@ -182,9 +192,31 @@ def job_state(job_dir: Path) -> JobState:
 
 
 def list_jobs(root: str | Path | None = None) -> list[JobState]:
-    d = jobs_dir(root)
-    states = [job_state(p) for p in d.iterdir() if (p / "job.json").exists()]
+    """Every readable job, newest first; one whose files are damaged or gone is logged and left out."""
+    states = []
+    for p in jobs_dir(root).iterdir():
+        if (p / "job.json").exists():
+            try:
+                states.append(job_state(p))
+            except JobError as exc:
+                log.warning("%s", exc)
     return sorted(states, key=lambda s: s.started, reverse=True)
+
+
+def check_run(args: dict[str, Any], weights_dir: str | None = None) -> None:
+    """What the job would refuse in its log seconds after starting, refused before it starts: the same config
+    checks, the name's form, and a name already taken (by a usable card or a broken one)."""
+    from .distill import TrainConfig
+    from .registry import check_name
+
+    fields = {k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}
+    if args.get("no_kd"):
+        fields["teacher"] = None
+    TrainConfig(**fields, role="student", weights_dir=weights_dir).validate()
+    check_name(args.get("name", ""))
+    taken = Registry(weights_dir).name_taken(args["name"])
+    if taken:
+        raise JobError(f"choose a new model name: {taken}")
 
 
 def data_roots() -> list[Path]:
@@ -201,6 +233,8 @@ def allowed_data_folder(path: str | Path, roots: list[Path] | None = None) -> Pa
     """The folder, if it lies under one of the roots; otherwise one refusal that says the same whether or not the
     folder exists, so the page cannot be used to probe the server's file system."""
     roots = data_roots() if roots is None else roots
+    if "\x00" in str(path):  # no file name holds one; Path.resolve would raise on it
+        raise DatasetError(f"dataset folder {str(path)!r} holds a NUL character; no folder is named so")
     p = Path(str(path)).expanduser()
     resolved = p.resolve() if p.is_absolute() else (Path.cwd() / p).resolve()
     for root in roots:

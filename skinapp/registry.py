@@ -353,6 +353,17 @@ class Registry:
     def names(self) -> list[str]:
         return [c.name for c in self.cards()]
 
+    def name_taken(self, name: str) -> str | None:
+        """Why ``name`` cannot be given to a new model, or None: a usable card has it, or a card file that cannot be
+        used does (registering would fail on it, at the end of a whole training run)."""
+        cards, broken = self.scan()
+        if name in {c.name for c in cards}:
+            return f"model {name!r} already exists; registered: {', '.join(c.name for c in cards)}"
+        if (self.root / f"{name}.json").exists():
+            reason = next((b.reason for b in broken if b.file == f"{name}.json"), "it cannot be read")
+            return f"model name {name!r} is taken by the card file {name}.json, which cannot be used ({reason})"
+        return None
+
     def get(self, name: str) -> ModelCard:
         valid, broken = self.scan()
         cards = {c.name: c for c in valid}

@@ -258,6 +258,13 @@ def test_unknown_arch_and_existing_name(tiny_registry, tiny_data):
         train(TrainConfig(data=str(tiny_data), name="tiny-student", **TINY), Registry(tiny_registry))
 
 
+def test_a_name_held_by_a_broken_card_is_refused_before_training(registry_copy, tiny_data):
+    """Registering over an unusable card file is refused; the run once found out only after every epoch."""
+    (registry_copy / "held.json").write_text("{not json")
+    with pytest.raises(TrainingError, match="taken by the card file held.json, which cannot be used .*not valid JSON"):
+        train(TrainConfig(data=str(tiny_data), name="held", **TINY), Registry(registry_copy))
+
+
 def test_teacher_with_a_mismatched_head(registry_copy, tiny_data):
     reg = Registry(registry_copy)
     before = sorted(p.name for p in registry_copy.iterdir())

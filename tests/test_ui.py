@@ -615,6 +615,62 @@ def test_train_page_runs_a_job(env, tiny_data, tmp_path):
     assert any("ui-student" in o for o in at.selectbox(key="dx_model").options)
 
 
+@pytest.mark.parametrize("name, test_frac, reason", [
+    ("bad name", None, "must be 1-100 letters"),
+    ("ok-name", 0.9, "test fraction 0.9 must leave training images"),
+    ("tiny-student", None, "model 'tiny-student' already exists"),
+    ("broken-one", None, "taken by the card file broken-one.json, which cannot be used"),
+])
+def test_train_page_refuses_before_launch_what_the_job_would_refuse(env, tiny_data, name, test_frac, reason):
+    """Each of these once started a job that failed in its log (the name taken by a broken card only after every
+    epoch), the page saying only that the process ended without a result."""
+    from skinapp import jobs
+
+    (env / "broken-one.json").write_text("{not json")
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(tiny_data)).run()
+    at.selectbox(key="train_arch").set_value("dsnet").run()
+    {w.label: w for w in at.text_input}["New model name"].set_value(name)
+    if test_frac is not None:
+        next(w for w in at.number_input if w.label == "Locked test fraction").set_value(test_frac)
+    at.button[0].click().run()
+    assert not at.exception
+    (error,) = [e.value.replace("\\", "") for e in at.error]
+    assert reason in error and error.endswith("No job was started.")
+    assert not jobs.list_jobs()
+
+
+def test_train_page_skips_a_damaged_job_and_follows_a_vanished_one_calmly(env, tmp_path):
+    from skinapp import jobs
+
+    good, bad = jobs.jobs_dir() / "20261130-000000-aaa", jobs.jobs_dir() / "20261130-000001-bbb"
+    for d in (good, bad):
+        d.mkdir(parents=True)
+    (good / "job.json").write_text(json.dumps({"pid": 0, "pid_start": None, "started": 1.0,
+                                               "args": {"name": "kept"}}))
+    (bad / "job.json").write_text('{"pid": 1, "sta')  # cut off mid-write
+    at = page("train").run()
+    assert not at.exception
+    assert list(at.dataframe[-1].value["model"]) == ["kept"]
+    at.session_state["train_job"] = "20261130-000009-gone"  # a job this session followed, since removed
+    at.run()
+    assert not at.exception
+    assert any("20261130-000009-gone cannot be read" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("typed, shown", [
+    ("{root}/a\nb", "/a\\nb does not exist or is not a folder"),  # the escaped newline and all after it
+    ("{root}/\x00bad", "holds a NUL character; no folder is named so"),
+])
+def test_train_page_names_an_odd_typed_path_whole(env, tmp_path, typed, shown):
+    """A newline in a typed path once cut the message at it; a NUL byte raised from Path.resolve."""
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(typed.format(root=tmp_path)).run()
+    assert not at.exception
+    (error,) = [e.value.replace("\\\\", "\\") for e in at.error]  # Markdown's escaped backslashes, as read
+    assert shown in error
+
+
 def test_train_page_test_fraction_reaches_the_model(env, tiny_data):
     from skinapp.registry import Registry
 

@@ -31,8 +31,9 @@ def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | Non
     cfg.validate()
     check_name(cfg.name)  # before any data is read: a bad name must not fail after all the epochs
     registry = registry or Registry(cfg.weights_dir)
-    if not cfg.overwrite and cfg.name in registry.names():
-        raise TrainingError(f"model {cfg.name!r} already exists; registered: {', '.join(registry.names())}")
+    taken = None if cfg.overwrite else registry.name_taken(cfg.name)
+    if taken:
+        raise TrainingError(taken)
     rank, world = dist_info()
     progress = ProgressLog(cfg.progress, enabled=rank == 0)
     stop = StopRequest(cfg.stop_file)

@@ -261,6 +261,7 @@ def csv_safe(df):
 
 
 def friendly(exc: Exception) -> str:
-    """One plain sentence for any error a page can meet."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return text or "Something went wrong with this request."
+    """Any error a page can meet as one line: the whole message, control characters (a newline in a typed path)
+    shown as escapes, so nothing after one is lost; cut at 600 characters."""
+    text = one_line(str(exc).strip())
+    return (text[:600] + "…" if len(text) > 600 else text) or "Something went wrong with this request."

@@ -15,6 +15,7 @@ from skinapp.distill.teacher import init_prefix, plan_heads
 from skinapp.imageio import InvalidImageError, load_image
 from skinapp.models import ARCHITECTURES
 from skinapp.studies import load_study, measured
+from skinapp.registry import RegistryError
 from skinapp.ui import common
 
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "isic9"
@@ -204,7 +205,12 @@ def _estimate(args: dict, reg) -> None:
 @st.fragment(run_every=1.5)
 def _follow(job_id: str) -> None:
     """The job's status, bar, curves and log, and the job history: all refreshed together while it runs."""
-    state = jobs.job_state(jobs.jobs_dir() / job_id)
+    try:
+        state = jobs.job_state(jobs.jobs_dir() / job_id)
+    except jobs.JobError as exc:  # its folder damaged or removed while this page followed it
+        st.warning(common.md(common.friendly(exc)), icon=":material/report:")
+        _history()
+        return
     st.markdown(f"**Job {state.id}** — {common.md(state.spec['args'].get('name', ''))}: {state.status} "
                 f"({common.md(state.message)})")
     st.progress(*_bar(state))
@@ -266,10 +272,33 @@ def _history() -> None:
                            "message": h.message} for h in history], width="stretch", hide_index=True)
 
 
+def _launch(args: dict, reg, path: str) -> None:
+    """Start the job, after the checks it would otherwise fail in its log a few seconds later."""
+    try:
+        args["data"] = str(jobs.allowed_data_folder(path))
+        jobs.check_run(args, weights_dir=str(reg.root))
+    except (jobs.JobError, TrainingError, RegistryError, DatasetError) as exc:
+        st.error(f"{common.md(common.friendly(exc).rstrip('.'))}. No job was started.", icon=":material/block:")
+        return
+    try:
+        st.session_state["train_job"] = jobs.start_job(args, weights_dir=str(reg.root)).id
+    except jobs.JobBusyError as exc:
+        st.warning(common.md(str(exc)))
+
+
+def _default_data() -> str:
+    """The shared development data, when it is there and inside the allowed roots (else the field starts empty
+    rather than with a refusal the user did not ask for)."""
+    try:
+        return str(jobs.allowed_data_folder(DEFAULT_DATA)) if DEFAULT_DATA.exists() else ""
+    except DatasetError:
+        return ""
+
+
 def render() -> None:
     st.title("Train a student by distillation")
     reg = common.registry()
-    path = st.text_input("Dataset folder on this server", value=str(DEFAULT_DATA) if DEFAULT_DATA.exists() else "",
+    path = st.text_input("Dataset folder on this server", value=_default_data(),
                          key="train_data", placeholder=f"e.g. {jobs.data_roots()[-1] / 'my-lesions'}", help="benign/ + malignant/ subfolders, or one subfolder per diagnosis, inside "
                          + " or ".join(str(r) for r in jobs.data_roots()))
     valid = bool(path.strip()) and _dataset_preview(path.strip())
@@ -282,15 +311,8 @@ def render() -> None:
             st.error(f"This teacher cannot teach this folder: {problem}. No job was started.")
         elif action == "estimate":
             _estimate(args, reg)
-        elif not args["name"] or args["name"] in reg.names():
-            st.error(f"Choose a new model name; taken: {', '.join(reg.names())}.")
         else:
-            try:
-                args["data"] = str(jobs.allowed_data_folder(path.strip()))
-                state = jobs.start_job(args, weights_dir=str(reg.root))
-                st.session_state["train_job"] = state.id
-            except jobs.JobBusyError as exc:
-                st.warning(str(exc))
+            _launch(args, reg, path.strip())
     history = jobs.list_jobs()
     current = st.session_state.get("train_job") or (history[0].id if history else None)
     if current:
