@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 
 from .data import DecodedData, LesionDataset, decode_dataset, scan_dataset
-from .inference import Predictor, evaluate_dataset
-from .registry import ModelCard, Registry
+from .inference import Predictor, evaluate_dataset, own_validation
+from .registry import ModelCard, Registry, RegistryError, check_name
 
 COMPARED = ("auc", "accuracy", "balanced_accuracy", "sens_at_spec80", "ece")
 KEPT = ("reliability", "reliability_before", "ece_before", "ece_after", "best_epoch")
@@ -18,13 +18,19 @@ KEPT = ("reliability", "reliability_before", "ece_before", "ece_after", "best_ep
 
 def compress_model(registry: Registry, name: str, new_name: str, data: str, dtype: str = "float16",
                    label_map: str | None = None, overwrite: bool = False) -> ModelCard:
+    if check_name(new_name) == name:  # with --overwrite the source's own weights would be replaced by the copy
+        raise RegistryError(f"the copy needs a name of its own; {name!r} is its source's")
     model, card = registry.load(name)
+    if card.runtime != "torch":
+        raise RegistryError(f"model {name!r} is an ONNX Runtime copy; compress its source {card.source!r} instead")
     ds = scan_dataset(data, card.task, label_map)
     decoded = decode_dataset(ds, card.input_size)  # the copy has the same input size: decode the folder once
+    source = Predictor(model, card)
+    own_validation(source, ds, decoded, "compress")  # before anything is registered
     copy = dataclasses.replace(card, name=new_name, default=False, created="", source=name,
                                description=f"{dtype} copy of {name}. {card.description}".strip())
     new = registry.register(model, copy, overwrite=overwrite, dtype=dtype)
-    updates = copy_metrics(Predictor(model, card), Predictor.from_registry(new_name, registry), ds, decoded)
+    updates = copy_metrics(source, Predictor.from_registry(new_name, registry), ds, decoded)
     updates["metrics"]["compression"] = {"source": name, "dtype": dtype, "source_bytes": card.file_bytes,
                                          "bytes": new.file_bytes, "ratio": round(card.file_bytes / new.file_bytes, 3),
                                          "change": updates["metrics"].pop("change")}

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from .compress import copy_metrics
-from .data import DatasetError, decode_dataset, model_input, scan_dataset
-from .inference import Predictor, dataset_logits, split_logits
+from .data import decode_dataset, model_input, scan_dataset
+from .inference import Predictor, dataset_logits, own_validation
 from .registry import ModelCard, Registry, RegistryError, check_name
 from .runtime import DYNAMO_OPSET, INT8_SETTINGS, OPSET, Int8Quantizer, OnnxModel, export_graph, rename_graph
 
@@ -41,14 +41,13 @@ def export_model(registry: Registry, name: str, data: str, new_name: str | None 
     card = source.card
     if source.onnx:
         raise ExportError(f"model {name!r} is already an ONNX copy; export its source {card.source!r} instead")
-    new_name = check_name(new_name or f"{name}-onnx{'-int8' if int8 else ''}")
+    new_name = check_name(f"{name}-onnx{'-int8' if int8 else ''}" if new_name is None else new_name)
+    if new_name == name:  # with --overwrite the source's card would point at its own copy, its weights orphaned
+        raise ExportError(f"the copy needs a name of its own; {name!r} is its source's")
     graph, written = _graph(source, name, new_name)  # first: an unexportable network fails before minutes of checks
     ds = scan_dataset(data, card.task, label_map, metadata)
     decoded = decode_dataset(ds, card.input_size)
-    val = split_logits(source, ds, "val", decoded)
-    if val.selection.split != "val":
-        raise DatasetError(f"{ds.root} is not {name}'s own data ({val.selection.note}); export with the folder it "
-                           f"was trained on, so the copy is calibrated and checked on its validation split")
+    val = own_validation(source, ds, decoded, "export")
     info = {**written, "runtime": f"onnxruntime {_ort_version()}", "precision": "fp32"}
     if int8:
         graph, calib = _int8(graph, source, decoded, val, new_name, max_float)

@@ -6,13 +6,14 @@ it is reported on their locked test split.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Sequence
 
 from .data import scan_dataset
 from .inference import Predictor, calibrate_on_split
 from .models import build_fused
-from .registry import ModelCard, Registry, RegistryError
+from .registry import DuplicateModelError, ModelCard, Registry, RegistryError, check_name
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def check_members(cards: Sequence[ModelCard]) -> None:
     for c in cards:
         if c.fusion:
             raise FusionError(f"member {c.name!r} is itself fused; fuse its members instead")
+        if c.runtime != "torch":
+            raise FusionError(f"member {c.name!r} is an ONNX Runtime copy; fuse its source {c.source!r} instead")
     first = cards[0]
     for c in cards[1:]:
         for f in SHARED:
@@ -84,9 +87,12 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
     """
     if views not in VIEW_SETS:
         raise FusionError(f"unknown views {views!r}; choose one of: {', '.join(VIEW_SETS)}")
+    taken = None if overwrite else registry.name_taken(check_name(name))
+    if taken:  # before minutes of calibration
+        raise DuplicateModelError(taken)
+    cards = [registry.get(m) for m in members]
+    check_members(cards)  # before loading: an ONNX copy has no state dict to fuse
     loaded = [registry.load(m) for m in members]
-    cards = [c for _, c in loaded]
-    check_members(cards)
     fusion = {"members": [{"key": _key(c.name), "name": c.name, "arch": c.arch, "input_size": c.input_size,
                            "sha256": c.sha256} for c in cards],
               "views": list(VIEW_SETS[views])}
@@ -106,10 +112,12 @@ def fuse_models(registry: Registry, members: Sequence[str], name: str, data: str
                "train_time_s": round(sum(float(c.train.get("train_time_s", 0.0)) for c in cards), 1)},
         description=description or f"Fused from {', '.join(members)}: mean probability over members and "
                                    f"{len(VIEW_SETS[views])} view(s)")
-    registry.register(model, card, overwrite=overwrite, dtype=dtype)
-    pred = Predictor.from_registry(name, registry)
-    ds = scan_dataset(data, first.task, label_map)
-    temp, metrics, test_metrics = calibrate_on_split(pred, ds)
+    if dtype == "float16":  # calibrated on the weights as they will be stored
+        model.half()
+    model.float()
+    # calibrated before it is registered: a folder that is not the members' own data leaves no model behind
+    temp, metrics, test_metrics = calibrate_on_split(Predictor(model, card), scan_dataset(data, first.task, label_map))
     log.info("fused %s: val AUC %.4f at T = %.3f", name, metrics["auc"], temp)
-    registry.update(name, temperature=temp, metrics=metrics, test_metrics=test_metrics)
+    card = dataclasses.replace(card, temperature=temp, metrics=metrics, test_metrics=test_metrics)
+    registry.register(model, card, overwrite=overwrite, dtype=dtype)
     return registry.set_default(name) if default else registry.get(name)

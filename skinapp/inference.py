@@ -206,14 +206,21 @@ def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto
     return metrics
 
 
+def own_validation(predictor: Predictor, ds: LesionDataset, decoded: DecodedData, doing: str):
+    """The model's validation split of ``ds``: a copy or calibration judged on a folder the model was not trained
+    on would write that folder's numbers into the card as its own, so such a folder is refused."""
+    val = split_logits(predictor, ds, "val", decoded)
+    if val.selection.split != "val":
+        raise DatasetError(f"{ds.root} is not {predictor.card.name}'s own data ({val.selection.note}); {doing} with "
+                           f"the folder it was trained on")
+    return val
+
+
 def calibrate_on_split(predictor: Predictor, ds: LesionDataset) -> tuple[float, dict, dict]:
     """Fit the temperature on the model's validation split, report on its locked test split (none for a card
     made before it: then {}); the folder must be the model's own data."""
     decoded = decode_dataset(ds, predictor.card.input_size)
-    val = split_logits(predictor, ds, "val", decoded)
-    if val.selection.split != "val":
-        raise DatasetError(f"{ds.root} is not {predictor.card.name}'s own data ({val.selection.note}); calibrate on "
-                           f"the folder it was trained on")
+    val = own_validation(predictor, ds, decoded, "calibrate")
     test = split_logits(predictor, ds, "test", decoded) if SplitSpec.of(predictor.card.data,
                                                                         predictor.card.split_seed) else None
     return fit_and_report(val.logits, val.y, test.logits if test else None, test.y if test else None,

@@ -50,3 +50,20 @@ def test_models_set_default(reg, capsys):
     assert rows["tiny-nokd"] and not rows["tiny-student"] and rows["tiny-teacher"]
     assert main(["--weights", str(reg.root), "models", "--set-default", "nope"]) == 2
     assert "registered models: tiny-teacher" in capsys.readouterr().err
+
+
+def test_compress_refuses_its_sources_name_and_a_foreign_folder_and_leaves_the_registry_as_it_was(reg, tmp_path,
+                                                                                                  tiny_data):
+    """With --overwrite and the source's own name, the fp16 copy once replaced the source's fp32 weights; with a
+    folder the model never saw, the copy's card carried that folder's numbers as its validation and test."""
+    from conftest import make_dataset
+    from skinapp.data import DatasetError
+    from skinapp.registry import RegistryError
+
+    files = {p.name: p.read_bytes() for p in reg.root.iterdir()}
+    with pytest.raises(RegistryError, match="the copy needs a name of its own; 'tiny-student' is its source's"):
+        compress_model(reg, "tiny-student", "tiny-student", str(tiny_data), overwrite=True)
+    foreign = make_dataset(tmp_path / "foreign", per_class=6, layout="binary")
+    with pytest.raises(DatasetError, match="not tiny-student's own data"):
+        compress_model(reg, "tiny-student", "half", str(foreign))
+    assert {p.name: p.read_bytes() for p in reg.root.iterdir()} == files

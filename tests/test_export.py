@@ -467,3 +467,24 @@ def test_bias_correction_leaves_each_int8_convolution_within_half_a_bias_step_of
     changed = {t.name for t in m.graph.initializer} - {
         t.name for t, u in zip(before.graph.initializer, m.graph.initializer) if t == u}
     assert changed and all(c.endswith("bias_quantized") for c in changed)
+
+
+def test_an_onnx_copy_is_refused_as_a_source_to_compress_or_fuse_and_no_copy_takes_its_sources_name(
+        exported, tiny_data, tmp_path):
+    """Compressing or fusing an ONNX copy once died in a traceback (no state_dict) after decoding the folder; an
+    export named after its source with --overwrite turned the source's card into a copy of itself."""
+    from skinapp.compress import compress_model
+    from skinapp.export import ExportError, export_model
+    from skinapp.fuse import FusionError, fuse_models
+    from skinapp.registry import RegistryError
+
+    work = Registry(shutil.copytree(exported[0].root, tmp_path / "w"))
+    files = {p.name: p.read_bytes() for p in work.root.iterdir()}
+    with pytest.raises(RegistryError, match="'tiny-student-onnx' is an ONNX Runtime copy; compress its source "
+                                            "'tiny-student' instead"):
+        compress_model(work, "tiny-student-onnx", "half", str(tiny_data))
+    with pytest.raises(FusionError, match="'tiny-student-onnx' is an ONNX Runtime copy; fuse its source"):
+        fuse_models(work, ["tiny-student-onnx", "tiny-teacher"], "fused", str(tiny_data))
+    with pytest.raises(ExportError, match="the copy needs a name of its own; 'tiny-student' is its source's"):
+        export_model(work, "tiny-student", str(tiny_data), new_name="tiny-student", overwrite=True)
+    assert {p.name: p.read_bytes() for p in work.root.iterdir()} == files

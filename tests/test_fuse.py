@@ -108,7 +108,7 @@ def test_refuses_other_splits_nesting_unknown_views_and_duplicates(reg, tiny_dat
     fuse_models(reg, ["tiny-teacher", "small-member"], "fused", str(tiny_data))
     with pytest.raises(FusionError, match="itself fused"):
         fuse_models(reg, ["fused", "tiny-teacher"], "fused2", str(tiny_data))
-    with pytest.raises(DuplicateModelError, match="already registered"):
+    with pytest.raises(DuplicateModelError, match="model 'fused' already exists"):
         fuse_models(reg, ["tiny-teacher", "small-member"], "fused", str(tiny_data))
 
 
@@ -147,3 +147,16 @@ def test_views_must_be_known_and_start_with_the_photo_itself():
         FusedNet(nets, views=("identity", "rot90"))
     with pytest.raises(ValueError, match="first view must be 'identity'"):
         FusedNet(nets, views=("hflip", "identity"))
+
+
+def test_a_folder_that_is_not_the_members_data_leaves_no_fused_model(reg, tmp_path):
+    """The fused card was once registered before its calibration read the folder: a wrong folder left a teacher
+    with no metrics and T = 1 in the registry (and, with --overwrite, replaced the one before it)."""
+    from conftest import make_dataset
+    from skinapp.data import DatasetError
+
+    foreign = make_dataset(tmp_path / "foreign", per_class=6, layout="binary")
+    before = sorted(p.name for p in reg.root.iterdir())
+    with pytest.raises(DatasetError, match="not fused's own data"):
+        fuse_models(reg, ["tiny-teacher", "small-member"], "fused", str(foreign))
+    assert sorted(p.name for p in reg.root.iterdir()) == before
