@@ -56,15 +56,51 @@ def read_dicom(data: bytes, max_pixels: int) -> Image.Image:
     sop = str(ds.get("SOPClassUID", ""))
     photometric = str(ds.get("PhotometricInterpretation", ""))
     if "PixelData" not in ds:
+        if _expects_pixels(ds):
+            raise DicomError("this DICOM file is damaged or incomplete: it ends before its image.")
         raise DicomError(f"this DICOM file ({_kind(ds)}) holds no image.")
     if sop not in PHOTO_CLASSES or photometric not in COLOUR or ds.get("SamplesPerPixel") != 3:
         raise DicomError(f"this DICOM file is not a colour photograph of the skin ({_kind(ds)}, "
                          f"{photometric or 'no colour model'}). skinapp reads {ACCEPTED}.")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    rows, cols = _dimension(ds, "Rows"), _dimension(ds, "Columns")
     if rows * cols > max_pixels:
         raise DicomError(f"the image is too large ({cols}x{rows} = {rows * cols:,} pixels; the limit is "
                          f"{max_pixels:,}).")
     return Image.fromarray(_rgb(ds), "RGB")
+
+
+def _expects_pixels(ds) -> bool:
+    """Whether a file without Pixel Data was cut short rather than never meant to hold an image.
+
+    pydicom stops quietly at the end of a truncated file, so a cut photograph looks like a report or a
+    presentation state. An empty dataset, an image-size tag or an image SOP class (every "... Image Storage"
+    requires Pixel Data) says the pixels were lost, and the user should hear "damaged", not "no image".
+    """
+    sop = str(ds.get("SOPClassUID", ""))
+    image_class = sop in PHOTO_CLASSES or (bool(sop) and ds.SOPClassUID.name.endswith("Image Storage"))
+    return len(ds) == 0 or image_class or "Rows" in ds or "Columns" in ds
+
+
+def _dimension(ds, keyword: str) -> int:
+    """Rows or Columns as a positive whole number, or DicomError.
+
+    Broken exports leave the element present but empty (None) or of the wrong type; ``int()`` on that raised
+    TypeError and crashed a whole batch instead of refusing one file.
+    """
+    if keyword not in ds:
+        raise DicomError(f"this DICOM file is damaged: it has no {keyword} value (image size).")
+    value = ds[keyword].value
+    if value is None or value == "":
+        raise DicomError(f"this DICOM file is damaged: its {keyword} value (image size) is empty.")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number <= 0:
+        shown = repr(value)[:40]
+        raise DicomError(f"this DICOM file is damaged: its {keyword} value (image size) {shown} is not a "
+                         f"positive whole number.")
+    return number
 
 
 def _rgb(ds) -> np.ndarray:

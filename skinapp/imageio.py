@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -23,6 +25,10 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom")
 #: Pixel ceiling (width x height). Dermoscopes produce at most ~25 MP; anything larger is refused, not decoded.
 MAX_PIXELS = 50_000_000
+#: Byte ceiling, checked before reading. The largest honest file within MAX_PIXELS is an uncompressed 16-bit RGBA
+#: TIFF or DICOM: 50 MP x 8 bytes = 400 MB; 512 MiB leaves room for metadata, yet stops /dev/zero or a disk image
+#: from being read whole into memory.
+MAX_BYTES = 512 * 2**20
 
 ImageSource = Union[str, Path, bytes, bytearray, BinaryIO]
 
@@ -46,20 +52,69 @@ def one_line(text: object) -> str:
 
 
 def _open_stream(source: ImageSource, label: str) -> BinaryIO:
+    """The whole file in memory, read at most MAX_BYTES + 1 bytes so that an endless stream cannot exhaust it."""
+    limit = MAX_BYTES
     if isinstance(source, (bytes, bytearray)):
+        if len(source) > limit:
+            raise _too_large(label, limit, len(source))
         data = bytes(source)
     elif isinstance(source, (str, Path)):
-        try:
-            data = Path(source).read_bytes()
-        except FileNotFoundError:
-            raise InvalidImageError(f"{label}: file not found.") from None
-        except (IsADirectoryError, PermissionError, OSError) as exc:
-            raise InvalidImageError(f"{label}: could not be read ({exc.strerror or exc}).") from None
+        data = _read_path(Path(source), label, limit)
     else:
-        data = source.read()
+        data = source.read(limit + 1)
     if not data:
         raise InvalidImageError(f"{label}: the file is empty (0 bytes).")
+    if len(data) > limit:  # a stream, or a file that grew after fstat: its true size is unknown
+        raise _too_large(label, limit)
     return io.BytesIO(data)
+
+
+def _read_path(path: Path, label: str, limit: int) -> bytes:
+    """Read a regular file (symlinks followed). Opened non-blocking and checked with fstat on the open handle,
+    not stat beforehand: opening a named pipe would otherwise wait forever for a writer, and a path swapped
+    between a check and the open could still slip a device through."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InvalidImageError(f"{label}: file not found.") from None
+    except OSError as exc:
+        raise InvalidImageError(f"{label}: could not be read ({exc.strerror or exc}).") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidImageError(f"{label}: this is {_not_a_file(info.st_mode)}, not an image file.")
+        if info.st_size > limit:
+            raise _too_large(label, limit, info.st_size)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit + 1)
+    except OSError as exc:
+        raise InvalidImageError(f"{label}: could not be read ({exc.strerror or exc}).") from None
+    finally:
+        os.close(fd)
+
+
+def _not_a_file(mode: int) -> str:
+    """What a non-regular path is, in words a user recognises."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
+def _too_large(label: str, limit: int, size: int | None = None) -> InvalidImageError:
+    """The refusal of a file over MAX_BYTES, worded like the pixel limit's; ``size`` None: known only to exceed."""
+    got = _size(size) if size is not None else f"more than {_size(limit)}"
+    return InvalidImageError(f"{label}: the file is too large ({got}; the limit is {_size(limit)}).")
+
+
+def _size(n: int) -> str:
+    """A byte count for a message: MB once it is that large, so a clinician need not count digits."""
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n:,} bytes"
 
 
 _ORIENTATION_FIX = {
@@ -86,6 +141,18 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
     method = _ORIENTATION_FIX.get(orientation) if isinstance(orientation, int) else None
     return img.transpose(method) if method is not None else img
+
+
+def _refuse_non_finite(img: Image.Image, label: str) -> None:
+    """A float image with NaN or infinity is corrupted: min-max scaling would turn it all black, and a clinician
+    must get no verdict on it rather than one on a repaired guess. Only mode F holds floats in PIL."""
+    if img.mode != "F":
+        return
+    bad = int(np.count_nonzero(~np.isfinite(np.asarray(img))))
+    if bad:
+        which = "1 pixel holds" if bad == 1 else f"{bad:,} pixels hold"
+        raise InvalidImageError(f"{label}: the image is corrupted: {which} no valid value (not a number or "
+                                f"infinite), so it is not analysed.")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -143,6 +210,7 @@ def load_image(source: ImageSource, name: str | None = None, max_pixels: int | N
                 )
             img.load()
             img = _upright(img)
+            _refuse_non_finite(img, label)
             rgb = _to_rgb(img)
     except InvalidImageError:
         raise

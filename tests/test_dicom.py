@@ -48,14 +48,59 @@ def test_jpeg_compressed_ybr_is_decoded_to_rgb(photo):
                                                                             "(CT Image Storage, modality CT"),
     (lambda p: dicom_bytes(p, sop="ct", modality="CT"), "not a colour photograph"),
     (lambda p: dicom_bytes(np.full((32, 32), 9), sop="photo"), "MONOCHROME2"),
-    (lambda p: dicom_bytes(p)[:400], "holds no image"),
+    (lambda p: dicom_bytes(p)[:400], "damaged or incomplete"),  # cut before the pixels: not "holds no image"
     (lambda p: dicom_bytes(p)[:-500], "damaged or incomplete"),
-    (lambda p: dicom_bytes(p)[:140], "no image"),
+    (lambda p: dicom_bytes(p)[:140], "damaged or incomplete"),
 ])
 def test_other_dicoms_get_a_clear_message(photo, make, needle):
     with pytest.raises(InvalidImageError, match="^scan.dcm: ") as exc:
         load_image(make(photo), name="scan.dcm")
     assert needle in str(exc.value)
+
+
+def _edited(photo: Image.Image, edit) -> bytes:
+    """``dicom_bytes(photo)`` after ``edit(dataset)``, saved again as a Part 10 file."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(photo)))
+    edit(ds)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _set(ds, keyword: str, value, vr: str | None = None) -> None:
+    if vr:
+        ds[keyword].VR = vr
+    setattr(ds, keyword, value)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda ds: _set(ds, "Rows", None), "Rows value (image size) is empty"),
+    (lambda ds: _set(ds, "Columns", None), "Columns value (image size) is empty"),
+    (lambda ds: delattr(ds, "Columns"), "no Columns value"),
+    (lambda ds: _set(ds, "Columns", "abc", "LO"), "Columns value (image size) 'abc' is not"),
+    (lambda ds: _set(ds, "Rows", [64, 64]), "Rows value (image size) [64, 64] is not"),
+    (lambda ds: _set(ds, "Rows", 0), "Rows value (image size) 0 is not"),
+], ids=["empty-rows", "empty-columns", "no-columns", "text-columns", "two-rows", "zero-rows"])
+def test_missing_empty_or_non_numeric_image_size_is_refused_not_a_crash(photo, edit, needle):
+    with pytest.raises(InvalidImageError, match="^scan.dcm: this DICOM file is damaged") as exc:
+        load_image(_edited(photo, edit), name="scan.dcm")
+    assert needle in str(exc.value)
+
+
+def test_a_dicom_meant_to_hold_no_image_still_says_so(photo):
+    """A report (Basic Text SR) without pixels is not called damaged: only image classes must carry pixels."""
+    def report(ds):
+        for keyword in ("PixelData", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation",
+                        "PlanarConfiguration", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation"):
+            delattr(ds, keyword)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+        ds.Modality = "SR"
+
+    with pytest.raises(InvalidImageError, match="^scan.dcm: ") as exc:
+        load_image(_edited(photo, report), name="scan.dcm")
+    assert "(Basic Text SR Storage, modality SR) holds no image" in str(exc.value)
 
 
 def test_a_huge_dicom_is_refused_before_decoding(photo):

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
+import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -339,6 +342,33 @@ def test_16_bit_gradient_is_monotonic_and_spans_the_range():
     assert len(np.unique(a)) > 50
 
 
+def _float_tiff(values: list[float]) -> bytes:
+    arr = np.repeat(np.asarray(values, np.float32)[None, :], 4, axis=1).repeat(16, axis=0)
+    img = Image.fromarray(arr)
+    assert img.mode == "F"
+    return encode(img, "TIFF")
+
+
+def test_float_tiff_is_stretched_to_its_range():
+    a = rgb(load_image(_float_tiff([-1.0, 0.0, 1.0, 3.0])))
+    assert a.shape == (16, 16, 3) and (a == a[:, :, :1]).all()
+    assert [a[0, 0, 0], a[0, 4, 0], a[0, 8, 0], a[0, 12, 0]] == [0, 64, 128, 255]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_float_tiff_with_non_finite_pixels_is_refused(bad):
+    """Not repaired into a picture: min-max scaling made it all black, and a verdict on that is meaningless."""
+    data = _float_tiff([0.0, 0.5, 1.0, 2.0])
+    img = Image.open(io.BytesIO(data))
+    arr = np.asarray(img).copy()
+    arr[3, 5] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no RuntimeWarning on the way
+        msg = refused(encode(Image.fromarray(arr), "TIFF"), "scan.tif", name="scan.tif")
+    assert msg == ("scan.tif: the image is corrupted: 1 pixel holds no valid value (not a number or infinite), "
+                   "so it is not analysed.")
+
+
 # ------------------------------------------------------------------------------------------------ pixel limits
 
 def test_max_pixels_parameter_refuses_before_decoding(tmp_path, monkeypatch):
@@ -445,6 +475,102 @@ def test_directory(tmp_path):
     d = tmp_path / "a_folder.jpg"
     d.mkdir()
     refused(d, "a_folder.jpg")
+
+
+def _load_within(seconds: float, source, release=None):
+    """``load_image(source)`` in a thread: its InvalidImageError, or a test failure if it has not ended in
+    ``seconds`` (the bug was a hang); ``release`` then unblocks the thread so the run can finish."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(load_image(source))
+        except Exception as exc:  # handed to the test thread, which judges it
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        if release:
+            release()
+        pytest.fail(f"load_image({source!r}) still running after {seconds} s")
+    assert isinstance(outcome[0], InvalidImageError), outcome[0]
+    return outcome[0]
+
+
+def _release_fifo(path) -> None:
+    """A writer that opens and closes at once, so a reader blocked opening the pipe sees end of file."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+@pytest.mark.parametrize("via_link", [False, True], ids=["pipe", "link-to-pipe"])
+def test_named_pipe_is_refused_promptly(tmp_path, via_link):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    path = fifo
+    if via_link:
+        path = tmp_path / "link.jpg"
+        path.symlink_to(fifo)
+    exc = _load_within(5, path, release=lambda: _release_fifo(fifo))
+    assert str(exc) == f"{path.name}: this is a named pipe, not an image file."
+    refused(path, path.name)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_endless_device_is_refused_not_read():
+    assert str(_load_within(5, "/dev/zero")) == "zero: this is a device, not an image file."
+
+
+def test_link_to_a_regular_file_still_loads(tmp_path):
+    target = tmp_path / "real.png"
+    lesion(4, False, size=24).save(target)
+    link = tmp_path / "link.png"
+    link.symlink_to(target)
+    assert load_image(link).size == (24, 24)
+
+
+def test_file_over_the_byte_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(encode(noise(64, 64), "PNG"))  # a valid photo, ~12 kB
+    size = path.stat().st_size
+    monkeypatch.setattr(imageio, "MAX_BYTES", 4096)
+    msg = refused(path, "big.png")
+    # the exact size in the message comes from the file system, not from reading the file
+    assert msg == f"big.png: the file is too large ({size:,} bytes; the limit is 4,096 bytes)."
+    for source, name in ((path.read_bytes(), "the uploaded file"), (io.BytesIO(path.read_bytes()), "up.png")):
+        assert "too large" in refused(source, name, **({"name": "up.png"} if name == "up.png" else {}))
+    monkeypatch.setattr(imageio, "MAX_BYTES", size)
+    assert load_image(path).size == (64, 64)  # the limit is inclusive
+
+
+class _Endless(io.RawIOBase):
+    """An upload that never ends (a stream of zero bytes), counting what was asked of it."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.given > 64 * 2**20:  # a bound for the test itself: an unbounded read must fail, not eat memory
+            raise AssertionError("read past 64 MB of an endless stream")
+        buffer[:] = bytes(len(buffer))
+        self.given += len(buffer)
+        return len(buffer)
+
+
+def test_endless_file_object_is_read_only_to_the_limit(monkeypatch):
+    monkeypatch.setattr(imageio, "MAX_BYTES", 2**20)
+    stream = _Endless()
+    msg = refused(stream, "upload.jpg", name="upload.jpg")
+    assert msg == "upload.jpg: the file is too large (more than 1 MB; the limit is 1 MB)."
+    assert stream.given <= 2**20 + 1
 
 
 def test_too_small_image():
