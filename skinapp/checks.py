@@ -30,8 +30,12 @@ def threshold(x: float) -> float:
     return x
 
 
+#: the most threads or timed runs a command accepts: far above any machine's cores, far below what overflows
+MAX_COUNT = 100_000
+
+
 def positive_int(name: str, v: int) -> int:
-    """A count (threads, runs) of at least one."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{name} {v!r} must be a whole number >= 1")
+    """A count (threads, runs) of at least one, and not absurd (2**40 threads overflowed inside PyTorch)."""
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
+        raise ValueError(f"{name} {v!r} must be a whole number from 1 to {MAX_COUNT:,}")
     return v

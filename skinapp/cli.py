@@ -24,7 +24,7 @@ from .registry import Registry, RegistryError, model_summary
 
 log = logging.getLogger("skinapp")
 USER_ERRORS = (InvalidImageError, DatasetError, RegistryError, TrainingError, UnknownArchitectureError,
-               PretrainedWeightsError, ExplainError, FileNotFoundError, ValueError)
+               PretrainedWeightsError, ExplainError, OSError, ValueError)  # OSError: an output path it cannot write
 
 
 def _emit(obj, as_json: bool, text: str) -> None:
@@ -32,7 +32,7 @@ def _emit(obj, as_json: bool, text: str) -> None:
 
 
 def cmd_models(args, reg: Registry) -> int:
-    if args.set_default:
+    if args.set_default is not None:  # '' too: it names no model, and must say so
         reg.set_default(args.set_default)
     cards = reg.cards()
     defaults = {r: reg.default(r).name for r in ("teacher", "student") if any(c.role == r for c in cards)}
@@ -64,7 +64,8 @@ def cmd_predict(args, reg: Registry) -> int:
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     _check_report(args)  # a bad --report path or --band is refused before any work
-    pred = Predictor.from_registry(args.model or reg.default("student").name, reg, _threads(args))
+    pred = Predictor.from_registry(reg.default("student").name if args.model is None else args.model, reg,
+                                   _threads(args))
     cam_names = cam_file_names(paths) if args.cam_out else {}
     rows, cases = [], []
     for path in paths:
@@ -143,7 +144,7 @@ def cam_file_names(paths: Sequence[Path]) -> dict[Path, str]:
     """One overlay file per photo: x.jpg and x.webp (or two folders' x.jpg) must not overwrite each other."""
     names, used = {}, set()
     for path in paths:
-        base = f"{path.stem}_{path.suffix.lstrip('.').lower() or 'img'}_cam"
+        base = f"{path.stem[:150]}_{path.suffix.lstrip('.').lower()[:10] or 'img'}_cam"  # within 255 bytes
         name, k = f"{base}.png", 2
         while name in used:
             name, k = f"{base}-{k}.png", k + 1
@@ -200,7 +201,10 @@ def cmd_calibrate(args, reg: Registry) -> int:
 def cmd_benchmark(args, reg: Registry) -> int:
     from .benchmark import run_benchmark
 
-    names = [n.strip() for n in args.models.split(",") if n.strip()] if args.models else None
+    names = None if args.models is None else [n.strip() for n in args.models.split(",") if n.strip()]
+    if names == []:  # '' or ',' once meant every model
+        raise ValueError(f"--models {args.models!r} names no model; give names separated by commas, or leave it "
+                         f"out for every model")
     for n in names or []:
         reg.get(n)
     image = load_image(args.image) if args.image else None
@@ -403,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_args(args)
         return handlers[args.command](args, reg)
     except USER_ERRORS as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(str(exc).strip())[:1000] or type(exc).__name__  # a newline in a path must not cut it
         print(f"skinapp: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

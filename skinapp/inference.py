@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .evaluation import (binary_metrics, bootstrap_ci, ece_null, grouped_probs, 
                          subgroup_metrics)
 from .protocol import Selection, SplitSpec, fit_and_report, select, subgroup_attributes
 from .models import fold_batchnorm, model_lock
-from .imageio import ImageSource, InvalidImageError, is_image_file, load_image
+from .imageio import ImageSource, InvalidImageError, is_image_file, load_image, one_line
 from .registry import ModelCard, Registry, RegistryError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class Prediction:
                 "probabilities": self.probabilities, "p_positive": round(self.p_positive, 6),
                 "temperature": self.temperature, "latency_ms": round(self.latency_ms, 3)}
 
+
+
+class InferenceError(ValueError):
+    """A model gave no usable output (NaN) for a photo: a broken model, never a verdict."""
 
 class Predictor:
     """A loaded model and its card. Read-only after construction, so one instance can serve many users."""
@@ -117,6 +122,9 @@ class Predictor:
         t = self.card.temperature if temperature is None else checks.temperature(temperature)
         threshold = checks.threshold(threshold)
         p = float(self.probabilities(logits.unsqueeze(0), t)[0])
+        if not math.isfinite(p):  # NaN would fall to the negative label: a verdict nobody computed
+            raise InferenceError(f"model {self.card.name!r} gave no probability for {one_line(source)} (NaN); its "
+                                 f"weights or card are broken")
         neg, pos = self.card.task_labels
         return Prediction(source, self.card.name, {neg: 1 - p, pos: p}, p, pos if p >= threshold else neg,
                           t, latency_ms)

@@ -263,13 +263,19 @@ def load_checkpoint_backbone(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise PretrainedWeightsError(
             f"pretrained={str(path)!r} is neither a file nor one of: {', '.join(PRETRAINED_CHOICES)}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as exc:  # pickle, zip, safetensors and torch all raise their own kinds on a foreign file
+        raise PretrainedWeightsError(f"pretrained file {str(path)!r} cannot be read as a checkpoint "
+                                     f"({type(exc).__name__}: {str(exc).strip()[:120]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PretrainedWeightsError(f"pretrained file {str(path)!r} holds no state dict of tensors")
     own = model.state_dict()
     if all(k in own for k in state):
         keep = {k: v for k, v in state.items() if own[k].shape == v.shape}

@@ -299,6 +299,13 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     (["predict", "--report", "IMG", "IMG"], "must be a .pdf file"),
     (["predict", "--report", "PDF", "--band", "0.5", "IMG"], "uncertain band 0.5"),
     (["predict", "--report", "PDF", "--band", "nan", "IMG"], "uncertain band nan"),
+    # found by a QA pass (3 December): each once did something else than refuse in one line
+    (["predict", "--model", "", "IMG"], "unknown model ''"),
+    (["models", "--set-default", ""], "unknown model ''"),
+    (["benchmark", "--models", ",", "--runs", "2"], "--models ',' names no model"),
+    (["benchmark", "--threads", str(2**40), "--runs", "2"], "must be a whole number from 1 to 100,000"),
+    (["predict", "--cam-out", "IMG/sub", "IMG"], "Not a directory"),
+    (["evaluate", "--model", "tiny-student", "--data", "DATA/a\nb"], "a\\nb does not exist"),
 ])
 def test_no_silent_nonsense(argv, needle, weights, tiny_data, image, tmp_path, capsys):
     """Each bad value ends in exit 2 and one line naming it, before any model or data is touched."""
@@ -307,7 +314,8 @@ def test_no_silent_nonsense(argv, needle, weights, tiny_data, image, tmp_path, c
     (tmp_path / "empty").mkdir()
     subst = {"IMG": str(image), "DATA": str(tiny_data), "EMPTY": str(tmp_path / "empty"),
              "PDF": str(tmp_path / "case.pdf"), "NOWHERE": str(tmp_path / "no" / "case.pdf")}
-    code = main(["--weights", str(weights), *[subst.get(a, a) for a in argv]])
+    head = [a.split("/", 1) for a in argv]  # IMG/sub: a path under the photo, as if it were a folder
+    code = main(["--weights", str(weights), *["/".join([subst.get(h[0], h[0]), *h[1:]]) for h in head]])
     out, err = capsys.readouterr()
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
@@ -395,3 +403,34 @@ def test_every_help_text_prints():
     assert "metrics with 95% intervals on a dataset folder" in text
     for name, sub in subs.choices.items():
         assert name in text and sub.format_help().startswith("usage:")
+
+
+def test_a_long_photo_name_gets_an_overlay_name_the_file_system_takes(weights, image, tmp_path):
+    """A 250-character photo name once made the overlay's name (stem + _jpg_cam.png) too long to write."""
+    from skinapp.cli import cam_file_names, main
+
+    long = tmp_path / ("x" * 250 + ".jpg")
+    shutil.copy(image, long)
+    assert main(["--weights", str(weights), "predict", "--cam-out", str(tmp_path / "cams"), str(long)]) == 0
+    (cam,) = (tmp_path / "cams").iterdir()
+    assert len(cam.name.encode()) <= 255 and cam.name == cam_file_names([long])[long]
+
+
+def test_a_model_that_answers_nan_gives_no_verdict(weights):
+    import torch
+
+    from skinapp.inference import InferenceError
+
+    student = Predictor.from_registry("tiny-student", Registry(weights))
+    with pytest.raises(InferenceError, match="gave no probability for a.png \\(NaN\\)"):
+        student.to_prediction(torch.full((len(student.card.label_names),), float("nan")), None, 0.5, "a.png", 1.0)
+
+
+@pytest.mark.parametrize("content", [b"root:x:0:0:root:/root:/bin/bash\n", b"PK\x03\x04garbage", b""])
+def test_a_pretrained_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, content):
+    from skinapp.models import PretrainedWeightsError, create_model, load_checkpoint_backbone
+
+    path = tmp_path / "passwd"
+    path.write_bytes(content)
+    with pytest.raises(PretrainedWeightsError, match="cannot be read as a checkpoint"):
+        load_checkpoint_backbone(create_model("dsnet", 2), path)
