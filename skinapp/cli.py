@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import TrainConfig, TrainingError, add_arguments, from_arguments, train
+from .evaluation import small_sample_note
 from .explain import ExplainError
 from .export import MAX_FLOAT
 from . import checks
@@ -166,13 +167,14 @@ def cmd_evaluate(args, reg: Registry) -> int:
                             f"{c['p_delong']:.3g})" + (f"\nnote: {c['note']}" if c["note"] else ""))
         return 0
     m = evaluate_dataset(pred, ds, args.split, args.threshold, args.temperature)
+    m["caution"] = small_sample_note(m["n_positive"], m["n"], pred.card.task_labels)
     text = (f"{m['model']} on {m['data']} ({m['split']}, n={m['n']}): AUC {m['auc']:.4f} [{m['auc_ci'][0]:.4f}, "
             f"{m['auc_ci'][1]:.4f}]  accuracy {m['accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}  "
             f"sensitivity {m['sensitivity']:.4f}  specificity {m['specificity']:.4f}  sens@spec80 "
             f"{m['sens_at_spec80']:.4f} [{m['sens_at_spec80_ci'][0]:.4f}, {m['sens_at_spec80_ci'][1]:.4f}]  ECE "
             f"{m['ece']:.4f} (a perfectly calibrated model: {m['ece_null']['mean']:.4f}, 95% up to "
             f"{m['ece_null']['p95']:.4f}); intervals: 95% stratified bootstrap"
-            + (f"\nnote: {m['note']}" if m["note"] else ""))
+            + (f"\nnote: {m['note']}" if m["note"] else "") + (f"\ncaution: {m['caution']}" if m["caution"] else ""))
     _emit(m, args.json, text)
     return 0
 

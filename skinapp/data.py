@@ -106,7 +106,7 @@ def read_label_map(label_map: Mapping[str, str] | str | Path | None) -> dict[str
         path = Path(label_map)
         try:
             label_map = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DatasetError(f"label map {path}: cannot be read as JSON ({exc})") from None
         if not isinstance(label_map, dict):
             raise DatasetError(f"label map {path}: expected a JSON object of folder -> benign|malignant")

@@ -279,6 +279,20 @@ def site_group(localization: str | None) -> str | None:
     return _SITES.get(key, "other")
 
 
+#: fewer images than this of either class and an AUC (with its bootstrap interval) says little: subgroups below
+#: it get no AUC, and ``evaluate`` warns
+MIN_PER_CLASS = 10
+
+
+def small_sample_note(n_positive: int, n: int, labels: tuple[str, str]) -> str:
+    """A warning when either class has fewer than MIN_PER_CLASS images, else ''."""
+    n_neg = n - n_positive
+    if min(n_positive, n_neg) >= MIN_PER_CLASS:
+        return ""
+    return (f"only {n_positive} {labels[1]} and {n_neg} {labels[0]} images: an AUC and its interval say little "
+            f"on so few (at least {MIN_PER_CLASS} of each)")
+
+
 def _group_key(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == "":
         return "unknown"
@@ -298,7 +312,7 @@ def _subgroup_row(y: np.ndarray, p: np.ndarray, min_per_class: int, n_boot: int,
 
 
 def subgroup_metrics(y: ArrayLike, p: ArrayLike, groups: Mapping[str, Sequence[str | None]],
-                     min_per_class: int = 10, n_boot: int = 1000, seed: int = 0,
+                     min_per_class: int = MIN_PER_CLASS, n_boot: int = 1000, seed: int = 0,
                      labels: tuple[str, str] = ("benign", "malignant")) -> dict[str, dict[str, dict[str, Any]]]:
     """AUC with its interval per value of each attribute (sex, age band, site); a subgroup with too few of
     either class gets a note instead of a number, because its AUC would be noise."""

@@ -141,6 +141,17 @@ def test_evaluate_json(batch, weights, tiny_data):
     assert m["n"] == pred.card.data["n_test"] and m["model"] == "tiny-student" and m["split"] == "test"
     assert "locked test split" in m["note"] and m["auc_ci"][0] <= m["auc"] <= m["auc_ci"][1]
     assert m["auc"] == pytest.approx(evaluate_dataset(pred, scan_dataset(tiny_data))["auc"])
+    n_pos = m["n_positive"]  # the tiny test split has fewer than 10 of each: said, in words (a QA pass found 1+1
+    # images reported as AUC 1.0000 [1.0000, 1.0000] without a word)
+    assert m["caution"] == (f"only {n_pos} malignant and {m['n'] - n_pos} benign images: an AUC and its interval "
+                            f"say little on so few (at least 10 of each)")
+
+
+def test_evaluate_on_enough_images_has_no_caution():
+    from skinapp.evaluation import small_sample_note
+
+    assert small_sample_note(10, 20, ("benign", "malignant")) == ""
+    assert small_sample_note(10, 19, ("benign", "malignant")).startswith("only 10 malignant and 9 benign images")
 
 
 def test_evaluate_all_warns_that_it_includes_training_images(batch):

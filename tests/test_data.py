@@ -119,6 +119,13 @@ def test_user_label_map_file(tmp_path):
         assert ds.class_counts() == {"benign": 3, "malignant": 2}
 
 
+def test_a_binary_label_map_is_named_in_its_refusal(tmp_path):
+    mapfile = tmp_path / "map.json"
+    mapfile.write_bytes(b"\xff\xfe\x00\x81")
+    with pytest.raises(DatasetError, match=f"label map {mapfile}: cannot be read as JSON"):
+        read_label_map(mapfile)
+
+
 def test_user_label_map_overrides_the_defaults(tmp_path):
     root = tmp_path / "d"
     put(root / "actinic_keratosis", 2, True)
