@@ -201,6 +201,9 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
         pdf.set_xy(x2, pdf.get_y() + 4.5)
         pdf.cell(w / 2, 4, "low contribution")
         pdf.cell(w / 2, 4, "high", align="R", new_x="LMARGIN", new_y="NEXT")
+    else:  # the page kept the verdict when the map failed; the report says the map is missing, not blank
+        pdf.multi_cell(w, 4, "No activation map: it could not be drawn for this photo.", new_x="LMARGIN",
+                       new_y="NEXT")
     pdf.ln(2)
     pdf.set_font("helvetica", "", 8)
     pdf.multi_cell(0, 4, text(f"Model {card.name} ({card.role}), {auc_text(card)}. {cam_name(card.cam_method)} "

@@ -906,6 +906,7 @@ def test_diagnose_keeps_the_verdict_when_the_map_fails(env, monkeypatch):
     assert list(at.dataframe[0].value["error"]) == ["", ""]
     report = pages_text(buttons["Download case report (PDF)"]())
     assert len(report) == 3 and "P(malignant) =" in report[1] and "regions that raised" not in report[1]
+    assert "No activation map: it could not be drawn for this photo." in report[1]
     assert not any("regions that raised" in i.proto.imgs[0].caption for i in at.get("image"))
 
 
