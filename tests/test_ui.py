@@ -868,17 +868,34 @@ def test_diagnose_shows_every_verdict_before_drawing_a_map(env, monkeypatch):
     assert not any("map follows" in c.value for c in at.caption)  # every placeholder was replaced
 
 
-def test_diagnose_decodes_each_new_upload_once(env, monkeypatch):
-    """The verdict, the map and the page's copies share one decode (0.1 s for a 12 MP JPEG on this CPU)."""
+def test_diagnose_holds_one_full_size_decode_at_a_time(env, monkeypatch):
+    """Verdicts come before maps, so a page of many photos once kept every full-size decode until it ended (five
+    7000 px photos: 1.3 GB); now the verdict and the page's copies share one decode, the map decodes again, and
+    no decode outlives its step."""
+    import gc
+    import weakref
+
     from skinapp.ui import common
 
-    names = []
+    decodes, names = [], []  # weak references: PIL images are unhashable, so no WeakSet
     real = common.load_image
-    monkeypatch.setattr(common, "load_image", lambda data, name=None: names.append(name) or real(data, name=name))
+
+    def spy(data, name=None):
+        gc.collect()
+        held = sum(ref() is not None for ref in decodes)
+        assert not held, f"{held} full-size decode(s) still held when {name} is decoded"
+        img = real(data, name=name)
+        decodes.append(weakref.ref(img))
+        names.append(name)
+        return img
+
+    monkeypatch.setattr(common, "load_image", spy)
     at = AppTest.from_file(APP, default_timeout=60).run()
-    at.file_uploader(key="dx_files").set_value([("a.png", png(80), "image/png"), ("b.png", png(81), "image/png")])
+    # over 1024 px, so the page's display copy is a copy (a smaller photo is kept as it is: it is small)
+    at.file_uploader(key="dx_files").set_value([(f"{i}.png", png(80 + i, size=1100), "image/png") for i in range(3)])
     at.run()
-    assert not at.exception and names == ["a.png", "b.png"]
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert names == ["0.png", "1.png", "2.png"] * 2  # verdict and copies, then the map
 
 
 def test_diagnose_keeps_the_verdict_when_the_map_fails(env, monkeypatch):

@@ -139,6 +139,11 @@ class Upload:
     def image(self):
         return load_image(self.data, name=self.filename)
 
+    def release(self) -> None:
+        """Drop the full-size decode (a 7000 px photo holds 150 MB): a page analysing many photos keeps at most
+        one alive; a step that needs it again decodes again."""
+        self.__dict__.pop("image", None)
+
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def _predict(name: str, sha256: str, root: str, digest: str, _photo: Upload) -> Prediction:

@@ -98,6 +98,7 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
         job.slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
                        icon=":material/error:")
         return CaseResult(job.name, photo, None, None, job.p)
+    job.photo.release()
     cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
         st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)}: regions that raised the "
@@ -118,6 +119,7 @@ def _verdicts(card, files, temperature: float, threshold: float, band: float, ba
             busy = st.spinner(f"Analysing {common.md(f.name)} with {card.name}…", show_time=True)
             with busy if bar is None else nullcontext():  # one photo has no bar: a spinner says what it waits for
                 row, job = _show_verdict(card, f, temperature, threshold, band)
+            job.photo.release()  # the verdict and the page's copies are made; the map decodes again if it must
             pending.append(job)
         except InvalidImageError as exc:
             st.error(common.md(common.friendly(exc)), icon=":material/error:")
