@@ -68,9 +68,10 @@ def cmd_predict(args, reg: Registry) -> int:
     pred = Predictor.from_registry(reg.default("student").name if args.model is None else args.model, reg,
                                    _threads(args))
     cam_names = cam_file_names(paths) if args.cam_out else {}
+    names = report_names(paths)
     rows, cases = [], []
     for path in paths:
-        row, case = _predict_one(pred, path, args, cam_names.get(path))
+        row, case = _predict_one(pred, path, args, cam_names.get(path), names[path])
         rows.append(row)
         cases.append(case)
         if not args.json and "error" not in row:
@@ -101,7 +102,15 @@ def _check_report(args) -> None:
     check_band(args.band)
 
 
-def _predict_one(pred, path: Path, args, cam_name: str | None):
+def report_names(paths: Sequence[Path]) -> dict[Path, str]:
+    """Each photo as the report names it: its path below the folder all of them share (a/x.jpg and b/x.jpg
+    were both "x.jpg" there)."""
+    parents = [str(p.parent.resolve()) for p in paths]
+    common = Path(os.path.commonpath(parents)) if parents else Path()
+    return {p: str(p.resolve().relative_to(common)) for p in paths}
+
+
+def _predict_one(pred, path: Path, args, cam_name: str | None, name: str):
     """One photo: its JSON row, and what the case report shows of it (errors in place, never a stop)."""
     from .explain import explain
     from .imageio import display_copy
@@ -111,7 +120,7 @@ def _predict_one(pred, path: Path, args, cam_name: str | None):
         img = load_image(path)
     except InvalidImageError as exc:
         print(f"skinapp: error: {shown(exc)}", file=sys.stderr)
-        return {"image": str(path), "error": str(exc)}, CaseResult(path.name, error=str(exc))
+        return {"image": str(path), "error": str(exc)}, CaseResult(name, error=str(exc))
     p = pred.predict_image(img, args.temperature, args.threshold, str(path))
     row = p.as_dict()
     if not (args.cam_out or args.report):
@@ -123,7 +132,7 @@ def _predict_one(pred, path: Path, args, cam_name: str | None):
         out = Path(args.cam_out) / cam_name
         Image.fromarray(cam.overlay).save(out)
         row.update(cam=str(out), cam_target=cam.target, cam_ms=round(cam.latency_ms, 2))
-    return row, CaseResult(path.name, display_copy(img), cam.overlay, cam.target, p.p_positive)
+    return row, CaseResult(name, display_copy(img), cam.overlay, cam.target, p.p_positive)
 
 
 def _threads(args) -> int | None:

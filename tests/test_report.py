@@ -95,7 +95,29 @@ def test_report_pages_show_the_photo_and_its_overlay(card):
 def test_report_text_is_safe_and_on_one_line(card):
     odd = [CaseResult("Läsion\nforged line — 名.jpg", solid((9, 9, 9)), None, "benign", 0.2)]
     text = pages_text(case_report(card, odd, ReportSettings(1.0, 0.5, 0.1), when=WHEN))
-    assert "Läsion\\nforged line - ?.jpg" in text[0] and "Läsion\\nforged line - ?.jpg" in text[1]
+    assert "Läsion\\nforged line - \\u540d.jpg" in text[0] and "Läsion\\nforged line - \\u540d.jpg" in text[1]
+
+
+def test_report_keeps_names_beyond_latin1_distinct_and_composed(card):
+    """Two photos named in Chinese once both read "??1.jpg"; a macOS name (e + combining accent) read "Le?sion"."""
+    odd = [CaseResult(n, solid((9, 9, 9)), None, "benign", 0.2) for n in ("病变1.jpg", "病人1.jpg", "Le\u0301sion.png")]
+    summary = pages_text(case_report(card, odd, ReportSettings(1.0, 0.5, 0.1), when=WHEN))[0]
+    assert "\\u75c5\\u53d81.jpg" in summary and "\\u75c5\\u4eba1.jpg" in summary and "Lésion.png" in summary
+
+
+def test_report_embeds_photos_as_jpeg_and_keeps_the_page_number_under_a_long_model_name(card):
+    """20 camera-size photos made a 24-48 MB PDF (raw RGB); a 100-character model name pushed the page number
+    off the footer."""
+    import dataclasses
+
+    from conftest import lesion
+
+    photos = [CaseResult(f"p{i}.jpg", lesion(i, i % 2 == 0, 1024), None, "benign", 0.2) for i in range(10)]
+    long = dataclasses.replace(card, name="m" * 100)
+    pdf = case_report(long, photos, ReportSettings(1.0, 0.5, 0.1), when=WHEN)
+    assert len(pdf) < 10 * 300_000, len(pdf)
+    text = pages_text(pdf)
+    assert all(f"page {i}/{len(text)}" in t for i, t in enumerate(text, 1))
 
 
 @pytest.mark.parametrize("settings, needle", [((1.0, 0.5, 0.5), "uncertain band 0.5"),
@@ -141,7 +163,17 @@ def test_cli_writes_the_same_report(tiny_registry, tiny_data, tmp_path):
     assert len(text) == 3
     assert "threshold 0.40 (uncertain within +/-0.05)" in text[1] and "tiny-student" in text[0]
     assert "broken.png not analysed" in text[0]
+    assert "photos/" not in text[0]  # one folder: plain file names
+
     for line in r.stdout.splitlines():  # the report and the printed verdicts agree
         name, label = line.split(": ")[0], line.split(": ")[1].split()[0]
         page = next(t for t in text[1:] if Path(name).name in t)
         assert f"Leans {label}" in page or "Uncertain" in page
+
+
+def test_cli_report_tells_apart_photos_of_one_name_in_two_folders(tmp_path):
+    from skinapp.cli import report_names
+
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    assert report_names([a, b]) == {a: "a/x.jpg", b: "b/x.jpg"}
+    assert report_names([a]) == {a: "x.jpg"}
