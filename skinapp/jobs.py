@@ -76,7 +76,11 @@ def _stage(e: dict[str, Any]) -> tuple[str, float, float | None]:
 
 def jobs_dir(root: str | Path | None = None) -> Path:
     d = Path(root or os.environ.get("SKINAPP_JOBS") or DEFAULT_JOBS_DIR)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only install, or SKINAPP_JOBS under a file
+        raise JobError(f"the jobs folder {d} cannot be used ({exc.strerror or exc}); set SKINAPP_JOBS to a "
+                       f"writable folder") from None
     return d
 
 
@@ -191,10 +195,13 @@ def job_state(job_dir: Path) -> JobState:
     return JobState(job_dir.name, status, spec, events, float(fraction), eta, message, model, spec["started"])
 
 
-def list_jobs(root: str | Path | None = None) -> list[JobState]:
-    """Every readable job, newest first; one whose files are damaged or gone is logged and left out."""
+def list_jobs(root: str | Path | None = None, limit: int | None = None) -> list[JobState]:
+    """Readable jobs, newest first (at most ``limit``, read newest first by their time-stamped folder names: the
+    page asks every 1.5 s, and 3000 old jobs took 5 s to read); a damaged one is logged and left out."""
     states = []
-    for p in jobs_dir(root).iterdir():
+    for p in sorted(jobs_dir(root).iterdir(), reverse=True):
+        if limit is not None and len(states) >= limit:
+            break
         if (p / "job.json").exists():
             try:
                 states.append(job_state(p))
@@ -245,7 +252,8 @@ def allowed_data_folder(path: str | Path, roots: list[Path] | None = None) -> Pa
 
 
 def active_job(root: str | Path | None = None) -> JobState | None:
-    return next((s for s in list_jobs(root) if s.status == "running"), None)
+    """The running job: one at a time, and none starts while one runs, so it is among the newest."""
+    return next((s for s in list_jobs(root, limit=5) if s.status == "running"), None)
 
 
 def build_command(args: dict[str, Any], weights_dir: str | None) -> list[str]:
@@ -291,20 +299,28 @@ def cancel_job(job_id: str, root: str | Path | None = None) -> None:
     jd = jobs_dir(root) / job_id
     if not (jd / "job.json").exists():
         raise JobError(f"no job {job_id!r}")
+    spec = job_state(jd).spec
+    if not _job_alive(spec):  # a job that already ended stays as it ended ("failed" is not "cancelled")
+        return
     (jd / "stop").touch()
-    spec = json.loads((jd / "job.json").read_text())
-    if _job_alive(spec):
-        try:
-            os.kill(spec["pid"], signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+    try:
+        os.kill(spec["pid"], signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+#: what the page shows of a job's log at most: its end, read from the file's end (the page reads it every 1.5 s)
+LOG_TAIL_BYTES = 64 * 1024
 
 
 def log_tail(job_id: str, root: str | Path | None = None, lines: int = 30) -> str:
     path = jobs_dir(root) / job_id / "log.txt"
     if not path.exists():
         return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+        tail = f.read().decode(errors="replace")
+    return "\n".join(line[-2000:] for line in tail.splitlines()[-lines:])  # one endless line is cut too
 
 
 ESTIMATE_TIMEOUT_S = 600

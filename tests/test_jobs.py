@@ -163,3 +163,47 @@ def test_stage_events_are_throttled_but_the_last_always_comes(tmp_path):
         stage.update(n)
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(e["event"], e["done"], e["total"]) for e in events] == [("prepare", 100, 100)]
+
+
+def _ended_job(root, name: str, progress: str = "") -> str:
+    import json
+
+    job = root / name
+    job.mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"pid": 0, "pid_start": None, "started": 1.0, "args": {"name": name}}))
+    (job / "progress.jsonl").write_text(progress)
+    return name
+
+
+def test_cancel_leaves_a_job_that_already_ended_as_it_ended(tmp_path):
+    """A Cancel button drawn before the job died once turned "failed, see the log" into "cancelled"."""
+    root = tmp_path / "jobs"
+    job = _ended_job(root, "20261203-000000-aaa")
+    assert jobs.job_state(root / job).status == "failed"
+    jobs.cancel_job(job, root)
+    assert jobs.job_state(root / job).status == "failed" and not (root / job / "stop").exists()
+
+
+def test_the_log_tail_reads_only_the_end_of_a_huge_log(tmp_path):
+    root = tmp_path / "jobs"
+    job = _ended_job(root, "20261203-000000-bbb")
+    (root / job / "log.txt").write_bytes(b"x" * 5_000_000 + b"\nlast line\n")  # one endless line, then the end
+    tail = jobs.log_tail(job, root)
+    assert tail.endswith("last line") and len(tail) <= 2000 + 1 + len("last line")
+
+
+def test_the_history_reads_the_newest_jobs_only(tmp_path):
+    root = tmp_path / "jobs"
+    for i in range(12):
+        _ended_job(root, f"20261203-0000{i:02d}-job")
+    (root / "20261203-000005-job" / "job.json").write_text("{cut")  # a damaged one is skipped, not counted
+    newest = [s.id for s in jobs.list_jobs(root, limit=3)]
+    assert sorted(newest) == ["20261203-000009-job", "20261203-000010-job", "20261203-000011-job"]
+    assert len(jobs.list_jobs(root)) == 11
+
+
+def test_a_jobs_folder_that_cannot_be_made_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(jobs.JobError, match="set SKINAPP_JOBS to a writable folder"):
+        jobs.jobs_dir(blocker / "jobs")

@@ -640,6 +640,17 @@ def test_train_page_refuses_before_launch_what_the_job_would_refuse(env, tiny_da
     assert not jobs.list_jobs()
 
 
+def test_train_page_without_a_usable_jobs_folder_says_so_and_still_checks_folders(env, tiny_data, tmp_path,
+                                                                                monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("SKINAPP_JOBS", str(tmp_path / "a-file" / "jobs"))
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(tiny_data)).run()
+    assert not at.exception
+    assert any("Training jobs are unavailable on this server" in e.value for e in at.error)
+    assert any("images" in s.value for s in at.success)  # the folder check still works
+
+
 def test_train_page_skips_a_damaged_job_and_follows_a_vanished_one_calmly(env, tmp_path):
     from skinapp import jobs
 
@@ -1019,13 +1030,20 @@ def test_train_history_follows_the_job_it_shows(env, tmp_path):
     (job / "job.json").write_text(json.dumps({"pid": os.getpid(), "pid_start": None, "started": 1.0,
                                               "args": {"name": "slow-one"}}))
     (job / "progress.jsonl").write_text("")
-    at = page("train").run()
-    df = at.dataframe[-1].value
-    assert list(df["status"]) == [jobs.job_state(job).status]
+    (job / "log.txt").write_text("reading /srv/alice/lesions\n")
+    mine, theirs = page("train"), page("train")
+    mine.session_state["train_job"] = job.name  # as _launch leaves it
+    mine.run(), theirs.run()
+    assert list(mine.dataframe[-1].value["status"]) == ["running"]
+    assert [b.label for b in mine.button if b.label == "Cancel"] == ["Cancel"]
+    # another session sees how far the running job is, but not its log, and cannot cancel it
+    assert any("slow-one" in m.value and "started in another session" in m.value for m in theirs.markdown)
+    assert not [b for b in theirs.button if b.label == "Cancel"] and not [c for c in theirs.code]
     (job / "progress.jsonl").write_text(json.dumps({"event": "done", "name": "slow-one"}) + "\n")
-    at.run()
-    assert list(at.dataframe[-1].value["status"]) == ["done"]
-    assert any("slow-one" in m.value and "done" in m.value for m in at.markdown)
+    mine.run(), theirs.run()
+    assert list(mine.dataframe[-1].value["status"]) == ["done"]
+    assert any("slow-one" in m.value and "done" in m.value for m in mine.markdown)
+    assert list(theirs.dataframe[-1].value["status"]) == ["done"]  # in the history only
 
 
 def test_models_page_shows_each_objective_against_its_control(env, tmp_path, monkeypatch):

@@ -202,34 +202,53 @@ def _estimate(args: dict, reg) -> None:
             + (" A job is running now, so these times include its load." if busy else ""), icon=":material/timer:")
 
 
-@st.fragment(run_every=1.5)
-def _follow(job_id: str) -> None:
-    """The job's status, bar, curves and log, and the job history: all refreshed together while it runs."""
+def _job_panel(job_id: str, own: bool) -> bool:
+    """The job's status, bar, curves and, for the session that launched it, its log and Cancel; then the job
+    history. True while it runs. Another session's job shows only how far it is: its log may name the launcher's
+    folders, and a Cancel there would stop someone else's run."""
     try:
         state = jobs.job_state(jobs.jobs_dir() / job_id)
     except jobs.JobError as exc:  # its folder damaged or removed while this page followed it
         st.warning(common.md(common.friendly(exc)), icon=":material/report:")
         _history()
-        return
+        return False
     st.markdown(f"**Job {state.id}** — {common.md(state.spec['args'].get('name', ''))}: {state.status} "
-                f"({common.md(state.message)})")
+                f"({common.md(state.message)})" + ("" if own else " · started in another session"))
     st.progress(*_bar(state))
     c1, c2 = st.columns(2)
     if state.losses:
         c1.plotly_chart(_loss_chart(state.losses), width="stretch", key=f"loss_{job_id}")
     if state.history:
         c2.plotly_chart(_auc_chart(state.history), width="stretch", key=f"auc_{job_id}")
-    if state.status == "running":
+    if state.status == "running" and own:
         if st.button("Cancel", key=f"cancel_{job_id}"):
             jobs.cancel_job(job_id)
             st.info("Stop requested; the job ends after its current step.")
+    elif state.status == "running":
+        st.caption("One job runs at a time on this server; only the session that launched it can cancel it.")
     elif state.status == "done":
         st.success(f"Model {state.model} is registered and selectable in Diagnose and Compare.")
     elif state.status == "failed":
         st.error(f"Training failed: {common.md(state.message)}")
-    with st.expander("Log", expanded=state.status == "failed"):
-        st.code(jobs.log_tail(job_id) or "(empty)")
+    if own:
+        with st.expander("Log", expanded=state.status == "failed"):
+            st.code(jobs.log_tail(job_id) or "(empty)")
     _history()
+    return state.status == "running"
+
+
+@st.fragment(run_every=1.5)
+def _follow(job_id: str, own: bool) -> None:
+    """The panel, refreshed while the job runs; once it has ended, the page is drawn once more and stops asking."""
+    if not _job_panel(job_id, own):
+        st.rerun()
+
+
+def _running(job_id: str) -> bool:
+    try:
+        return jobs.job_state(jobs.jobs_dir() / job_id).status == "running"
+    except jobs.JobError:
+        return False
 
 
 def _bar(state) -> tuple[float, str]:
@@ -264,10 +283,14 @@ def _auc_chart(history: list[dict]) -> go.Figure:
     return fig
 
 
+#: jobs the history shows (and reads): the newest
+HISTORY_SHOWN = 50
+
+
 def _history() -> None:
-    history = jobs.list_jobs()
+    history = jobs.list_jobs(limit=HISTORY_SHOWN)
     if history:
-        with st.expander(f"Job history ({len(history)})"):
+        with st.expander(f"Job history ({len(history)}{' newest' if len(history) == HISTORY_SHOWN else ''})"):
             st.dataframe([{"job": h.id, "model": h.spec["args"].get("name"), "status": h.status,
                            "message": h.message} for h in history], width="stretch", hide_index=True)
 
@@ -313,7 +336,16 @@ def render() -> None:
             _estimate(args, reg)
         else:
             _launch(args, reg, path.strip())
-    history = jobs.list_jobs()
-    current = st.session_state.get("train_job") or (history[0].id if history else None)
+    try:
+        history = jobs.list_jobs(limit=1)
+    except jobs.JobError as exc:  # the jobs folder cannot be made or written: the rest of the page still works
+        st.error(f"Training jobs are unavailable on this server: {common.md(common.friendly(exc))}",
+                 icon=":material/block:")
+        return
+    own = st.session_state.get("train_job")
+    other = history[0].id if history and history[0].status == "running" else None  # the server is busy: say so
+    current = own or other
     if current:
-        _follow(current)
+        (_follow if _running(current) else _job_panel)(current, own=current == own)
+    else:
+        _history()
