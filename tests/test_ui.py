@@ -134,6 +134,19 @@ def test_diagnose_follows_a_card_recalibrated_while_the_page_is_open(env):
     assert [c.value for c in fresh.caption if c.value.startswith("P(")] == [p_caption]  # as a new session sees it
 
 
+def test_diagnose_uses_the_calibrated_temperature_itself_until_the_slider_moves(env):
+    """The slider shows two decimals; it once fed T rounded (0.96 for 0.9644) to the page, where the CLI,
+    Compare and the report use the calibrated value."""
+    edit_card(env, "tiny-student", temperature=1.23456)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value([("a.png", png(5), "image/png"), ("b.png", png(6), "image/png")])
+    at.run()
+    assert list(at.dataframe[0].value["temperature"]) == [1.23456, 1.23456]
+    key = next(s.key for s in at.slider if s.key and s.key.startswith("dx_T_"))
+    at.slider(key=key).set_value(2.0).run()
+    assert list(at.dataframe[0].value["temperature"]) == [2.0, 2.0]
+
+
 def test_diagnose_prediction_under_one_second(env):
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.file_uploader(key="dx_files").set_value(("warm.png", png(6), "image/png"))

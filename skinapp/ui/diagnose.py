@@ -45,8 +45,11 @@ def _settings(cards):
     hi = max(10.0, round(card.temperature * 2, 2))
     # keyed by the card's weights and calibration too: a model retrained or recalibrated under its name starts
     # from its new calibrated temperature, not the old one
-    temperature = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
-                            key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
+    shown = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
+                      key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
+    # the slider shows two decimals; left where it starts, it means the calibrated T itself (as the CLI, Compare
+    # and the report use it), not T rounded: a photo right at the threshold could otherwise change sides
+    temperature = card.temperature if shown == round(card.temperature, 2) else shown
     c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     threshold, band = common.decision_sliders(c2, c3, card, f"dx_{card.name}")
     caption = _operating_caption(card, threshold, temperature)
@@ -101,8 +104,9 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
     job.photo.release()
     cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
-        st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)}: regions that raised the "
-                                                f"'{m.target}' score (the side of the threshold this photo is on)")
+        st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)} over the centre square the model sees: "
+                                                f"regions that raised the '{m.target}' score (the side of the "
+                                                f"threshold this photo is on)")
         st.image(common.cam_legend(), width="stretch",
                  caption=f"colour: low → high contribution · drawn in {m.cam_ms:.1f} ms")
     return CaseResult(job.name, photo, cam, m.target, job.p)
