@@ -13,9 +13,7 @@ One line of JSON per card.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -26,6 +24,9 @@ from skinapp.data import decode_dataset, scan_dataset  # noqa: E402
 from skinapp.evaluation import full_roc  # noqa: E402
 from skinapp.inference import Predictor, split_logits  # noqa: E402
 from skinapp.registry import ModelCard, Registry  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from card_args import cards_from_arguments  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 
@@ -71,18 +72,10 @@ def update(reg: Registry, card: ModelCard, data: str, decoded_by_size: dict) -> 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--weights", help="registry folder (default: SKINAPP_WEIGHTS or weights/)")
-    ap.add_argument("--only", help="comma-separated card names (default: every card)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    reg = Registry(args.weights) if args.weights else Registry()
-    wanted = {n.strip() for n in args.only.split(",")} if args.only else None
+    args, reg, cards = cards_from_arguments(__doc__)
     decoded: dict = {}
-    for card in reg.cards():
-        if wanted is None or card.name in wanted:
-            print(json.dumps(update(reg, card, args.data, decoded)), flush=True)
+    for card in cards:
+        print(json.dumps(update(reg, card, args.data, decoded)), flush=True)
     return 0
 
 

@@ -13,18 +13,19 @@ per card, with its validation and test AUC before and after.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
-import logging
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from skinapp.cli import main as cli  # noqa: E402
-from skinapp.registry import ModelCard, Registry  # noqa: E402
+from skinapp.registry import ModelCard  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from card_args import cards_from_arguments  # noqa: E402
 
 
 def command(card: ModelCard, data: str) -> list[str]:
@@ -39,18 +40,8 @@ def command(card: ModelCard, data: str) -> list[str]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--weights", help="registry folder (default: SKINAPP_WEIGHTS or weights/)")
-    ap.add_argument("--only", help="comma-separated card names (default: every card)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    reg = Registry(args.weights) if args.weights else Registry()
-    cards = reg.cards()
-    defaults = {c.role: c.name for c in cards if c.default}
-    if args.only:
-        wanted = {n.strip() for n in args.only.split(",")}
-        cards = [c for c in cards if c.name in wanted]
+    args, reg, cards = cards_from_arguments(__doc__)
+    defaults = {c.role: c.name for c in reg.cards() if c.default}
     where = ["--weights", str(reg.root)]
     for card in sorted(cards, key=lambda c: bool(c.source)):  # sources before the copies made from them
         t0 = time.time()
