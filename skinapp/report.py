@@ -140,15 +140,25 @@ def _summary(pdf: _Report, card: ModelCard, results: list[CaseResult], s: Report
     _table(pdf, card, results, s)
 
 
-def _table(pdf: FPDF, card: ModelCard, results: list[CaseResult], s: ReportSettings) -> None:
-    neg, pos = card.task_labels
-    widths = (10, 80, 62, 28)
+_WIDTHS = (10, 80, 62, 28)
+
+
+def _table_header(pdf: FPDF, pos: str) -> None:
     pdf.set_font("helvetica", "B", 9)
-    for w, h in zip(widths, ("#", "Photo", "Verdict", f"P({pos})")):
+    for w, h in zip(_WIDTHS, ("#", "Photo", "Verdict", f"P({pos})")):
         pdf.cell(w, 6, text(h), border="B")
     pdf.ln()
     pdf.set_font("helvetica", "", 9)
+
+
+def _table(pdf: FPDF, card: ModelCard, results: list[CaseResult], s: ReportSettings) -> None:
+    """One row per photo; a table longer than the page goes on with its header on the next one."""
+    pos, widths = card.task_labels[1], _WIDTHS
+    _table_header(pdf, pos)
     for i, r in enumerate(results, 1):
+        if pdf.will_page_break(12 if r.error else 6):  # an error's reason may wrap to a second line
+            pdf.add_page()
+            _table_header(pdf, pos)
         pdf.cell(widths[0], 6, str(i))
         pdf.cell(widths[1], 6, _fit(pdf, text(r.name), widths[1] - 2))
         if r.error:  # the whole reason, wrapped over the verdict and probability columns

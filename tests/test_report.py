@@ -177,3 +177,10 @@ def test_cli_report_tells_apart_photos_of_one_name_in_two_folders(tmp_path):
     a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
     assert report_names([a, b]) == {a: "a/x.jpg", b: "b/x.jpg"}
     assert report_names([a]) == {a: "x.jpg"}
+
+
+def test_a_summary_table_longer_than_a_page_repeats_its_header(card):
+    many = [CaseResult(f"lesion-{i:03d}.jpg", error="the file is empty (0 bytes).") for i in range(70)]
+    text = pages_text(case_report(card, many, ReportSettings(1.0, 0.5, 0.1), when=WHEN))
+    assert len(text) >= 2 and all("Photo" in t and "Verdict" in t and "P(malignant)" in t for t in text)
+    assert "lesion-069.jpg" in text[-1]
