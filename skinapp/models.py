@@ -260,6 +260,19 @@ def load_lite_package(model: nn.Module, package: str) -> None:
 
 def load_checkpoint_backbone(model: nn.Module, path: Path) -> None:
     """Initialise from a local checkpoint with the same architecture; the classifier is left fresh."""
+    state = read_checkpoint(path)
+    own = model.state_dict()
+    if all(k in own for k in state):
+        keep = {k: v for k, v in state.items() if own[k].shape == v.shape}
+        own.update(keep)
+        model.load_state_dict(own, strict=True)
+    else:
+        _map_in_order(model, state, path.name)
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A local checkpoint's state dict (.safetensors, or a .pth read without pickle's code execution); also what
+    ``TrainConfig.validate`` calls, so a file that is none fails before the data is prepared, not after."""
     if not path.is_file():
         raise PretrainedWeightsError(
             f"pretrained={str(path)!r} is neither a file nor one of: {', '.join(PRETRAINED_CHOICES)}")
@@ -276,13 +289,7 @@ def load_checkpoint_backbone(model: nn.Module, path: Path) -> None:
                                      f"({type(exc).__name__}: {str(exc).strip()[:120]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PretrainedWeightsError(f"pretrained file {str(path)!r} holds no state dict of tensors")
-    own = model.state_dict()
-    if all(k in own for k in state):
-        keep = {k: v for k, v in state.items() if own[k].shape == v.shape}
-        own.update(keep)
-        model.load_state_dict(own, strict=True)
-    else:
-        _map_in_order(model, state, path.name)
+    return state
 
 
 _LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()

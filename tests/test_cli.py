@@ -445,3 +445,12 @@ def test_a_pretrained_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path
     path.write_bytes(content)
     with pytest.raises(PretrainedWeightsError, match="cannot be read as a checkpoint"):
         load_checkpoint_backbone(create_model("dsnet", 2), path)
+
+
+def test_a_pretrained_file_that_is_no_checkpoint_is_refused_before_the_data_is_read(tmp_path):
+    from skinapp.distill import TrainConfig
+    from skinapp.models import PretrainedWeightsError
+
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    with pytest.raises(PretrainedWeightsError, match="cannot be read as a checkpoint"):
+        TrainConfig(data=str(tmp_path / "no-such-folder"), name="x", pretrained=str(tmp_path / "passwd")).validate()

@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from ..data import TASKS
-from ..models import ARCHITECTURES, get_arch
+from ..models import ARCHITECTURES, PRETRAINED_CHOICES, get_arch, read_checkpoint
 from ..protocol import SplitSpec
 
 HEADS = ("auto", "binary", "diagnosis")
@@ -196,6 +197,8 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise TrainingError(msg)
+        if self.pretrained not in PRETRAINED_CHOICES:  # a checkpoint path: read now, not after the data
+            read_checkpoint(Path(self.pretrained))
 
 
 def _check_field(name: str, value: Any, opt: Option | None) -> None:
