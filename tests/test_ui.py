@@ -526,6 +526,17 @@ def test_train_page_fills_in_each_architectures_own_schedule(env, tiny_data):
     assert recipe("dsnet") != recipe(DEFAULT_STUDENT_ARCH)
 
 
+def test_train_page_keeps_a_typed_model_name_when_the_architecture_changes(env):
+    at = page("train").run()
+    name = lambda: {w.label: w for w in at.text_input}["New model name"].value  # noqa: E731
+    assert name() == "my-lite0-tiny"
+    at.selectbox(key="train_arch").set_value("dsnet").run()
+    assert name() == "my-dsnet"  # the default follows the architecture
+    {w.label: w for w in at.text_input}["New model name"].set_value("clinic-run-1").run()
+    at.selectbox(key="train_arch").set_value("lite0_tiny").run()
+    assert name() == "clinic-run-1"  # a typed name stays
+
+
 def test_train_page_offers_each_objective_with_its_knobs(env, tiny_data):
     from skinapp import jobs
     from skinapp.distill import option

@@ -98,6 +98,14 @@ def _number(col, label: str, name: str, arch: str, value=None, **kw):
     return col.number_input(label, lo, hi, option(name).type(value), key=f"train_{name}_{arch}", **kw)
 
 
+def _default_name(arch: str, archs: list[str]) -> None:
+    """my-<architecture> until the user types a name of their own, which then survives a change of architecture
+    (it was reset to the new default)."""
+    defaults = {f"my-{a.replace('_', '-')}" for a in archs}
+    if st.session_state.get("train_name") in defaults | {None}:
+        st.session_state["train_name"] = f"my-{arch.replace('_', '-')}"
+
+
 def _form(reg) -> tuple[dict, str] | None:
     """The run's arguments and what was pressed ("estimate" or "launch"), or None before a press."""
     teachers = [c.name for c in reg.cards() if c.role == "teacher"]
@@ -106,9 +114,13 @@ def _form(reg) -> tuple[dict, str] | None:
     arch = st.selectbox("Student architecture", students, index=students.index(DEFAULT_STUDENT_ARCH), key="train_arch",
                         help="lite0_tiny: the default student's network (ImageNet-initialised); dsnet: the paper's")
     kd = _objective()
+    _default_name(arch, students)
+    # outside the form, so a typed name is known to the page when the architecture changes (a form's values
+    # reach it only on submit)
+    name = st.text_input("New model name", key="train_name", max_chars=100,
+                         help="Letters, digits, '-', '_' or '.'; the model is registered under it.")
     with st.form("train_form"):
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("New model name", value=f"my-{arch.replace('_', '-')}")
         options = teachers + ["(none: train without distillation)"]
         teacher = c1.selectbox("Teacher", options, key="train_teacher",
                                index=teachers.index(reg.default("teacher").name) if teachers else 0)
