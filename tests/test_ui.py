@@ -187,6 +187,23 @@ def test_pages_list_a_card_with_odd_fields_as_broken_and_keep_working(env):
         assert "tiny-nokd.json" in note and "temperature must be a number above 0" in note
 
 
+def test_compare_gives_verdicts_agreement_and_timing_before_the_maps(env, monkeypatch):
+    from skinapp.ui import common
+
+    order = []
+    real_verdict, real_explain = common.verdict, common.explain
+    monkeypatch.setattr(common, "verdict", lambda *a: order.append("verdict") or real_verdict(*a))
+    monkeypatch.setattr(common, "explain", lambda *a: order.append("map") or real_explain(*a))
+    at = page("compare")
+    at.run()
+    at.file_uploader(key="cmp_file").set_value(("c.png", png(8), "image/png"))
+    at.slider(key="cmp_budget").set_value(1)
+    at.run()
+    assert not at.exception and order == ["verdict", "verdict", "map", "map"]
+    assert sum("regions that raised the" in i.proto.imgs[0].caption for i in at.get("image")) == 2
+    assert not any("map follows" in c.value for c in at.caption)
+
+
 def test_compare_page(env):
     at = page("compare").run()
     assert_clean(at)
