@@ -147,6 +147,21 @@ def test_diagnose_uses_the_calibrated_temperature_itself_until_the_slider_moves(
     assert list(at.dataframe[0].value["temperature"]) == [2.0, 2.0]
 
 
+def test_diagnose_says_what_the_band_covers_and_when_the_probabilities_are_no_longer_calibrated(env):
+    """A QA reading found a photo at 0.93 called 'Uncertain' (threshold 0.70, band 0.25) with nothing saying why,
+    and a moved temperature still described as calibrated."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.slider(key="dx_tiny-student_thr").set_value(0.7)
+    at.slider(key="dx_tiny-student_band").set_value(0.25).run()
+    captions = [c.value for c in at.caption]
+    assert "Uncertain when P(malignant) is between 0.45 and 0.95." in captions
+    assert not any("no longer calibrated" in c for c in captions)
+    key = next(s.key for s in at.slider if s.key and s.key.startswith("dx_T_"))
+    at.slider(key=key).set_value(3.0).run()
+    assert any("no longer calibrated" in c.value for c in at.caption)
+    assert any("it is not this patient's risk" in c.value and "actinic keratosis" in c.value for c in at.caption)
+
+
 def test_diagnose_prediction_under_one_second(env):
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.file_uploader(key="dx_files").set_value(("warm.png", png(6), "image/png"))
@@ -224,7 +239,7 @@ def test_compare_page(env):
             f"({ms['tiny-student']:.1f} against {ms['tiny-teacher']:.1f} ms).") in note
     verdicts = set(df["verdict"])
     if len(verdicts) == 1 and "Uncertain" not in df["verdict"][0]:  # the agreement line matches the table
-        assert any(f"All 2 models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.success)
+        assert any(f"Both models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.success)
     elif len(verdicts) == 1:
         assert any("No model can call this photo" in i.value for i in at.info)
     else:
@@ -277,7 +292,7 @@ def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
     headlines = [m.value for m in at.markdown if m.value.startswith("##### ")]
     assert [h.split("[")[1].rstrip("]") for h in headlines] == list(df["verdict"])
     if threshold == 0.05:
-        assert set(df["verdict"]) == {"Leans malignant"} and "All 2 models: Leans malignant" in at.success[0].value
+        assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.success[0].value
 
 
 def test_compare_bad_file(env):

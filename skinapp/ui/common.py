@@ -100,6 +100,10 @@ def predictor(card: ModelCard) -> Predictor:
     return _load(card.name, card.sha256, str(reg.root))
 
 
+MODEL_HELP = ("★: the default model of its role. Test AUC: how well the model ranks malignant photos above benign "
+              "ones on its locked test split (0.5 = chance, 1 = perfect), with its 95% interval.")
+
+
 def model_label(card: ModelCard) -> str:
     default = " ★" if card.default else ""
     runtime = f", ONNX Runtime {card.precision}" if card.runtime == "onnx" else ""
@@ -210,6 +214,10 @@ THRESHOLD_HELP = ("A photo whose P({pos}) is at or above the threshold leans {po
                   "around it, the page says it is too close to call. Kept when you switch page.")
 
 
+BAND_HELP = ("A photo whose P({pos}) is this close to the threshold, on either side, is called 'Uncertain' instead "
+             "of leaning one way: the model cannot tell it apart from the threshold reliably.")
+
+
 def decision_sliders(thr_col, band_col, card: ModelCard, key: str) -> tuple[float, float]:
     """The threshold and 'uncertain' band every page uses, remembered across pages (and models) in this
     session, so Diagnose and Compare call a photo the same way."""
@@ -218,7 +226,9 @@ def decision_sliders(thr_col, band_col, card: ModelCard, key: str) -> tuple[floa
     threshold = thr_col.slider(f"Decision threshold on P({pos})", 0.05, 0.95, last["threshold"], 0.01,
                                key=f"{key}_thr", help=THRESHOLD_HELP.format(pos=pos))
     band = band_col.slider("'Uncertain' band around the threshold (±)", 0.0, 0.3, last["band"], 0.01,
-                           key=f"{key}_band")
+                           key=f"{key}_band", help=BAND_HELP.format(pos=pos))
+    band_col.caption(f"Uncertain when P({pos}) is between {max(0.0, threshold - band):.2f} and "
+                     f"{min(1.0, threshold + band):.2f}." if band else "No uncertain band: every photo leans one way.")
     st.session_state["_decision"] = {"threshold": threshold, "band": band}
     return threshold, band
 

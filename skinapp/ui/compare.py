@@ -101,8 +101,8 @@ def _agreement(rows: list[dict], threshold: float, band: float) -> None:
     verdicts = {r["verdict"] for r in rows}
     where = f"at threshold {threshold:.2f} (uncertain within ±{band:.2f})"
     if len(verdicts) == 1 and common.UNCERTAIN not in verdicts:
-        st.success(f"All {len(rows)} models: {verdicts.pop()}, {where}." if len(rows) > 1
-                   else f"{rows[0]['model']}: {verdicts.pop()}, {where}.")
+        who = "Both models" if len(rows) == 2 else f"All {len(rows)} models" if len(rows) > 2 else rows[0]["model"]
+        st.success(f"{who}: {verdicts.pop()}, {where}.")
     elif len(verdicts) == 1:
         st.info(f"No model can call this photo {where}: every one is too close to the threshold.")
     else:

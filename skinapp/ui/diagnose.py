@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from skinapp.data import DEFAULT_LABEL_MAP
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
@@ -25,6 +26,12 @@ SPLIT_NAMES = {"test": "Locked test split (n={n})",
                "validation": "Validation split (n={n}; this model has no locked test split, so this is optimistic)"}
 
 
+#: once per page, under the uploader: what the score is and is not
+_SCORE_NOTE = ("The score P({pos}) is calibrated on ISIC validation photos of which about half are malignant, far "
+               "more than in a clinic: it is not this patient's risk. Malignant here means {malignant}, as the "
+               "models were trained.")
+
+
 def _operating_caption(card, threshold: float, temperature: float) -> str | None:
     op = common.operating_point(card, threshold, temperature)
     if op is None:
@@ -39,7 +46,7 @@ def _settings(cards):
     by_name = {c.name: c for c in cards}  # names, not cards, in the widget: a card re-read from disk is used
     default = reg.default("student").name if any(c.role == "student" for c in cards) else cards[0].name
     name = st.selectbox("Model", list(by_name), index=list(by_name).index(default),
-                        format_func=lambda n: common.model_label(by_name[n]), key="dx_model")
+                        format_func=lambda n: common.model_label(by_name[n]), key="dx_model", help=common.MODEL_HELP)
     card = by_name[name]
     c1, c2, c3 = st.columns(3)
     hi = max(10.0, round(card.temperature * 2, 2))
@@ -51,6 +58,8 @@ def _settings(cards):
     # and the report use it), not T rounded: a photo right at the threshold could otherwise change sides
     temperature = card.temperature if shown == round(card.temperature, 2) else shown
     c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
+    if temperature != card.temperature:
+        c1.caption(":orange[Not the calibrated T: the probabilities are no longer calibrated.]")
     threshold, band = common.decision_sliders(c2, c3, card, f"dx_{card.name}")
     caption = _operating_caption(card, threshold, temperature)
     if caption:
@@ -108,7 +117,8 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
                                                 f"regions that raised the '{m.target}' score (the side of the "
                                                 f"threshold this photo is on)")
         st.image(common.cam_legend(), width="stretch",
-                 caption=f"colour: low → high contribution · drawn in {m.cam_ms:.1f} ms")
+                 caption=f"colour: low → high contribution · drawn in {m.cam_ms:.1f} ms. Coarse: where the model's "
+                         f"evidence lay, not where disease is")
     return CaseResult(job.name, photo, cam, m.target, job.p)
 
 
@@ -150,6 +160,8 @@ def render() -> None:
         return
     files = st.file_uploader(f"Lesion photos ({common.FORMATS_TEXT}; drag and drop several at once)",
                              type=common.UPLOAD_TYPES, accept_multiple_files=True, key="dx_files")
+    st.caption(_SCORE_NOTE.format(pos=card.task_labels[1], malignant=", ".join(
+        d.replace("_", " ") for d, g in DEFAULT_LABEL_MAP.items() if g == "malignant")))
     if not files:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return

@@ -202,7 +202,7 @@ def _card_details(card) -> None:
 
 
 def _card_json(card) -> None:
-    with st.expander("Full model card (JSON)", expanded=True):
+    with st.expander("Full model card (JSON)", expanded=False):
         d = dataclasses.asdict(card)
         for key in ("metrics", "test_metrics"):
             d[key] = {k: v for k, v in d[key].items() if k not in CURVES}
@@ -310,7 +310,9 @@ def render() -> None:
         return
     _registry_table(cards)
     st.plotly_chart(_roc_figure(cards), width="stretch", key="models_roc")
-    name = st.selectbox("Model card", [c.name for c in cards], key="models_card")
+    names = [c.name for c in cards]
+    first = next((i for i, c in enumerate(cards) if c.default and c.role == "student"), 0)  # the default student
+    name = st.selectbox("Model card", names, index=first, key="models_card")
     card = next(c for c in cards if c.name == name)
     c1, c2 = st.columns(2)
     with c1:
