@@ -110,7 +110,8 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
         job.slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
                        icon=":material/error:")
         return CaseResult(job.name, photo, None, None, job.p)
-    job.photo.release()
+    finally:
+        job.photo.release()  # drawn or failed, its decode is not needed again
     cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
         st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)} over the centre square the model sees: "
