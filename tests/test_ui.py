@@ -356,7 +356,7 @@ def test_models_page_shows_the_sweep_against_its_control(env, tmp_path, monkeypa
     (the best validation AUC, here not the best test AUC)."""
     table, captions = _models_page_sweep(
         tmp_path, monkeypatch, _sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88), 100.0: (0.85, 0.81)}))
-    assert list(table["T"]) == [1.0, 10.0, 100.0] and list(table["chosen on validation"]) == ["", "✓", ""]
+    assert list(table["distillation T"]) == [1.0, 10.0, 100.0] and list(table["chosen on validation"]) == ["", "✓", ""]
     assert list(table["ΔAUC vs control"]) == ["+0.080 ± 0.014", "+0.040 ± 0.014", "+0.010 ± 0.014"]
     assert list(table["val AUC"]) == ["0.840", "0.860", "0.850"]
     assert any("Validation picks T = 10 (mean validation AUC 0.860); its test AUC is 0.840 ± 0.014" in c
@@ -371,7 +371,7 @@ def test_sweep_batches_each_show_their_own_controls(env, tmp_path, monkeypatch):
         r["auc_control"], r["delta_auc"] = 0.82, r["auc_kd"] - 0.82
     table, captions = _models_page_sweep(tmp_path, monkeypatch,
                                          _sweep_rows({10.0: (0.86, 0.84), 1.0: (0.84, 0.88)}), later)
-    assert list(table["T"]) == [1.0, 5.0, 10.0] and list(table["chosen on validation"]) == ["", "✓", ""]
+    assert list(table["distillation T"]) == [1.0, 5.0, 10.0] and list(table["chosen on validation"]) == ["", "✓", ""]
     assert list(table["control test AUC"]) == ["0.800 ± 0.000", "0.820 ± 0.000", "0.800 ± 0.000"]
     assert list(table["ΔAUC vs control"]) == ["+0.080 ± 0.014", "+0.030 ± 0.014", "+0.040 ± 0.014"]
     assert any("dashed: 0.800 ± 0.000 for T = 1, 10; 0.820 ± 0.000 for T = 5, each batch" in c for c in captions)

@@ -62,7 +62,8 @@ def _performance_row(card) -> dict:
     return {"name": s["name"], "val AUC": _shown(s["val_auc"]), "test AUC": _shown(s["test_auc"]),
             "test AUC 95% CI": _ci(s["test_auc_ci"]) or "—",
             "test sens@spec80 (95% CI)": _with_ci(t.get("sens_at_spec80"), t.get("sens_at_spec80_ci")),
-            "test ECE": _shown(t.get("ece")), "T": round(card.temperature, 3), "split": _split_cell(card)}
+            "test ECE": _shown(t.get("ece")), "calibration T": round(card.temperature, 3),
+            "split": _split_cell(card)}
 
 
 NAME = {"name": st.column_config.TextColumn(pinned=True, width=180)}
@@ -78,7 +79,9 @@ PERFORMANCE_COLUMNS = NAME | {"val AUC": st.column_config.TextColumn(width=70),
                               "test AUC 95% CI": st.column_config.TextColumn(width=110),
                               "test sens@spec80 (95% CI)": st.column_config.TextColumn(width=170),
                               "test ECE": st.column_config.TextColumn(width=70),
-                              "T": st.column_config.NumberColumn(width=55),
+                              "calibration T": st.column_config.NumberColumn(
+                                  width=85, help="The temperature fitted on validation that calibrates the model's "
+                                                 "probabilities (not the distillation temperature)"),
                               "split": st.column_config.TextColumn(width=150)}
 
 
@@ -261,7 +264,7 @@ def _sweep() -> None:
     if not rows:
         return
     st.subheader("Temperature sweep (distilling dsnet at different T)")
-    df = pd.DataFrame([{"T": s["temperature"], "seeds": s["seeds"],
+    df = pd.DataFrame([{"distillation T": s["temperature"], "seeds": s["seeds"],
                         "val AUC": "—" if s["val_auc"][0] is None else f"{s['val_auc'][0]:.3f}",
                         "test AUC": _pm(s["auc"]), "control test AUC": _pm(s["auc_control"]),
                         "ΔAUC vs control": f"{s['delta_auc'][0]:+.3f} ± {s['delta_auc'][1]:.3f}",
