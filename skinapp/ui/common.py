@@ -181,6 +181,25 @@ def activation_map(card: ModelCard, photo: Upload, target: str) -> ActivationMap
     return _map(card.name, card.sha256, str(registry().root), photo.digest, target, photo)
 
 
+def map_slot(where):
+    """Room in ``where`` for an activation map drawn after the verdicts, saying so until then."""
+    slot = where.empty()
+    slot.caption(":material/hourglass_empty: The activation map follows.")
+    return slot
+
+
+def draw_map(slot, card: ModelCard, photo: Upload, target: str) -> ActivationMap | None:
+    """The map of ``target``, computed under a spinner in ``slot``; None once ``slot`` says why it could not be
+    drawn (the verdict beside it stands)."""
+    try:
+        with slot.container(), st.spinner("Drawing the activation map…", show_time=True):
+            return activation_map(card, photo, target)
+    except Exception as exc:
+        log.exception("activation map of %s failed", card.name)
+        slot.error(f"The activation map could not be drawn: {md(friendly(exc))}", icon=":material/error:")
+        return None
+
+
 #: decoded photos a session keeps (display copies, at most 1024 px a side): past this, the oldest are dropped
 SESSION_IMAGE_BYTES = 64 * 2**20
 

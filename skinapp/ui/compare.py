@@ -1,7 +1,6 @@
 """Compare: one photo through the teacher and students side by side, with measured latency."""
 from __future__ import annotations
 
-import logging
 import statistics
 
 import pandas as pd
@@ -12,8 +11,6 @@ from skinapp.benchmark import interleaved_latencies
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.ui import common
-
-log = logging.getLogger(__name__)
 
 
 def render() -> None:
@@ -54,38 +51,27 @@ def render() -> None:
     cols[0].image(img, caption=common.md(f.name), width="stretch")
     shown = [_one_model(col, cards[name], photo, t, threshold, band)
              for col, name, t in zip(cols[1:], chosen, times)]
-    rows = [row for row, _ in shown]
+    rows = [row for row, _, _ in shown]
     _agreement(rows, threshold, band)
     _latency_chart(rows, len(times[0]), budget)
     st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
-    for name, (_, slot) in zip(chosen, shown):  # last: the fused teacher's map alone takes about 2 s
-        _draw_map(slot, cards[name], photo, threshold)
-
-
-def _draw_map(slot, card, photo: common.Upload, threshold: float) -> None:
-    p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)
-    try:
-        with slot.container(), st.spinner("Drawing the activation map…"):
-            m = common.activation_map(card, photo, common.shown_label(card, p, threshold))
-    except Exception as exc:  # the verdict and the timing stand without the map
-        log.exception("activation map failed on Compare")
-        slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
-                   icon=":material/error:")
-        return
-    slot.image(common.cam_overlay(photo, m.heatmap, 0.45), width="stretch",
-               caption=f"{cam_name(card.cam_method)}: regions that raised the '{m.target}' score")
+    for name, (_, slot, target) in zip(chosen, shown):  # last: the fused teacher's map alone takes about 2 s
+        m = common.draw_map(slot, cards[name], photo, target)
+        if m is not None:
+            slot.image(common.cam_overlay(photo, m.heatmap, 0.45), width="stretch",
+                       caption=f"{cam_name(cards[name].cam_method)}: regions that raised the '{m.target}' score")
 
 
 def _one_model(col, card, photo: common.Upload, times: list[float], threshold: float, band: float) -> tuple:
     """One model's column, worded as on Diagnose (at its own calibrated temperature), with room for its map
-    (drawn after every verdict, the agreement and the timing are on the page); its table row and that room."""
+    (drawn after every verdict, the agreement and the timing are on the page): its table row, that room, and the
+    label the map is to explain."""
     p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)
     headline, colour = common.verdict(card, p, threshold, band)
     ms = statistics.median(times)
     with col:
         st.markdown(f"**{common.md(card.name)}** · {card.role}")
-        slot = st.empty()
-        slot.caption(":material/hourglass_empty: The activation map follows.")
+        slot = common.map_slot(st)
         st.markdown(f"##### :{colour}[{headline}]")
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
         st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "
@@ -93,7 +79,7 @@ def _one_model(col, card, photo: common.Upload, times: list[float], threshold: f
     return {"model": card.name, "role": card.role, "arch": card.arch, "verdict": headline,
             f"p_{card.task_labels[1]}": round(p, 4), "temperature": round(card.temperature, 3),
             "median_ms": round(ms, 2), "params": card.params, "size": common.human_size(card.file_bytes),
-            "teacher": card.teacher or "—"}, slot
+            "teacher": card.teacher or "—"}, slot, common.shown_label(card, p, threshold)
 
 
 def _agreement(rows: list[dict], threshold: float, band: float) -> None:

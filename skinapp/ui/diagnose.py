@@ -86,8 +86,7 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
         c1.image(common.decode(photo), caption=common.md(f.name), width="stretch")
-        slot = c2.empty()
-        slot.caption(":material/hourglass_empty: The activation map follows.")
+        slot = common.map_slot(c2)
         c3.markdown(f"#### :{colour}[{headline}]")
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
@@ -103,15 +102,11 @@ def _show_map(card, job: _Pending, alpha: float) -> CaseResult:
     """Draw the map where ``_show_verdict`` left room; a map that fails leaves the verdict standing and says so."""
     photo = common.decode(job.photo)
     try:
-        with job.slot.container(), st.spinner("Drawing the activation map…", show_time=True):
-            m = common.activation_map(card, job.photo, job.target)
-    except Exception as exc:
-        log.exception("activation map failed for one upload")
-        job.slot.error(f"The activation map could not be drawn: {common.md(common.friendly(exc))}",
-                       icon=":material/error:")
-        return CaseResult(job.name, photo, None, None, job.p)
+        m = common.draw_map(job.slot, card, job.photo, job.target)
     finally:
         job.photo.release()  # drawn or failed, its decode is not needed again
+    if m is None:
+        return CaseResult(job.name, photo, None, None, job.p)
     cam = common.cam_overlay(job.photo, m.heatmap, alpha)
     with job.slot.container():
         st.image(cam, width="stretch", caption=f"{cam_name(card.cam_method)} over the centre square the model sees: "
