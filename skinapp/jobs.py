@@ -211,19 +211,14 @@ def list_jobs(root: str | Path | None = None, limit: int | None = None) -> list[
 
 
 def check_run(args: dict[str, Any], weights_dir: str | None = None) -> None:
-    """What the job would refuse in its log seconds after starting, refused before it starts: the same config
-    checks, the name's form, and a name already taken (by a usable card or a broken one)."""
-    from .distill import TrainConfig
-    from .registry import check_name
+    """What the job would refuse in its log seconds after starting, refused before it starts: the same checks
+    ``train`` makes first (``check_new_run``), on the config the job's command line would build."""
+    from .distill import TrainConfig, check_new_run
 
     fields = {k: v for k, v in args.items() if k in TrainConfig.__dataclass_fields__}
     if args.get("no_kd"):
         fields["teacher"] = None
-    TrainConfig(**fields, role="student", weights_dir=weights_dir).validate()
-    check_name(args.get("name", ""))
-    taken = Registry(weights_dir).name_taken(args["name"])
-    if taken:
-        raise JobError(f"choose a new model name: {taken}")
+    check_new_run(TrainConfig(**fields, role="student", weights_dir=weights_dir), Registry(weights_dir))
 
 
 def data_roots() -> list[Path]:

@@ -20,11 +20,11 @@ from .config import (AUGMENT, DEFAULT_ARCH, DEFAULT_STUDENT_ARCH, DEFAULT_TEMPER
 from .kd import grouped_teacher_logits, kd_loss
 from .loop import evaluate, random_flips, resolve_device, train_one_epoch
 from .progress import ProgressLog, StopRequest
-from .run import train
+from .run import check_new_run, train
 from .teacher import Setup, fold_split, resolve_heads, teacher_logits
 
 __all__ = ["AUGMENT", "DEFAULT_ARCH", "DEFAULT_STUDENT_ARCH", "DEFAULT_TEMPERATURE", "DEVICES", "HEADS", "RECIPES",
            "SHIPPED_LOGITS", "ProgressLog", "Recipe", "Setup", "StopRequest", "TrainConfig", "TrainingError",
-           "add_arguments", "build_teacher_cache", "cache_dir", "cached_augmentations", "default", "evaluate",
+           "add_arguments", "build_teacher_cache", "check_new_run", "cache_dir", "cached_augmentations", "default", "evaluate",
            "fold_split", "from_arguments", "grouped_teacher_logits", "kd_loss", "option", "random_flips", "recipe",
            "resolve_device", "resolve_heads", "teacher_logits", "train", "train_one_epoch"]

@@ -26,14 +26,21 @@ from .teacher import Setup, check_teacher_split, fold_split, init_from_teacher, 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
-    """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
+def check_new_run(cfg: TrainConfig, registry: Registry) -> None:
+    """What a run would otherwise find out late, refused before any data is read: its settings, the name's form,
+    and a name already taken (by a usable card, or a broken one registering would fail on after every epoch).
+    ``train`` calls it, and so does the Train page before it starts a job."""
     cfg.validate()
-    check_name(cfg.name)  # before any data is read: a bad name must not fail after all the epochs
-    registry = registry or Registry(cfg.weights_dir)
+    check_name(cfg.name)
     taken = None if cfg.overwrite else registry.name_taken(cfg.name)
     if taken:
         raise TrainingError(taken)
+
+
+def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | None:
+    """Train (with KD when a teacher is given); returns the registered card, or None when stopped."""
+    registry = registry or Registry(cfg.weights_dir)
+    check_new_run(cfg, registry)
     rank, world = dist_info()
     progress = ProgressLog(cfg.progress, enabled=rank == 0)
     stop = StopRequest(cfg.stop_file)
