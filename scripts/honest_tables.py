@@ -24,6 +24,11 @@ PAIRED_JSON = ROOT / "docs" / "results" / "paired.json"
 DOCS = (ROOT / "README.md", ROOT / "docs" / "experiments.md")
 
 
+def _num(v) -> str:
+    """A number the card may not have (a copy made before copies measured their own ECE at T = 1): a dash."""
+    return "—" if v is None else f"{v:.3f}"
+
+
 def _ci(v) -> str:
     return f"[{v[0]:.3f}, {v[1]:.3f}]" if v else ""
 
@@ -37,7 +42,7 @@ def model_rows(cards: list[ModelCard]) -> list[str]:
         name = f"`{c.name}`" + (" (default)" if c.default else "")
         if t:
             test = (f"{t['auc']:.3f} {_ci(t.get('auc_ci'))}", f"{t['sens_at_spec80']:.3f} "
-                    f"{_ci(t.get('sens_at_spec80_ci'))}", f"{t.get('ece_before', t['ece']):.3f} → {t['ece']:.3f}",
+                    f"{_ci(t.get('sens_at_spec80_ci'))}", f"{_num(t.get('ece_before'))} → {t['ece']:.3f}",
                     f"locked test, n = {t['n']}")
         else:
             test = ("—", "—", "—", f"none: made before the locked test split (val n = {c.metrics.get('n')})")

@@ -16,8 +16,8 @@ from torch import nn
 
 from . import checks
 from .data import DatasetError, DecodedData, LesionDataset, decode_dataset, model_input, to_tensor
-from .evaluation import (binary_metrics, bootstrap_ci, ece_null, grouped_probs, paired_comparison,
-                         subgroup_metrics)
+from .evaluation import (binary_metrics, bootstrap_ci, ece_null, ece_score, grouped_probs, paired_comparison,
+                         reliability_bins, subgroup_metrics)
 from .protocol import Selection, SplitSpec, fit_and_report, select, subgroup_attributes
 from .models import fold_batchnorm, model_lock
 from .imageio import ImageSource, InvalidImageError, is_image_file, load_image, one_line
@@ -193,10 +193,11 @@ def split_logits(predictor: Predictor, ds: LesionDataset, split: str = "auto",
 
 def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto", threshold: float = 0.5,
                      temperature: float | None = None, n_boot: int = 1000,
-                     decoded: DecodedData | None = None) -> dict:
+                     decoded: DecodedData | None = None, reliability: bool = False) -> dict:
     """Metrics with 95% bootstrap intervals on a dataset folder: by default the model's locked test split when
     the folder is its own data, else all of it; ``note`` says which and why. ``decoded``: the folder already
-    decoded at the card's input size, to evaluate several models without decoding it again."""
+    decoded at the card's input size, to evaluate several models without decoding it again. ``reliability``:
+    also ECE and reliability bins at T = 1 and at the temperature used, as a card shows them."""
     card = predictor.card
     sd = split_logits(predictor, ds, split, decoded)
     if sd.selection.split != "test":
@@ -208,6 +209,10 @@ def evaluate_dataset(predictor: Predictor, ds: LesionDataset, split: str = "auto
                    temperature=card.temperature if temperature is None else temperature,
                    auc_ci=bootstrap_ci(sd.y, p, "auc", n_boot),
                    sens_at_spec80_ci=bootstrap_ci(sd.y, p, "sens_at_spec80", n_boot))
+    if reliability:
+        before = predictor.probabilities(sd.logits, 1.0).numpy()
+        metrics.update(ece_before=ece_score(sd.y, before), ece_after=metrics["ece"],
+                       reliability_before=reliability_bins(sd.y, before), reliability=reliability_bins(sd.y, p))
     attrs = subgroup_attributes(ds, sd.paths)
     if attrs:
         metrics["subgroups"] = subgroup_metrics(sd.y, p, attrs, n_boot=n_boot)

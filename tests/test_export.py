@@ -70,6 +70,24 @@ def test_copies_are_registered_with_their_source(exported):
     assert q["kept_float_convolutions"] == max(search["steps"], key=lambda s: s[1])[0]
 
 
+
+def test_a_copys_reliability_is_measured_on_the_copy_on_both_splits(exported, tiny_data):
+    """Copies once carried their source's validation reliability bins and had none on the test split, so the
+    Models page (which opens on the default student, an int8 copy) showed no reliability diagram for it."""
+    from skinapp.evaluation import grouped_probs, reliability_bins
+
+    reg, _ = exported
+    for name in ("tiny-student-onnx", "tiny-student-onnx-int8"):
+        copy = Predictor.from_registry(name, reg)
+        card = copy.card
+        ds = scan_dataset(str(tiny_data), card.task)
+        for split, m in (("val", card.metrics), ("test", card.test_metrics)):
+            sd = split_logits(copy, ds, split)
+            y = sd.y
+            assert m["reliability"] == reliability_bins(y, grouped_probs(sd.logits, copy.positive,
+                                                                         card.temperature).numpy())
+            assert m["reliability_before"] == reliability_bins(y, grouped_probs(sd.logits, copy.positive).numpy())
+            assert m["ece_after"] == m["ece"]
 def test_int8_copy_is_its_kept_set_quantised_once(exported):
     """The search's best probe is registered as it is: the same outputs as quantising its set afresh, and no set
     is quantised twice."""
