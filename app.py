@@ -5,7 +5,7 @@ from skinapp.ui import common, compare, diagnose, models, train
 
 st.set_page_config(page_title="skinapp — lesion KD workbench", page_icon=":material/biotech:", layout="wide")
 pages = [
-    st.Page(diagnose.render, title="Diagnose", icon=":material/stethoscope:", url_path="diagnose", default=True),
+    st.Page(diagnose.render, title="Analyse", icon=":material/image_search:", url_path="analyse", default=True),
     st.Page(compare.render, title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page(models.render, title="Models", icon=":material/inventory_2:", url_path="models"),
 ]

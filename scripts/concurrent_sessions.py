@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""N browser sessions on one skinapp server at once: each opens Diagnose, uploads its own photo and waits for
+"""N browser sessions on one skinapp server at once: each opens Analyse, uploads its own photo and waits for
 the verdict. Reports the time to a verdict per session (median, max) and the server's memory before and after.
 
     .venv/bin/python scripts/concurrent_sessions.py --sessions 8 [--weights weights] [--photo-size 600]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The Streamlit server's resident memory on the shipped models: at start, with every default model loaded, and
-after N Diagnose predictions with Grad-CAM on the default teacher (each on a different photo).
+after N Analyse-page predictions with Grad-CAM on the default teacher (each on a different photo).
 
     .venv/bin/python scripts/server_memory.py [--photos 20] [--limit-mb 1500] [--weights weights]
 

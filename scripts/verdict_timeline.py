@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""When a Diagnose user sees each verdict and each activation map, on a fresh server: seconds from the upload to
+"""When an Analyse-page user sees each verdict and each activation map, on a fresh server: seconds from the upload to
 the first verdict, to every verdict, and to every map, for one model and N photos.
 
     .venv/bin/python scripts/verdict_timeline.py [--model teacher|student|NAME] [--photos 5] [--wait 6] [--runs 2]
@@ -25,7 +25,7 @@ from browser import CHROMIUM, FLAGS, VERDICT, open_page, stop_server  # noqa: E4
 from concurrent_sessions import serve  # noqa: E402
 from conftest import lesion  # noqa: E402
 
-MAP = "regions that raised the"  # the map's caption on Diagnose
+MAP = "regions that raised the"  # the map's caption on Analyse
 
 
 def timeline(url: str, chromium: str, model: str, photos: list[Path], wait_s: float) -> dict:

@@ -125,7 +125,7 @@ def _predict_one(pred, path: Path, args, cam_name: str | None, name: str):
     row = p.as_dict()
     if not (args.cam_out or args.report):
         return row, None
-    cam = explain(pred, img, p.label)  # the label printed at the user's threshold, as on the Diagnose page
+    cam = explain(pred, img, p.label)  # the label printed at the user's threshold, as on the Analyse page
     if args.cam_out:
         from PIL import Image
 
@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for the model (PyTorch or ONNX Runtime)")
     p.add_argument("--report", metavar="PDF", help="also write a PDF case report (photo, Grad-CAM, verdict)")
     p.add_argument("--band", type=float, default=0.1,
-                   help="the report's 'uncertain' band around the threshold (default 0.1, as on the Diagnose page)")
+                   help="the report's 'uncertain' band around the threshold (default 0.1, as on the Analyse page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("images", nargs="+")
     for name, helptext in (("evaluate", "metrics with 95%% intervals on a dataset folder"),

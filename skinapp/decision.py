@@ -1,6 +1,6 @@
 """What a probability means at the user's threshold: the verdict wording and the operating point behind it.
 
-Plain Python (no Streamlit) so the Diagnose and Compare pages, the CLI and the PDF report say the same thing.
+Plain Python (no Streamlit) so the Analyse and Compare pages, the CLI and the PDF report say the same thing.
 """
 from __future__ import annotations
 
@@ -42,13 +42,44 @@ UNCERTAIN = "Uncertain — too close to the threshold to call"
 
 
 def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[str, str]:
-    """(headline, colour): an explicit 'uncertain' zone stops near-threshold scores reading as answers."""
+    """(headline, colour): an explicit 'uncertain' zone stops near-threshold scores reading as answers. The
+    negative side is blue, not green: a green 'benign' reads as all clear, which no score here can give."""
     neg, pos = card.task_labels
     if abs(p - threshold) < band:
         return UNCERTAIN, "orange"
     if p >= threshold:
         return f"Leans {pos}", "red"
-    return f"Leans {neg}", "green"
+    return f"Leans {neg}", "blue"
+
+
+def one_in(rate: float, things: str) -> str:
+    """A share of ``things`` as a clinician says it: 'about 1 in 4 ...', 'no ...', or a percentage once it is
+    half or more."""
+    if rate <= 0:
+        return f"no {things}"
+    if rate >= 0.5:
+        return f"{rate:.0%} of {things}"
+    return f"about 1 in {round(1 / rate)} {things}"
+
+
+def plain_rates(op: OperatingPoint, labels: tuple[str, str]) -> str:
+    """Sensitivity and specificity in words: what the model missed and what it flagged wrongly."""
+    neg, pos = labels
+    return (f"it missed {one_in(1 - op.sensitivity, f'{pos} photos')} and flagged "
+            f"{one_in(1 - op.specificity, f'{neg} ones')} as {pos}")
+
+
+def negative_caveat(card: ModelCard, threshold: float, temperature: float | None = None) -> str:
+    """What a negative lean does not mean, with the share of positives that lean the same way at this threshold."""
+    neg, pos = card.task_labels
+    op = operating_point(card, threshold, temperature)
+    where = "" if op is None else "locked test" if op.split == "test" else "validation"
+    missed = "" if op is None else (f" At this threshold it missed {one_in(1 - op.sensitivity, f'{pos} photos')} "
+                                    f"of its {where} split.")
+    return f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}.{missed}"
+
+
+NOUNS = {"malignant": "malignancy"}  # a label as the thing a lean does not rule out
 
 
 def auc_text(card: ModelCard) -> str:

@@ -1,6 +1,6 @@
 """A PDF case report of analysed photos: what a clinician files or shows a colleague after a session.
 
-Built in memory (``bytes``) with fpdf2 and never written to the server's disk; the Diagnose page offers it as a
+Built in memory (``bytes``) with fpdf2 and never written to the server's disk; the Analyse page offers it as a
 download and ``predict --report`` writes the same bytes where the user asks. Text uses the PDF core fonts, so
 characters outside Latin-1 (rare in file names) are shown as '?'.
 """
@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import __version__, checks
 from .explain import cam_name, legend
-from .decision import UNCERTAIN, auc_text, operating_point, verdict
+from .decision import UNCERTAIN, auc_text, negative_caveat, operating_point, plain_rates, verdict
 from .imageio import one_line
 from .registry import ModelCard
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 NOT_A_DEVICE = ("Research and education tool - not a medical device, not for diagnosis. Outputs are model "
                 "estimates on photos and must not guide care. See a clinician for any concern about a skin lesion.")
-_COLOURS = {"red": (176, 42, 30), "green": (46, 125, 80), "orange": (190, 110, 0)}
+_COLOURS = {"red": (176, 42, 30), "blue": (30, 80, 150), "orange": (190, 110, 0)}
 _PLAIN = {"—": "-", "–": "-", "→": "->", "±": "+/-", "★": "*", "’": "'", "‘": "'", "“": '"', "”": '"', "…": "..."}
 
 
@@ -133,7 +133,8 @@ def _summary(pdf: _Report, card: ModelCard, results: list[CaseResult], s: Report
     if op is not None:
         rows.append(("Operating point", f"sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at "
                                         f"this threshold and temperature, on the {where[op.split]} "
-                                        f"(n={op.n if op.n is not None else '?'})"))
+                                        f"(n={op.n if op.n is not None else '?'}): "
+                                        f"{plain_rates(op, card.task_labels)}"))
     for label, value in rows:
         _line(pdf, label, value)
     pdf.ln(3)
@@ -199,6 +200,8 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
     if head == UNCERTAIN:
         pdf.multi_cell(0, 5, "The probability is too close to the threshold for the model to lean either way.",
                        new_x="LMARGIN", new_y="NEXT")
+    elif head == f"Leans {neg}":
+        pdf.multi_cell(0, 5, text(negative_caveat(card, s.threshold, s.temperature)), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     y, w = pdf.get_y(), 88
     if r.photo is not None:

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("SKINAPP_CHROMIUM", "/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-VERDICT = "P(malignant) ="  # on Diagnose once a photo is analysed
+VERDICT = "P(malignant) ="  # on Analyse once a photo is analysed
 
 
 class ServerError(RuntimeError):

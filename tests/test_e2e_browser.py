@@ -79,7 +79,7 @@ def _check_report(pdf: bytes, page) -> None:
 
 
 def _compare(page, server: str, image: Path) -> None:
-    """Compare carries the threshold over from Diagnose and words its verdicts the same way."""
+    """Compare carries the threshold over from Analyse and words its verdicts the same way."""
     page.goto(server + "/compare", timeout=60_000)
     page.get_by_text("Timing budget").first.wait_for(timeout=60_000)
     page.locator("input[type=file]").first.set_input_files(str(image))

@@ -387,3 +387,31 @@ def test_the_operating_point_a_page_reads_off_a_card_is_exact(user_t):
         called = p_user >= threshold
         assert op.sensitivity == pytest.approx(called[y == 1].mean(), abs=1e-6), threshold
         assert op.specificity == pytest.approx((~called)[y == 0].mean(), abs=1e-6), threshold
+
+
+@pytest.mark.parametrize("rate, words", [(0.0, "no photos"), (0.28, "about 1 in 4 photos"),
+                                         (0.07, "about 1 in 14 photos"), (0.01, "about 1 in 100 photos"),
+                                         (0.49, "about 1 in 2 photos"), (0.5, "50% of photos"), (0.8, "80% of photos")])
+def test_rates_in_words_as_a_clinician_reads_them(rate, words):
+    from skinapp.decision import one_in
+
+    assert one_in(rate, "photos") == words
+
+
+def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
+    """Green read as all clear; a clinician's reading asked for a neutral colour and the missed share."""
+    from types import SimpleNamespace
+
+    from skinapp.decision import negative_caveat, operating_point, verdict
+    from skinapp.evaluation import binary_metrics
+
+    y = np.array([0] * 6 + [1] * 4)
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.3, 0.8, 0.9, 0.95])  # at 0.5: 1 of 4 malignant missed
+    card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.0,
+                           reported=("test", binary_metrics(y, p)))
+    assert verdict(card, 0.2, 0.5, 0.1) == ("Leans benign", "blue")
+    assert verdict(card, 0.8, 0.5, 0.1) == ("Leans malignant", "red")
+    assert operating_point(card, 0.5).sensitivity == 0.75
+    assert negative_caveat(card, 0.5) == ("Leaning benign does not rule out malignancy. At this threshold it missed "
+                                          "about 1 in 4 malignant photos of its locked test split.")
+    assert "it missed no malignant photos of its locked test split" in negative_caveat(card, 0.25)

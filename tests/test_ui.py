@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import lesion, make_dataset
+from skinapp.decision import one_in
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -72,10 +73,12 @@ def roc_at(metrics: dict, threshold: float) -> tuple[float, float]:
     return roc["tpr"][i], 1 - roc["fpr"][i]
 
 
-def test_app_starts_on_diagnose(env):
+def test_app_starts_on_the_analyse_page(env):
+    """The first page is not called Diagnose: it sits under 'not for diagnosis'."""
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert_clean(at)
-    assert at.title[0].value == "Diagnose"
+    assert at.title[0].value == "Analyse photos"
+    assert not any("Diagnos" in t.value for t in at.title)
     assert at.selectbox(key="dx_model").value == "tiny-student"
 
 
@@ -160,6 +163,39 @@ def test_diagnose_says_what_the_band_covers_and_when_the_probabilities_are_no_lo
     at.slider(key=key).set_value(3.0).run()
     assert any("no longer calibrated" in c.value for c in at.caption)
     assert any("it is not this patient's risk" in c.value and "actinic keratosis" in c.value for c in at.caption)
+
+
+def test_a_benign_lean_is_not_green_and_says_what_it_does_not_rule_out(env):
+    """A clinician's reading: a green 'Leans benign' reads as all clear. It is blue, with the share of malignant
+    photos the model misses at this threshold under it; a malignant lean carries no such line."""
+    from skinapp.ui.common import NEGATIVE_COLOUR, POSITIVE_COLOUR
+
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value(("a.png", png(5), "image/png")).run()
+    for threshold in (0.01, 0.99):  # the same photo leaning malignant, then benign
+        at.slider(key="dx_tiny-student_thr").set_value(max(0.05, min(0.95, threshold))).run()
+        assert_clean(at)
+        (head,) = [m.value for m in at.markdown if m.value.startswith("#### ")]
+        caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy.")]
+        if "Leans benign" in head:
+            assert head.startswith("#### :blue[") and len(caveats) == 1 and "it missed" in caveats[0]
+        else:
+            assert head.startswith("#### :red[Leans malignant") and not caveats
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    bar = chart["data"][0]
+    assert bar["marker"]["color"] == [NEGATIVE_COLOUR, POSITIVE_COLOUR] and "green" not in NEGATIVE_COLOUR
+    assert bar["textangle"] == 0 and chart["layout"]["xaxis"]["tickvals"][-1] == 1  # level labels; a 100% tick
+
+
+def test_the_temperature_sits_under_advanced_and_a_moved_one_shows_with_it_closed(env):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    (adv,) = [e for e in at.expander if e.label.startswith("Advanced: softmax temperature")]
+    (slider,) = [s for s in adv.slider if s.key.startswith("dx_T_")]
+    assert not any(s.key.startswith("dx_T_") for e in at.columns for s in e.slider)
+    slider.set_value(3.0).run()
+    (flag,) = [c for c in at.caption if "no longer calibrated" in c.value]
+    assert flag.value.startswith(":orange[Temperature 3.00, not the calibrated")
+    assert not any("no longer calibrated" in c.value for c in at.expander[0].caption)  # outside the section
 
 
 def test_diagnose_prediction_under_one_second(env):
@@ -274,12 +310,12 @@ def test_compare_says_how_much_faster_each_student_answered():
 
 @pytest.mark.parametrize("threshold, band", [(0.05, 0.0), (0.95, 0.0), (0.5, 0.3)])
 def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
-    """Same threshold and band as Diagnose (carried over from it), same verdict wording, read off the same P."""
+    """Same threshold and band as Analyse (carried over from it), same verdict wording, read off the same P."""
     from skinapp.registry import Registry
     from skinapp.ui.common import verdict
 
     at = page("compare")
-    at.session_state["_decision"] = {"threshold": threshold, "band": band}  # as Diagnose leaves it
+    at.session_state["_decision"] = {"threshold": threshold, "band": band}  # as Analyse leaves it
     at.run()
     assert at.slider(key="cmp_thr").value == threshold and at.slider(key="cmp_band").value == band
     at.slider(key="cmp_budget").set_value(1)
@@ -310,6 +346,30 @@ def test_models_page(env):
     assert list(identity.columns) == ["name", "role", "default", "architecture", "teacher", "runtime", "params", "file"]
     assert list(performance.columns)[:3] == ["name", "val AUC", "test AUC"]
     assert len(at.get("plotly_chart")) >= 2  # ROC + reliability
+
+
+def roc_names(at: AppTest) -> list[str]:
+    (roc,) = [c for c in at.get("plotly_chart")
+              if "ROC" in json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "")]
+    return [t["name"] for t in json.loads(roc.proto.spec)["data"]]
+
+
+def test_the_models_roc_plot_begins_with_the_defaults_and_takes_any_model(env):
+    """With every shipped model on it the legend held 18 curves and scrolled."""
+    at = page("models").run()
+    assert_clean(at)
+    names = roc_names(at)
+    assert names[0] == "chance" and sorted(n.split(" (")[0] for n in names[1:]) == ["tiny-student", "tiny-teacher"]
+    at.multiselect(key="models_roc_pick").select("tiny-nokd").run()
+    assert sorted(n.split(" (")[0] for n in roc_names(at)[1:]) == ["tiny-nokd", "tiny-student", "tiny-teacher"]
+
+
+def test_a_card_shows_its_distillation_settings_in_words():
+    from skinapp.ui.models import _kd_text
+
+    assert _kd_text({"alpha": 0.5, "objectives": ["logit", "attention"], "temperature": 20.0, "teacher_views": 4}) \
+        == "logit + attention at T = 20, alpha 0.5; teacher views 4"
+    assert _kd_text(None) == "—"
 
 
 def test_a_fused_teacher_on_the_models_and_compare_pages(env, tiny_data):
@@ -409,6 +469,8 @@ def test_diagnose_operating_point_comes_from_the_locked_test_split(env):
     sens, spec = roc_at(card.test_metrics, 0.5)
     assert op_caption(at).startswith(f"Locked test split (n={card.test_metrics['n']}): sensitivity {sens:.0%}, "
                                      f"specificity {spec:.0%}")
+    assert op_caption(at).endswith(f": it missed {one_in(1 - sens, 'malignant photos')} and flagged "
+                                   f"{one_in(1 - spec, 'benign ones')} as malignant.")  # the same, in words
     assert any(o.startswith("tiny-student") and "test AUC" in o for o in at.selectbox(key="dx_model").options)
 
 
@@ -459,6 +521,7 @@ def test_models_table_reports_the_locked_test_split(env):
         assert df.loc[name, "val AUC"] == f"{cards[name].metrics['auc']:.3f}"
     assert df.loc["tiny-nokd", "test AUC"] == "—" and df.loc["tiny-nokd", "test AUC 95% CI"] == "—"
     assert df.loc["tiny-nokd", "split"] == "no test split (legacy)"
+    at.multiselect(key="models_roc_pick").select("tiny-nokd").run()
     roc = at.get("plotly_chart")[0].proto.spec
     assert "tiny-student (test AUC" in roc and "tiny-nokd (val AUC" in roc
 
@@ -524,6 +587,20 @@ def test_train_page_says_whether_it_can_group_lesions(env, tiny_data, tmp_path):
     assert_clean(at)
     assert not any("No metadata table" in w.value for w in at.warning)
     assert any(str(data / "metadata.csv") in c.value and "10 of 24 images a lesion_id" in c.value for c in at.caption)
+
+
+def test_train_page_shows_example_photos_in_the_charts_order_with_what_they_count_as(env, tmp_path):
+    """The thumbnails were alphabetical while the chart beside them grouped the folders by label."""
+    data = make_dataset(tmp_path / "dx", per_class=4)
+    at = page("train").run()
+    at.text_input(key="train_data").set_value(str(data)).run()
+    assert_clean(at)
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    drawn = [x for bar in chart["data"] for x in bar["x"]]
+    assert drawn == ["basal cell carcinoma", "melanoma", "dermatofibroma", "nevus"]  # grouped, not alphabetical
+    shown = [i.proto.imgs[0].caption for i in at.get("image")]  # in page order
+    assert shown == ["basal cell carcinoma (malignant)", "melanoma (malignant)", "dermatofibroma (benign)",
+                     "nevus (benign)"]
 
 
 def test_train_page_refuses_bad_folder(env, tmp_path):

@@ -239,7 +239,7 @@ BAND_HELP = ("A photo whose P({pos}) is this close to the threshold, on either s
 
 def decision_sliders(thr_col, band_col, card: ModelCard, key: str) -> tuple[float, float]:
     """The threshold and 'uncertain' band every page uses, remembered across pages (and models) in this
-    session, so Diagnose and Compare call a photo the same way."""
+    session, so Analyse and Compare call a photo the same way."""
     last = st.session_state.get("_decision", {"threshold": 0.5, "band": 0.1})
     pos = card.task_labels[1]
     threshold = thr_col.slider(f"Decision threshold on P({pos})", 0.05, 0.95, last["threshold"], 0.01,
@@ -252,14 +252,20 @@ def decision_sliders(thr_col, band_col, card: ModelCard, key: str) -> tuple[floa
     return threshold, band
 
 
-def prob_chart(card: ModelCard, p: float, key: str | None = None):
+NEGATIVE_COLOUR, POSITIVE_COLOUR = "#2f6690", "#c0392b"
+
+
+def prob_chart(card: ModelCard, p: float):
     import plotly.graph_objects as go
 
     neg, pos = card.task_labels
-    fig = go.Figure(go.Bar(x=[1 - p, p], y=[neg, pos], orientation="h", marker_color=["#3a8d5c", "#c0392b"],
-                           text=[f"{1 - p:.1%}", f"{p:.1%}"], textposition="auto"))
-    fig.update_layout(height=140, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(range=[0, 1], tickformat=".0%"),
-                      showlegend=False)
+    values = [1 - p, p]
+    # blue, not green, for the negative side (green reads as all clear); labels stay level, outside a thin bar
+    fig = go.Figure(go.Bar(x=values, y=[neg, pos], orientation="h", marker_color=[NEGATIVE_COLOUR, POSITIVE_COLOUR],
+                           text=[f"{v:.1%}" for v in values], textangle=0, cliponaxis=False,
+                           textposition=["inside" if v >= 0.2 else "outside" for v in values]))
+    fig.update_layout(height=140, margin=dict(l=10, r=24, t=10, b=10), showlegend=False,  # room for "100%"
+                      xaxis=dict(range=[0, 1.0001], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%"))
     return fig
 
 

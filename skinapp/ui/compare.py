@@ -63,7 +63,7 @@ def render() -> None:
 
 
 def _one_model(col, card, photo: common.Upload, times: list[float], threshold: float, band: float) -> tuple:
-    """One model's column, worded as on Diagnose (at its own calibrated temperature), with room for its map
+    """One model's column, worded as on Analyse (at its own calibrated temperature), with room for its map
     (drawn after every verdict, the agreement and the timing are on the page): its table row, that room, and the
     label the map is to explain."""
     p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)

@@ -1,4 +1,5 @@
-"""Diagnose: upload photos, pick a model, read probabilities, the verdict and the Grad-CAM overlay."""
+"""Analyse photos (a page once called Diagnose, a word a research tool should not use): upload photos,
+pick a model, read probabilities, the verdict and the Grad-CAM overlay."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from skinapp.data import DEFAULT_LABEL_MAP
+from skinapp.decision import negative_caveat, plain_rates
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
@@ -38,7 +40,7 @@ def _operating_caption(card, threshold: float, temperature: float) -> str | None
         return None
     where = SPLIT_NAMES[op.split].format(n=op.n if op.n is not None else "?")
     return (f"{where}: sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at this threshold "
-            f"and temperature.")
+            f"and temperature: {plain_rates(op, card.task_labels)}.")
 
 
 def _settings(cards):
@@ -49,23 +51,32 @@ def _settings(cards):
                         format_func=lambda n: common.model_label(by_name[n]), key="dx_model", help=common.MODEL_HELP)
     card = by_name[name]
     c1, c2, c3 = st.columns(3)
-    hi = max(10.0, round(card.temperature * 2, 2))
-    # keyed by the card's weights and calibration too: a model retrained or recalibrated under its name starts
-    # from its new calibrated temperature, not the old one
-    shown = c1.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
-                      key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
+    threshold, band = common.decision_sliders(c1, c2, card, f"dx_{card.name}")
+    alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
+    temperature = _temperature(card)
+    caption = _operating_caption(card, threshold, temperature)
+    if caption:
+        c1.caption(caption)
+    return card, temperature, threshold, band, alpha
+
+
+def _temperature(card) -> float:
+    """The calibrated T unless the user moves it: under 'Advanced', since a moved T leaves the probabilities
+    uncalibrated; a moved T is flagged outside the section, where it shows with the section closed."""
+    with st.expander(f"Advanced: softmax temperature (calibrated T = {card.temperature:.2f})"):
+        hi = max(10.0, round(card.temperature * 2, 2))
+        # keyed by the card's weights and calibration too: a model retrained or recalibrated under its name starts
+        # from its new calibrated temperature, not the old one
+        shown = st.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
+                          key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
+        st.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     # the slider shows two decimals; left where it starts, it means the calibrated T itself (as the CLI, Compare
     # and the report use it), not T rounded: a photo right at the threshold could otherwise change sides
     temperature = card.temperature if shown == round(card.temperature, 2) else shown
-    c1.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     if temperature != card.temperature:
-        c1.caption(":orange[Not the calibrated T: the probabilities are no longer calibrated.]")
-    threshold, band = common.decision_sliders(c2, c3, card, f"dx_{card.name}")
-    caption = _operating_caption(card, threshold, temperature)
-    if caption:
-        c2.caption(caption)
-    alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
-    return card, temperature, threshold, band, alpha
+        st.caption(f":orange[Temperature {temperature:.2f}, not the calibrated {card.temperature:.2f}: the "
+                   f"probabilities are no longer calibrated.]")
+    return temperature
 
 
 @dataclass
@@ -88,6 +99,8 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
         c1.image(common.decode(photo), caption=common.md(f.name), width="stretch")
         slot = common.map_slot(c2)
         c3.markdown(f"#### :{colour}[{headline}]")
+        if headline == f"Leans {card.task_labels[0]}":
+            c3.caption(negative_caveat(card, threshold, temperature))
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
                    f"prediction {pr.latency_ms:.1f} ms · model {card.name}")
@@ -145,7 +158,7 @@ def _verdicts(card, files, temperature: float, threshold: float, band: float, ba
 
 
 def render() -> None:
-    st.title("Diagnose")
+    st.title("Analyse photos")
     cards = common.registry().cards()
     common.broken_models_note()
     if not cards:

@@ -110,6 +110,16 @@ def _roc_title(splits: set[str]) -> str:
     return "ROC on the locked test split where a model has one, else validation (the legend says which)"
 
 
+def _roc_models(cards) -> list:
+    """The models whose ROC to draw: the default of each role to begin with (18 curves in one legend could not
+    be read), any registered model when picked."""
+    names = [c.name for c in cards]
+    default = [c.name for c in cards if c.default] or names[:2]
+    picked = st.multiselect("Models on the ROC plot", names, default=default, key="models_roc_pick",
+                            help="The default teacher and student to begin with; add any other model.")
+    return [c for c in cards if c.name in picked]
+
+
 def _roc_figure(cards) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="grey"), name="chance"))
@@ -171,7 +181,8 @@ def _subgroups(card) -> None:
              "AUC": "—" if r.get("auc") is None else f"{r['auc']:.3f}",
              "95% CI": _ci(r.get("auc_ci")) or "—", "note": r.get("note") or "—"}
             for attr, values in groups.items() for value, r in values.items()]
-    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True)
+    st.dataframe(pd.DataFrame(rows), width="stretch", hide_index=True, height=_rows_height(len(rows)),
+                 column_config={"note": st.column_config.TextColumn("note", width="large")})
     st.caption("Small groups cannot be read: with few images of either class the AUC swings widely (see the "
                "interval), and a group with too few has no AUC at all.")
 
@@ -190,9 +201,23 @@ def _split_text(card) -> str:
     return f"{d.get('n_train')} train / {d.get('n_val')} validation / {d.get('n_test')} test images; {how}"
 
 
+def _kd_text(kd: dict | None) -> str:
+    """The distillation settings in words ('logit at T = 20, alpha 0.5; head diagnosis, ...'), not a dict."""
+    if not kd:
+        return "—"
+    rest = {k: v for k, v in kd.items() if k not in ("objectives", "temperature", "alpha")}
+    objectives = kd.get("objectives") or []
+    head = " + ".join(objectives if isinstance(objectives, list) else [str(objectives)]) or "logit"
+    if "temperature" in kd:
+        head += f" at T = {kd['temperature']:g}"
+    if "alpha" in kd:
+        head += f", alpha {kd['alpha']:g}"
+    return "; ".join([head] + [f"{k.replace('_', ' ')} {v}" for k, v in rest.items()])
+
+
 def _card_details(card) -> None:
     st.markdown(f"**{card.name}** — {card.description or card.arch}")
-    st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {card.kd or '—'}  \n"
+    st.markdown(f"Role: {card.role} · teacher: {card.teacher or '—'} · KD: {_kd_text(card.kd)}  \n"
                 f"Input {card.input_size}px, mean {card.mean}, std {card.std} · activation map: "
                 f"{cam_name(card.cam_method)} on `{card.cam_layer}`"
                 f"  \nSplit seed {card.split_seed} · created {card.created}")
@@ -312,7 +337,7 @@ def render() -> None:
         st.error("No models are registered yet.")
         return
     _registry_table(cards)
-    st.plotly_chart(_roc_figure(cards), width="stretch", key="models_roc")
+    st.plotly_chart(_roc_figure(_roc_models(cards)), width="stretch", key="models_roc")
     names = [c.name for c in cards]
     first = next((i for i, c in enumerate(cards) if c.default and c.role == "student"), 0)  # the default student
     name = st.selectbox("Model card", names, index=first, key="models_card")

@@ -66,20 +66,27 @@ def _dataset_preview(path: str) -> bool:
     _metadata_note(path, meta, sum(counts.values()))
     st.plotly_chart(_counts_chart(counts, groups), width="stretch", key="train_counts")
     if thumbs:
+        order = {d: i for i, d in enumerate(_chart_order(counts, groups))}
         cols = st.columns(max(len(thumbs), 6))  # at least six, so a few thumbnails stay small
-        for col, (dx, img) in zip(cols, thumbs):
-            col.image(img, caption=dx.replace("_", " "), width="stretch")
+        for col, (dx, img) in zip(cols, sorted(thumbs, key=lambda t: order.get(t[0], len(order)))):
+            label = dx.replace("_", " ") + ("" if groups.get(dx, dx) == dx else f" ({groups[dx]})")
+            col.image(img, caption=label, width="stretch")
     return True
+
+
+def _chart_order(counts: dict[str, int], groups: dict[str, str]) -> list[str]:
+    """Folders grouped by the label they count as, as the chart draws them and the thumbnails follow."""
+    return [d for label in dict.fromkeys(groups[d] for d in counts) for d in counts if groups[d] == label]
 
 
 def _counts_chart(counts: dict[str, int], groups: dict[str, str]) -> go.Figure:
     """Images per folder, one colour (and legend entry) per task label."""
     fig = go.Figure()
     for label in dict.fromkeys(groups[d] for d in counts):
-        folders = [d for d in counts if groups[d] == label]
+        folders = [d for d in _chart_order(counts, groups) if groups[d] == label]
         positive = label in ("malignant", "melanoma")
         fig.add_bar(x=[d.replace("_", " ") for d in folders], y=[counts[d] for d in folders], name=label,
-                    marker_color="#c0392b" if positive else "#3a8d5c")
+                    marker_color=common.POSITIVE_COLOUR if positive else common.NEGATIVE_COLOUR)
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="images",
                       xaxis_title="folder (diagnosis)", legend_title_text="counts as", barmode="stack")
     return fig
@@ -239,7 +246,7 @@ def _job_panel(job_id: str, own: bool) -> bool:
     elif state.status == "running":
         st.caption("One job runs at a time on this server; only the session that launched it can cancel it.")
     elif state.status == "done":
-        st.success(f"Model {state.model} is registered and selectable in Diagnose and Compare.")
+        st.success(f"Model {state.model} is registered and selectable in Analyse and Compare.")
     elif state.status == "failed":
         st.error(f"Training failed: {common.md(state.message)}")
     if own:
