@@ -31,6 +31,10 @@ def changed(old: dict, new: dict) -> list[str]:
 
 def main() -> int:
     args, reg, cards = cards_from_arguments(__doc__)
+    named = {n.strip() for n in args.only.split(",")} if args.only else set()
+    for name in sorted(named - {c.name for c in cards if c.source}):
+        print(f"skipped {name}: " + ("not a copy" if name in {c.name for c in cards} else "not registered"),
+              file=sys.stderr)
     decoded = {}
     for card in (c for c in cards if c.source):
         t0 = time.time()

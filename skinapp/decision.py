@@ -35,7 +35,10 @@ def operating_point(card: ModelCard, threshold: float, temperature: float | None
     cut = _card_threshold(card, threshold, temperature)
     ok = [i for i, t in enumerate(thr) if t >= cut]
     i = ok[-1] if ok else 0
-    return OperatingPoint(float(tpr[i]), float(1 - fpr[i]), split, m.get("n"))
+    sens, spec = float(tpr[i]), float(1 - fpr[i])
+    if not (math.isfinite(sens) and math.isfinite(spec)):  # a split without one class: no rate to show
+        return None
+    return OperatingPoint(sens, spec, split, m.get("n"))
 
 
 UNCERTAIN = "Uncertain — too close to the threshold to call"
@@ -53,30 +56,40 @@ def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[s
 
 
 def one_in(rate: float, things: str) -> str:
-    """A share of ``things`` as a clinician says it: 'about 1 in 4 ...', 'no ...', or a percentage once it is
-    half or more."""
+    """A share of ``things`` as a clinician says it: 'about 1 in 4 ...' below 30%, a percentage from there
+    ('1 in 2' would stand for anything from 40% to 67%), and 'no', 'all' or 'over 99%' at the ends."""
+    if not math.isfinite(rate):
+        raise ValueError(f"a share must be a number between 0 and 1, not {rate!r}")
     if rate <= 0:
         return f"no {things}"
-    if rate >= 0.5:
+    if rate >= 1:
+        return f"all {things}"
+    if rate >= 0.995:  # not '100%' while some were not
+        return f"over 99% of {things}"
+    if rate >= 0.3:
         return f"{rate:.0%} of {things}"
-    return f"about 1 in {round(1 / rate)} {things}"
+    return f"about 1 in {int(1 / rate + 0.5)} {things}"
 
 
 def plain_rates(op: OperatingPoint, labels: tuple[str, str]) -> str:
     """Sensitivity and specificity in words: what the model missed and what it flagged wrongly."""
     neg, pos = labels
     return (f"it missed {one_in(1 - op.sensitivity, f'{pos} photos')} and flagged "
-            f"{one_in(1 - op.specificity, f'{neg} ones')} as {pos}")
+            f"{one_in(1 - op.specificity, f'{neg} photos')} as {pos}")
 
 
 def negative_caveat(card: ModelCard, threshold: float, temperature: float | None = None) -> str:
-    """What a negative lean does not mean, with the share of positives that lean the same way at this threshold."""
+    """What a negative lean does not mean, with the share of positives that lean the same way at this threshold
+    and temperature."""
     neg, pos = card.task_labels
     op = operating_point(card, threshold, temperature)
-    where = "" if op is None else "locked test" if op.split == "test" else "validation"
-    missed = "" if op is None else (f" At this threshold it missed {one_in(1 - op.sensitivity, f'{pos} photos')} "
-                                    f"of its {where} split.")
-    return f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}.{missed}"
+    text = f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}."
+    if op is None:
+        return text
+    where = ("its locked test split" if op.split == "test" else
+             "its validation split (optimistic: the split it was tuned on)")
+    return (f"{text} At this threshold and temperature it missed {one_in(1 - op.sensitivity, f'{pos} photos')} "
+            f"in {where}.")
 
 
 NOUNS = {"malignant": "malignancy"}  # a label as the thing a lean does not rule out

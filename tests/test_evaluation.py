@@ -391,11 +391,29 @@ def test_the_operating_point_a_page_reads_off_a_card_is_exact(user_t):
 
 @pytest.mark.parametrize("rate, words", [(0.0, "no photos"), (0.28, "about 1 in 4 photos"),
                                          (0.07, "about 1 in 14 photos"), (0.01, "about 1 in 100 photos"),
-                                         (0.49, "about 1 in 2 photos"), (0.5, "50% of photos"), (0.8, "80% of photos")])
+                                         (0.2857, "about 1 in 4 photos"), (0.4, "40% of photos"),
+                                         (0.43, "43% of photos"), (0.3, "30% of photos"), (0.8, "80% of photos"),
+                                         (0.996, "over 99% of photos"), (1.0, "all photos")])
 def test_rates_in_words_as_a_clinician_reads_them(rate, words):
+    """'About 1 in 2' once stood for a 43% miss rate, and '100%' for 99.6%."""
     from skinapp.decision import one_in
 
     assert one_in(rate, "photos") == words
+
+
+def test_a_roc_without_finite_rates_gives_no_operating_point_and_no_crash():
+    """A split without positives leaves NaN in its ROC, which card validation allows; the plain words once
+    raised on it where the page used to print 'nan%'."""
+    from types import SimpleNamespace
+
+    from skinapp.decision import negative_caveat, one_in, operating_point
+
+    roc = {"thresholds": [1.0, 0.5, 0.0], "tpr": [float("nan")] * 3, "fpr": [0.0, 0.5, 1.0]}
+    card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.0, reported=("test", {"roc": roc}))
+    assert operating_point(card, 0.5) is None
+    assert negative_caveat(card, 0.5) == "Leaning benign does not rule out malignancy."
+    with pytest.raises(ValueError, match="not nan"):
+        one_in(float("nan"), "photos")
 
 
 def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
@@ -412,6 +430,9 @@ def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
     assert verdict(card, 0.2, 0.5, 0.1) == ("Leans benign", "blue")
     assert verdict(card, 0.8, 0.5, 0.1) == ("Leans malignant", "red")
     assert operating_point(card, 0.5).sensitivity == 0.75
-    assert negative_caveat(card, 0.5) == ("Leaning benign does not rule out malignancy. At this threshold it missed "
-                                          "about 1 in 4 malignant photos of its locked test split.")
-    assert "it missed no malignant photos of its locked test split" in negative_caveat(card, 0.25)
+    assert negative_caveat(card, 0.5) == ("Leaning benign does not rule out malignancy. At this threshold and "
+                                          "temperature it missed about 1 in 4 malignant photos in its locked test "
+                                          "split.")
+    assert "it missed no malignant photos in its locked test split" in negative_caveat(card, 0.25)
+    tuned = SimpleNamespace(**{**vars(card), "reported": ("validation", card.reported[1])})
+    assert negative_caveat(tuned, 0.5).endswith("in its validation split (optimistic: the split it was tuned on).")

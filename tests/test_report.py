@@ -77,10 +77,10 @@ def test_report_says_what_a_clinician_needs(card):
     method = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}[card.cam_method]  # the card's own map, by name
     assert "Leans malignant" in text[1] and f"{method}: regions that raised the 'malignant' score" in text[1]
     assert "Leans benign" in text[2] and "Uncertain" in text[3]
-    caveat = "Leaning benign does not rule out malignancy. At this threshold it missed "
+    caveat = "Leaning benign does not rule out malignancy. At this threshold and temperature it missed "
     assert caveat in text[2] and caveat not in text[1] and caveat not in text[3]  # said of a benign lean only
     assert (f"it missed {one_in(1 - op.sensitivity, 'malignant photos')} and flagged "
-            f"{one_in(1 - op.specificity, 'benign ones')} as malignant") in summary
+            f"{one_in(1 - op.specificity, 'benign photos')} as malignant") in summary
 
 
 def test_report_pages_show_the_photo_and_its_overlay(card):

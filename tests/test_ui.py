@@ -327,8 +327,12 @@ def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
         assert row["verdict"] == verdict(reg.get(row["model"]), row["p_malignant"], threshold, band)[0]
     headlines = [m.value for m in at.markdown if m.value.startswith("##### ")]
     assert [h.split("[")[1].rstrip("]") for h in headlines] == list(df["verdict"])
+    caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy.")]
+    assert len(caveats) == list(df["verdict"]).count("Leans benign")  # worded as on Analyse, under each benign lean
     if threshold == 0.05:
         assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.success[0].value
+    if threshold == 0.95:
+        assert set(df["verdict"]) == {"Leans benign"} and len(caveats) == 2
 
 
 def test_compare_bad_file(env):
@@ -370,6 +374,10 @@ def test_a_card_shows_its_distillation_settings_in_words():
     assert _kd_text({"alpha": 0.5, "objectives": ["logit", "attention"], "temperature": 20.0, "teacher_views": 4}) \
         == "logit + attention at T = 20, alpha 0.5; teacher views 4"
     assert _kd_text(None) == "—"
+    assert _kd_text({"alpha": 0.5, "head": "diagnosis", "temperature": 20.0}) == "T = 20, alpha 0.5; head diagnosis"
+    # whatever a valid card holds is shown, never formatted as a number it is not (a QA probe crashed the page)
+    assert _kd_text({"temperature": "20", "alpha": None, "objectives": [1, 2]}) == "1 + 2 at T = 20, alpha None"
+    assert _kd_text({"objectives": "logit", "head": {"x": [1]}}) == "logit; head {'x': [1]}"
 
 
 def test_a_fused_teacher_on_the_models_and_compare_pages(env, tiny_data):
@@ -470,7 +478,7 @@ def test_diagnose_operating_point_comes_from_the_locked_test_split(env):
     assert op_caption(at).startswith(f"Locked test split (n={card.test_metrics['n']}): sensitivity {sens:.0%}, "
                                      f"specificity {spec:.0%}")
     assert op_caption(at).endswith(f": it missed {one_in(1 - sens, 'malignant photos')} and flagged "
-                                   f"{one_in(1 - spec, 'benign ones')} as malignant.")  # the same, in words
+                                   f"{one_in(1 - spec, 'benign photos')} as malignant.")  # the same, in words
     assert any(o.startswith("tiny-student") and "test AUC" in o for o in at.selectbox(key="dx_model").options)
 
 

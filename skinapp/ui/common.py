@@ -19,7 +19,8 @@ import streamlit as st
 import torch
 
 from skinapp.data import resize_square
-from skinapp.decision import UNCERTAIN, OperatingPoint, auc_text, operating_point, verdict  # noqa: F401 (pages use them)
+from skinapp.decision import (UNCERTAIN, OperatingPoint, auc_text, negative_caveat,  # noqa: F401 (pages use them)
+                              operating_point, verdict)
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, legend, load_cam_library, overlay
 from skinapp.imageio import display_copy, load_image, one_line
@@ -267,6 +268,17 @@ def prob_chart(card: ModelCard, p: float):
     fig.update_layout(height=140, margin=dict(l=10, r=24, t=10, b=10), showlegend=False,  # room for "100%"
                       xaxis=dict(range=[0, 1.0001], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%"))
     return fig
+
+
+def verdict_heading(where, card: ModelCard, p: float, threshold: float, band: float, temperature: float,
+                    level: str = "####") -> str:
+    """The verdict as a heading in ``where`` and, under a negative lean, what it does not rule out (Analyse and
+    Compare word it the same way); the headline."""
+    headline, colour = verdict(card, p, threshold, band)
+    where.markdown(f"{level} :{colour}[{headline}]")
+    if headline == f"Leans {card.task_labels[0]}":
+        where.caption(negative_caveat(card, threshold, temperature))
+    return headline
 
 
 def cam_legend() -> np.ndarray:

@@ -67,12 +67,11 @@ def _one_model(col, card, photo: common.Upload, times: list[float], threshold: f
     (drawn after every verdict, the agreement and the timing are on the page): its table row, that room, and the
     label the map is to explain."""
     p = common.p_positive(card, common.predict(card, photo).logits, card.temperature)
-    headline, colour = common.verdict(card, p, threshold, band)
     ms = statistics.median(times)
     with col:
         st.markdown(f"**{common.md(card.name)}** · {card.role}")
         slot = common.map_slot(st)
-        st.markdown(f"##### :{colour}[{headline}]")
+        headline = common.verdict_heading(st, card, p, threshold, band, card.temperature, level="#####")
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
         st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "
                    f"{ms:.1f} ms median")

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from skinapp.data import DEFAULT_LABEL_MAP
-from skinapp.decision import negative_caveat, plain_rates
+from skinapp.decision import plain_rates
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
@@ -93,14 +93,11 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
     photo = common.Upload(f.getvalue(), f.name)
     pr = common.predict(card, photo)
     p = common.p_positive(card, pr.logits, temperature)
-    headline, colour = common.verdict(card, p, threshold, band)
     with st.container(border=True):
         c1, c2, c3 = st.columns([1, 1, 1.4])
         c1.image(common.decode(photo), caption=common.md(f.name), width="stretch")
         slot = common.map_slot(c2)
-        c3.markdown(f"#### :{colour}[{headline}]")
-        if headline == f"Leans {card.task_labels[0]}":
-            c3.caption(negative_caveat(card, threshold, temperature))
+        headline = common.verdict_heading(c3, card, p, threshold, band, temperature)
         c3.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"dx_chart_{f.file_id}")
         c3.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {temperature:.2f}, threshold {threshold:.2f} · "
                    f"prediction {pr.latency_ms:.1f} ms · model {card.name}")

@@ -202,17 +202,23 @@ def _split_text(card) -> str:
 
 
 def _kd_text(kd: dict | None) -> str:
-    """The distillation settings in words ('logit at T = 20, alpha 0.5; head diagnosis, ...'), not a dict."""
+    """The distillation settings in words ('logit at T = 20, alpha 0.5; head diagnosis; ...'), not a dict; any
+    value a valid card may hold is shown as text, never formatted as a number it is not."""
     if not kd:
         return "—"
     rest = {k: v for k, v in kd.items() if k not in ("objectives", "temperature", "alpha")}
-    objectives = kd.get("objectives") or []
-    head = " + ".join(objectives if isinstance(objectives, list) else [str(objectives)]) or "logit"
+    objectives = kd.get("objectives")  # a card from before objectives were recorded does not say
+    head = "" if not objectives else (" + ".join(map(_plain, objectives)) if isinstance(objectives, list)
+                                      else _plain(objectives))
     if "temperature" in kd:
-        head += f" at T = {kd['temperature']:g}"
+        head += (" at " if head else "") + f"T = {_plain(kd['temperature'])}"
     if "alpha" in kd:
-        head += f", alpha {kd['alpha']:g}"
-    return "; ".join([head] + [f"{k.replace('_', ' ')} {v}" for k, v in rest.items()])
+        head += (", " if head else "") + f"alpha {_plain(kd['alpha'])}"
+    return "; ".join(filter(None, [head] + [f"{k.replace('_', ' ')} {_plain(v)}" for k, v in rest.items()]))
+
+
+def _plain(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
 def _card_details(card) -> None:
