@@ -2,7 +2,7 @@
 
 Built in memory (``bytes``) with fpdf2 and never written to the server's disk; the Analyse page offers it as a
 download and ``predict --report`` writes the same bytes where the user asks. Text uses the PDF core fonts, so
-characters outside Latin-1 (rare in file names) are shown as '?'.
+characters outside Latin-1 (rare in file names) are written as their code points (\\u75c5).
 """
 from __future__ import annotations
 

@@ -275,7 +275,8 @@ def test_compare_page(env):
             f"({ms['tiny-student']:.1f} against {ms['tiny-teacher']:.1f} ms).") in note
     verdicts = set(df["verdict"])
     if len(verdicts) == 1 and "Uncertain" not in df["verdict"][0]:  # the agreement line matches the table
-        assert any(f"Both models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.success)
+        assert any(f"Both models: {df['verdict'][0]}, at threshold 0.50" in s.value for s in at.info)
+        assert not at.success  # agreement is not good news: 'Both models: Leans benign' in green read as all clear
     elif len(verdicts) == 1:
         assert any("No model can call this photo" in i.value for i in at.info)
     else:
@@ -330,9 +331,10 @@ def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
     caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy.")]
     assert len(caveats) == list(df["verdict"]).count("Leans benign")  # worded as on Analyse, under each benign lean
     if threshold == 0.05:
-        assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.success[0].value
+        assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.info[0].value
     if threshold == 0.95:
         assert set(df["verdict"]) == {"Leans benign"} and len(caveats) == 2
+        assert "Both models: Leans benign" in at.info[0].value and not at.success  # neutral, not green
 
 
 def test_compare_bad_file(env):

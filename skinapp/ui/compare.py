@@ -82,12 +82,14 @@ def _one_model(col, card, photo: common.Upload, times: list[float], threshold: f
 
 
 def _agreement(rows: list[dict], threshold: float, band: float) -> None:
-    """Agreement in the verdicts' own words: two models that both say 'Uncertain' agree on nothing."""
+    """Agreement in the verdicts' own words: two models that both say 'Uncertain' agree on nothing. Shown in a
+    neutral box, not a green one: 'Both models: Leans benign' in green read as all clear, which the verdicts'
+    own colours were changed to avoid."""
     verdicts = {r["verdict"] for r in rows}
     where = f"at threshold {threshold:.2f} (uncertain within ±{band:.2f})"
     if len(verdicts) == 1 and common.UNCERTAIN not in verdicts:
         who = "Both models" if len(rows) == 2 else f"All {len(rows)} models" if len(rows) > 2 else rows[0]["model"]
-        st.success(f"{who}: {verdicts.pop()}, {where}.")
+        st.info(f"{who}: {verdicts.pop()}, {where}.")
     elif len(verdicts) == 1:
         st.info(f"No model can call this photo {where}: every one is too close to the threshold.")
     else:
