@@ -39,3 +39,10 @@ def positive_int(name: str, v: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_COUNT:
         raise ValueError(f"{name} {v!r} must be a whole number from 1 to {MAX_COUNT:,}")
     return v
+
+
+def band(width: float) -> float:
+    """The 'uncertain' half-width around the threshold: 0 (none) up to below 0.5."""
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not 0 <= width < 0.5:  # also NaN
+        raise ValueError(f"uncertain band {width!r} must be a number from 0 up to (not including) 0.5")
+    return float(width)

@@ -14,6 +14,7 @@ from typing import Sequence
 
 from .data import TASKS, DatasetError, scan_dataset
 from .distill import TrainConfig, TrainingError, add_arguments, from_arguments, train
+from .decision import verdict
 from .evaluation import small_sample_note
 from .explain import ExplainError
 from .export import MAX_FLOAT
@@ -64,7 +65,8 @@ def cmd_predict(args, reg: Registry) -> int:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-    _check_report(args)  # a bad --report path or --band is refused before any work
+    _check_report(args)  # a bad --report path is refused before any work
+    checks.band(args.band)
     pred = Predictor.from_registry(reg.default("student").name if args.model is None else args.model, reg,
                                    _threads(args))
     cam_names = cam_file_names(paths) if args.cam_out else {}
@@ -76,7 +78,7 @@ def cmd_predict(args, reg: Registry) -> int:
         cases.append(case)
         if not args.json and "error" not in row:
             probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
-            print(f"{shown(path)}: {row['label']}  ({probs}; T={row['temperature']:g}, {row['latency_ms']:.1f} ms)")
+            print(f"{shown(path)}: {row['verdict']}  ({probs}; T={row['temperature']:g}, {row['latency_ms']:.1f} ms)")
     if args.report:
         from .report import ReportSettings, case_report
 
@@ -90,16 +92,14 @@ def cmd_predict(args, reg: Registry) -> int:
 
 
 def _check_report(args) -> None:
-    """The report's path and band, checked up front so a typo does not surface after minutes of Grad-CAM
-    (temperature and threshold are checked for every command by ``_check_args``)."""
+    """The report's path, checked up front so a typo does not surface after minutes of Grad-CAM (temperature
+    and threshold are checked for every command by ``_check_args``)."""
     if not args.report:
         return
-    from .report import check_band
 
     out = Path(args.report)
     if out.suffix.lower() != ".pdf" or out.is_dir() or not out.parent.is_dir():
         raise ValueError(f"--report {out} must be a .pdf file in an existing folder")
-    check_band(args.band)
 
 
 def report_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -122,7 +122,8 @@ def _predict_one(pred, path: Path, args, cam_name: str | None, name: str):
         print(f"skinapp: error: {shown(exc)}", file=sys.stderr)
         return {"image": str(path), "error": str(exc)}, CaseResult(name, error=str(exc))
     p = pred.predict_image(img, args.temperature, args.threshold, str(path))
-    row = p.as_dict()
+    # the words the pages and the report use (a bare 'benign' read as all clear; the report said 'Uncertain')
+    row = p.as_dict() | {"verdict": verdict(pred.card, p.p_positive, args.threshold, args.band)[0]}
     if not (args.cam_out or args.report):
         return row, None
     cam = explain(pred, img, p.label)  # the label printed at the user's threshold, as on the Analyse page
@@ -315,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for the model (PyTorch or ONNX Runtime)")
     p.add_argument("--report", metavar="PDF", help="also write a PDF case report (photo, Grad-CAM, verdict)")
     p.add_argument("--band", type=float, default=0.1,
-                   help="the report's 'uncertain' band around the threshold (default 0.1, as on the Analyse page)")
+                   help="the 'uncertain' band around the threshold, for the printed verdicts and the report "
+                        "(default 0.1, as on the Analyse page)")
     p.add_argument("--json", action="store_true")
     p.add_argument("images", nargs="+")
     for name, helptext in (("evaluate", "metrics with 95%% intervals on a dataset folder"),

@@ -56,8 +56,9 @@ def verdict(card: ModelCard, p: float, threshold: float, band: float) -> tuple[s
 
 
 def one_in(rate: float, things: str) -> str:
-    """A share of ``things`` as a clinician says it: 'about 1 in 4 ...' below 30%, a percentage from there
-    ('1 in 2' would stand for anything from 40% to 67%), and 'no', 'all' or 'over 99%' at the ends."""
+    """A share of ``things`` as a clinician says it: 'about 1 in 5 ...' below 25%, a percentage from there
+    ('1 in 2' would stand for anything from 40% to 67%), and 'no', 'all' or 'over 99%' at the ends. The switch is
+    at 1 in 4 exactly: at 30% a rate of 29% read 'about 1 in 3', more than the '30%' said of a larger one."""
     if not math.isfinite(rate):
         raise ValueError(f"a share must be a number between 0 and 1, not {rate!r}")
     if rate <= 0:
@@ -66,7 +67,7 @@ def one_in(rate: float, things: str) -> str:
         return f"all {things}"
     if rate >= 0.995:  # not '100%' while some were not
         return f"over 99% of {things}"
-    if rate >= 0.3:
+    if rate >= 0.25:
         return f"{rate:.0%} of {things}"
     return f"about 1 in {int(1 / rate + 0.5)} {things}"
 
@@ -78,18 +79,54 @@ def plain_rates(op: OperatingPoint, labels: tuple[str, str]) -> str:
             f"{one_in(1 - op.specificity, f'{neg} photos')} as {pos}")
 
 
-def negative_caveat(card: ModelCard, threshold: float, temperature: float | None = None) -> str:
-    """What a negative lean does not mean, with the share of positives that lean the same way at this threshold
-    and temperature."""
+def negative_caveat(card: ModelCard, threshold: float, temperature: float | None = None, band: float = 0.0) -> str:
+    """What a negative lean does not mean, with the share of positives that leaned the same way: those that
+    scored below the band's lower edge (where a negative lean starts), not below the threshold, at this
+    temperature."""
     neg, pos = card.task_labels
-    op = operating_point(card, threshold, temperature)
-    text = f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}."
+    text = f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}"
+    cut = threshold - band
+    op = operating_point(card, cut, temperature) if cut > 0 else None
     if op is None:
-        return text
+        return text + "."
     where = ("its locked test split" if op.split == "test" else
              "its validation split (optimistic: the split it was tuned on)")
-    return (f"{text} At this threshold and temperature it missed {one_in(1 - op.sensitivity, f'{pos} photos')} "
-            f"in {where}.")
+    missed = 1 - op.sensitivity
+    if missed <= 0:  # 'no malignant photos ... scored below, as this one did' read as a contradiction
+        return f"{text}, although no {pos} photo in {where} scored below {cut:.2f} at this temperature."
+    return (f"{text}: {one_in(missed, f'{pos} photos')} in {where} scored below {cut:.2f} at this temperature, "
+            f"as this one did.")
+
+
+def uncertain_caveat(card: ModelCard) -> str:
+    """What an uncertain verdict means: unresolved, which does not rule the positive label out either."""
+    return (f"Too close to the threshold for the model to lean either way; this does not rule out "
+            f"{NOUNS.get(card.task_labels[1], card.task_labels[1])}: treat it as unresolved.")
+
+
+#: diagnoses a head counts as malignant that a dermatologist would call pre-malignant
+PREMALIGNANT = {"actinic_keratosis"}
+
+
+def score_note(card: ModelCard, temperature: float | None = None) -> str:
+    """What the score is and is not: fitted on photos about half malignant (not a patient's risk), calibrated
+    only at the card's T, and which diagnoses its positive label stands for."""
+    pos = card.task_labels[1]
+    t = card.temperature if temperature is None else temperature
+    if t == card.temperature:
+        head = (f"The score P({pos}) is calibrated on ISIC validation photos of which about half are malignant, far "
+                f"more than in a clinic: it is not this patient's risk.")
+    else:
+        head = (f"The score P({pos}) at T = {t:.2f} is not calibrated (the calibrated T is {card.temperature:.2f}); "
+                f"even calibrated, it is fitted to ISIC validation photos of which about half are malignant, far "
+                f"more than in a clinic: it is not this patient's risk.")
+    names = sorted((n for n, g in zip(card.label_names, card.groups) if g == pos), key=lambda n: n in PREMALIGNANT)
+    if not names or names == [pos]:  # a two-output head: nothing to spell out
+        return head
+    words = [n.replace("_", " ") + (f" (pre-malignant, counted as {pos} in training)" if n in PREMALIGNANT else "")
+             for n in names]
+    listed = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return f"{head} {pos.capitalize()} here means {listed}."
 
 
 NOUNS = {"malignant": "malignancy"}  # a label as the thing a lean does not rule out

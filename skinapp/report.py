@@ -17,7 +17,8 @@ from PIL import Image
 
 from . import __version__, checks
 from .explain import cam_name, legend
-from .decision import UNCERTAIN, auc_text, negative_caveat, operating_point, plain_rates, verdict
+from .decision import (UNCERTAIN, auc_text, negative_caveat, operating_point, plain_rates, score_note,
+                       uncertain_caveat, verdict)
 from .imageio import one_line
 from .registry import ModelCard
 
@@ -50,14 +51,7 @@ class ReportSettings:
     def __post_init__(self):
         checks.temperature(self.temperature)
         checks.threshold(self.threshold)
-        check_band(self.band)
-
-
-def check_band(band: float) -> float:
-    """The 'uncertain' half-width around the threshold: 0 (none) up to below 0.5."""
-    if not isinstance(band, (int, float)) or not 0 <= band < 0.5:  # also false for NaN
-        raise ValueError(f"uncertain band {band!r} must be a number from 0 up to (not including) 0.5")
-    return float(band)
+        checks.band(self.band)
 
 
 def text(s: object) -> str:
@@ -128,13 +122,16 @@ def _summary(pdf: _Report, card: ModelCard, results: list[CaseResult], s: Report
             ("Weights sha256", card.sha256),
             ("Discrimination", auc_text(card).replace("AUC", "AUC (95% CI)", 1) if card.test_metrics.get("auc_ci")
              else auc_text(card)),
-            ("Temperature", f"{s.temperature:.2f} (calibrated on validation: {card.temperature:.2f})"),
+            ("Temperature", f"{s.temperature:.2f} (calibrated on validation: {card.temperature:.2f})" +
+             ("" if s.temperature == card.temperature else
+              " - not the calibrated T: the probabilities are no longer calibrated")),
             ("Threshold", f"P({pos}) >= {s.threshold:.2f} leans {pos}; within +/-{s.band:.2f} of it: uncertain")]
     if op is not None:
         rows.append(("Operating point", f"sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at "
                                         f"this threshold and temperature, on the {where[op.split]} "
                                         f"(n={op.n if op.n is not None else '?'}): "
-                                        f"{plain_rates(op, card.task_labels)}"))
+                                        f"{plain_rates(op, card.task_labels)}."))
+    rows.append(("Reading the score", score_note(card, s.temperature)))
     for label, value in rows:
         _line(pdf, label, value)
     pdf.ln(3)
@@ -198,10 +195,14 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
                               f"threshold {s.threshold:.2f} (uncertain within +/-{s.band:.2f})"),
                    new_x="LMARGIN", new_y="NEXT")
     if head == UNCERTAIN:
-        pdf.multi_cell(0, 5, "The probability is too close to the threshold for the model to lean either way.",
-                       new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, text(uncertain_caveat(card)), new_x="LMARGIN", new_y="NEXT")
     elif head == f"Leans {neg}":
-        pdf.multi_cell(0, 5, text(negative_caveat(card, s.threshold, s.temperature)), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, text(negative_caveat(card, s.threshold, s.temperature, s.band)), new_x="LMARGIN",
+                       new_y="NEXT")
+    pdf.set_font("helvetica", "I", 8)  # a page may be read on its own: what the score is not, in short
+    pdf.multi_cell(0, 4, text(f"P({pos}) is a model score on photos about half malignant, not this patient's risk"
+                              + ("" if s.temperature == card.temperature else ", and not calibrated at this T")
+                              + " (page 1 says more)."), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)
     y, w = pdf.get_y(), 88
     if r.photo is not None:

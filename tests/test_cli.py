@@ -17,6 +17,7 @@ from PIL import Image
 
 from skinapp.data import scan_dataset
 from skinapp.inference import Predictor, evaluate_dataset
+from skinapp.decision import verdict
 from skinapp.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +120,8 @@ def test_predict_json(batch, weights, image):
     assert r["temperature"] == pred.card.temperature
     assert r["p_positive"] == pytest.approx(pred.predict(image).p_positive, abs=1e-5)
     assert r["label"] in ("benign", "malignant") and "cam" not in r
+    # the verdict in the pages' and the report's words, with the default band: a bare 'benign' read as all clear
+    assert r["verdict"] == verdict(pred.card, r["p_positive"], 0.5, 0.1)[0]
 
 
 def test_predict_with_temperature_and_cam(batch, weights, image, cam_dir):
@@ -310,6 +313,7 @@ def test_distill_defaults_to_the_default_students_architecture_and_its_own_sched
     (["predict", "--report", "IMG", "IMG"], "must be a .pdf file"),
     (["predict", "--report", "PDF", "--band", "0.5", "IMG"], "uncertain band 0.5"),
     (["predict", "--report", "PDF", "--band", "nan", "IMG"], "uncertain band nan"),
+    (["predict", "--band", "0.7", "IMG"], "uncertain band 0.7"),  # the printed verdicts use it too
     # found by a QA pass (3 December): each once did something else than refuse in one line
     (["predict", "--model", "", "IMG"], "unknown model ''"),
     (["models", "--set-default", ""], "unknown model ''"),

@@ -389,16 +389,34 @@ def test_the_operating_point_a_page_reads_off_a_card_is_exact(user_t):
         assert op.specificity == pytest.approx((~called)[y == 0].mean(), abs=1e-6), threshold
 
 
-@pytest.mark.parametrize("rate, words", [(0.0, "no photos"), (0.28, "about 1 in 4 photos"),
+@pytest.mark.parametrize("rate, words", [(0.0, "no photos"), (0.24, "about 1 in 4 photos"),
                                          (0.07, "about 1 in 14 photos"), (0.01, "about 1 in 100 photos"),
-                                         (0.2857, "about 1 in 4 photos"), (0.4, "40% of photos"),
+                                         (0.22, "about 1 in 5 photos"), (0.25, "25% of photos"),
+                                         (0.28, "28% of photos"), (0.2985, "30% of photos"), (0.4, "40% of photos"),
                                          (0.43, "43% of photos"), (0.3, "30% of photos"), (0.8, "80% of photos"),
                                          (0.996, "over 99% of photos"), (1.0, "all photos")])
 def test_rates_in_words_as_a_clinician_reads_them(rate, words):
-    """'About 1 in 2' once stood for a 43% miss rate, and '100%' for 99.6%."""
+    """'About 1 in 2' once stood for a 43% miss rate, '100%' for 99.6%, and 'about 1 in 3' (33%) for 29.8%
+    while 30% read '30%'."""
     from skinapp.decision import one_in
 
     assert one_in(rate, "photos") == words
+
+
+def test_rates_in_words_never_say_less_for_more():
+    """A larger rate never reads as a smaller share: the words' own share (1/N or the percentage) rises with it."""
+    from skinapp.decision import one_in
+
+    def said(rate: float) -> float:
+        words = one_in(rate, "x")
+        if words.startswith("about 1 in "):
+            return 1 / int(words.split()[3])
+        if words in ("no x", "all x"):
+            return 0.0 if words == "no x" else 1.0
+        return 0.995 if words.startswith("over") else float(words.split("%")[0]) / 100
+
+    shares = [said(r) for r in np.linspace(0.001, 1.0, 4000)]
+    assert all(b >= a for a, b in zip(shares, shares[1:]))
 
 
 def test_a_roc_without_finite_rates_gives_no_operating_point_and_no_crash():
@@ -417,22 +435,50 @@ def test_a_roc_without_finite_rates_gives_no_operating_point_and_no_crash():
 
 
 def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
-    """Green read as all clear; a clinician's reading asked for a neutral colour and the missed share."""
+    """Green read as all clear; a clinician's reading asked for a neutral colour and the missed share. The share
+    is of malignant photos that leaned benign too, i.e. scored below the band's lower edge, not the threshold."""
     from types import SimpleNamespace
 
-    from skinapp.decision import negative_caveat, operating_point, verdict
+    from skinapp.decision import negative_caveat, operating_point, uncertain_caveat, verdict
     from skinapp.evaluation import binary_metrics
 
     y = np.array([0] * 6 + [1] * 4)
-    p = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.3, 0.8, 0.9, 0.95])  # at 0.5: 1 of 4 malignant missed
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.6, 0.7, 0.3, 0.45, 0.9, 0.95])  # malignant below 0.5: 2 of 4; below 0.4: 1
     card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.0,
                            reported=("test", binary_metrics(y, p)))
     assert verdict(card, 0.2, 0.5, 0.1) == ("Leans benign", "blue")
     assert verdict(card, 0.8, 0.5, 0.1) == ("Leans malignant", "red")
-    assert operating_point(card, 0.5).sensitivity == 0.75
-    assert negative_caveat(card, 0.5) == ("Leaning benign does not rule out malignancy. At this threshold and "
-                                          "temperature it missed about 1 in 4 malignant photos in its locked test "
-                                          "split.")
-    assert "it missed no malignant photos in its locked test split" in negative_caveat(card, 0.25)
+    assert operating_point(card, 0.5).sensitivity == 0.5
+    assert negative_caveat(card, 0.5, None, 0.1) == (
+        "Leaning benign does not rule out malignancy: 25% of malignant photos in its locked test split scored "
+        "below 0.40 at this temperature, as this one did.")
+    assert "50% of malignant photos in its locked test split scored below 0.50" in negative_caveat(card, 0.5)
+    assert negative_caveat(card, 0.25) == ("Leaning benign does not rule out malignancy, although no malignant "
+                                           "photo in its locked test split scored below 0.25 at this temperature.")
+    assert negative_caveat(card, 0.08, None, 0.1) == "Leaning benign does not rule out malignancy."  # no such lean
     tuned = SimpleNamespace(**{**vars(card), "reported": ("validation", card.reported[1])})
-    assert negative_caveat(tuned, 0.5).endswith("in its validation split (optimistic: the split it was tuned on).")
+    assert "in its validation split (optimistic: the split it was tuned on) scored" in negative_caveat(tuned, 0.5)
+    assert uncertain_caveat(card) == ("Too close to the threshold for the model to lean either way; this does not "
+                                      "rule out malignancy: treat it as unresolved.")
+
+
+def test_the_score_note_says_what_the_score_is_not():
+    """A clinician read 'P(malignant) = 0.93' as this patient's risk, actinic keratosis as cancer, and a moved T
+    as still calibrated; the note says what each is, from the card's own grouping of its diagnoses."""
+    from types import SimpleNamespace
+
+    from skinapp.decision import score_note
+
+    card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.45,
+                           label_names=["actinic_keratosis", "melanoma", "nevus", "basal_cell_carcinoma"],
+                           groups=["malignant", "malignant", "benign", "malignant"])
+    note = score_note(card)
+    assert note.startswith("The score P(malignant) is calibrated on ISIC validation photos") and \
+        "it is not this patient's risk." in note
+    assert note.endswith("Malignant here means melanoma, basal cell carcinoma and actinic keratosis (pre-malignant, "
+                         "counted as malignant in training).")
+    assert score_note(card, 1.45) == note
+    moved = score_note(card, 2.0)
+    assert moved.startswith("The score P(malignant) at T = 2.00 is not calibrated (the calibrated T is 1.45)")
+    two = SimpleNamespace(**{**vars(card), "label_names": ["benign", "malignant"], "groups": ["benign", "malignant"]})
+    assert "here means" not in score_note(two)

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from skinapp import __version__
-from skinapp.decision import one_in, operating_point
+from skinapp.decision import negative_caveat, one_in, operating_point
 from skinapp.registry import Registry
 from skinapp.report import NOT_A_DEVICE, CaseResult, ReportSettings, case_report
+from skinapp.report import text as report_text
 
 pdfium = pytest.importorskip("pypdfium2")
 WHEN = datetime(2026, 11, 30, 14, 5, 9, tzinfo=timezone.utc)
@@ -77,8 +78,19 @@ def test_report_says_what_a_clinician_needs(card):
     method = {"gradcam": "Grad-CAM", "layercam": "LayerCAM"}[card.cam_method]  # the card's own map, by name
     assert "Leans malignant" in text[1] and f"{method}: regions that raised the 'malignant' score" in text[1]
     assert "Leans benign" in text[2] and "Uncertain" in text[3]
-    caveat = "Leaning benign does not rule out malignancy. At this threshold and temperature it missed "
-    assert caveat in text[2] and caveat not in text[1] and caveat not in text[3]  # said of a benign lean only
+    caveat = negative_caveat(card, 0.5, 1.7, 0.1)  # worded in test_evaluation; a benign lean starts at 0.5 - 0.1
+    assert caveat.startswith("Leaning benign does not rule out malignancy") and "below 0.40" in caveat
+    assert caveat in text[2] and "Leaning benign" not in text[1] + text[3]  # said of a benign lean only
+    unresolved = "this does not rule out malignancy: treat it as unresolved."
+    assert unresolved in text[3] and unresolved not in text[1] + text[2]  # and of an uncertain one its own way
+    assert "Reading the score The score P(malignant) at T = 1.70" in summary and "not this patient's risk." in summary
+    assert "Malignant here means basal cell carcinoma and melanoma." in summary  # the card's own grouping
+    assert all("not this patient's risk" in page for page in text[1:])  # a photo page may be read on its own
+    moved = card.temperature != 1.7  # the tiny card's calibrated T is not 1.7: the report says so
+    assert moved and "not the calibrated T: the probabilities are no longer calibrated" in summary
+    assert "P(malignant) at T = 1.70 is not calibrated" in summary
+    calibrated = pages_text(case_report(card, cases()[:1], ReportSettings(card.temperature, 0.5, 0.1), when=WHEN))
+    assert "no longer calibrated" not in calibrated[0] and "is calibrated on ISIC validation photos" in calibrated[0]
     assert (f"it missed {one_in(1 - op.sensitivity, 'malignant photos')} and flagged "
             f"{one_in(1 - op.specificity, 'benign photos')} as malignant") in summary
 
@@ -169,10 +181,10 @@ def test_cli_writes_the_same_report(tiny_registry, tiny_data, tmp_path):
     assert "broken.png not analysed" in text[0]
     assert "photos/" not in text[0]  # one folder: plain file names
 
-    for line in r.stdout.splitlines():  # the report and the printed verdicts agree
-        name, label = line.split(": ")[0], line.split(": ")[1].split()[0]
+    for line in r.stdout.splitlines():  # the report and the printed verdicts agree, word for word
+        name, rest = line.split(": ", 1)
         page = next(t for t in text[1:] if Path(name).name in t)
-        assert f"Leans {label}" in page or "Uncertain" in page
+        assert report_text(rest.split("  (")[0]) in page.split(" P(benign)")[0]
 
 
 def test_cli_report_tells_apart_photos_of_one_name_in_two_folders(tmp_path):

@@ -159,10 +159,13 @@ def test_diagnose_says_what_the_band_covers_and_when_the_probabilities_are_no_lo
     captions = [c.value for c in at.caption]
     assert "Uncertain when P(malignant) is between 0.45 and 0.95." in captions
     assert not any("no longer calibrated" in c for c in captions)
+    note = next(c for c in captions if "not this patient's risk" in c)  # the score note, from the card's groups
+    assert note.startswith("The score P(malignant) is calibrated") and "here means basal cell carcinoma" in note
     key = next(s.key for s in at.slider if s.key and s.key.startswith("dx_T_"))
     at.slider(key=key).set_value(3.0).run()
     assert any("no longer calibrated" in c.value for c in at.caption)
-    assert any("it is not this patient's risk" in c.value and "actinic keratosis" in c.value for c in at.caption)
+    note = next(c.value for c in at.caption if "not this patient's risk" in c.value)
+    assert note.startswith("The score P(malignant) at T = 3.00 is not calibrated")  # not 'is calibrated' any more
 
 
 def test_a_benign_lean_is_not_green_and_says_what_it_does_not_rule_out(env):
@@ -176,15 +179,32 @@ def test_a_benign_lean_is_not_green_and_says_what_it_does_not_rule_out(env):
         at.slider(key="dx_tiny-student_thr").set_value(max(0.05, min(0.95, threshold))).run()
         assert_clean(at)
         (head,) = [m.value for m in at.markdown if m.value.startswith("#### ")]
-        caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy.")]
+        caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy")]
         if "Leans benign" in head:
-            assert head.startswith("#### :blue[") and len(caveats) == 1 and "it missed" in caveats[0]
+            assert head.startswith("#### :blue[") and len(caveats) == 1 and "scored below 0.85" in caveats[0]
         else:
             assert head.startswith("#### :red[Leans malignant") and not caveats
     chart = json.loads(at.get("plotly_chart")[0].proto.spec)
     bar = chart["data"][0]
     assert bar["marker"]["color"] == [NEGATIVE_COLOUR, POSITIVE_COLOUR] and "green" not in NEGATIVE_COLOUR
     assert bar["textangle"] == 0 and chart["layout"]["xaxis"]["tickvals"][-1] == 1  # level labels; a 100% tick
+
+
+def test_an_uncertain_verdict_says_it_does_not_rule_malignancy_out(env):
+    """A clinician's reading: 'Uncertain' had nothing under it, on a page whose benign lean says it does not rule
+    malignancy out; unresolved is not reassuring either. Compare words it the same way."""
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.file_uploader(key="dx_files").set_value(("a.png", png(5), "image/png")).run()
+    p = float(next(c.value for c in at.caption if c.value.startswith("P(malignant) = ")).split()[2])
+    at.slider(key="dx_tiny-student_thr").set_value(min(0.95, max(0.05, round(p, 2))))
+    at.slider(key="dx_tiny-student_band").set_value(0.3).run()  # the photo now sits inside the band
+    assert_clean(at)
+    (head,) = [m.value for m in at.markdown if m.value.startswith("#### ")]
+    assert "Uncertain" in head
+    unresolved = [c.value for c in at.caption if "treat it as unresolved" in c.value]
+    assert unresolved == ["Too close to the threshold for the model to lean either way; this does not rule out "
+                          "malignancy: treat it as unresolved."]
+    assert not any(c.value.startswith("Leaning benign") for c in at.caption)
 
 
 def test_the_temperature_sits_under_advanced_and_a_moved_one_shows_with_it_closed(env):
@@ -328,7 +348,7 @@ def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
         assert row["verdict"] == verdict(reg.get(row["model"]), row["p_malignant"], threshold, band)[0]
     headlines = [m.value for m in at.markdown if m.value.startswith("##### ")]
     assert [h.split("[")[1].rstrip("]") for h in headlines] == list(df["verdict"])
-    caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy.")]
+    caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy")]
     assert len(caveats) == list(df["verdict"]).count("Leans benign")  # worded as on Analyse, under each benign lean
     if threshold == 0.05:
         assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.info[0].value
@@ -375,11 +395,22 @@ def test_a_card_shows_its_distillation_settings_in_words():
 
     assert _kd_text({"alpha": 0.5, "objectives": ["logit", "attention"], "temperature": 20.0, "teacher_views": 4}) \
         == "logit + attention at T = 20, alpha 0.5; teacher views 4"
-    assert _kd_text(None) == "—"
+    assert _kd_text(None) == "—" and _kd_text({"objectives": []}) == "—"  # a valid card, once shown as 'KD: '
     assert _kd_text({"alpha": 0.5, "head": "diagnosis", "temperature": 20.0}) == "T = 20, alpha 0.5; head diagnosis"
     # whatever a valid card holds is shown, never formatted as a number it is not (a QA probe crashed the page)
     assert _kd_text({"temperature": "20", "alpha": None, "objectives": [1, 2]}) == "1 + 2 at T = 20, alpha None"
     assert _kd_text({"objectives": "logit", "head": {"x": [1]}}) == "logit; head {'x': [1]}"
+
+
+def test_small_labels_read_once_and_an_empty_roc_says_why():
+    """QA probe: 'Benign (benign)' under a thumbnail, and a ROC titled for curves it did not draw."""
+    from skinapp.ui.models import _roc_figure
+    from skinapp.ui.train import _thumb_label
+
+    assert _thumb_label("Benign", {"Benign": "benign"}) == "Benign"
+    assert _thumb_label("basal_cell_carcinoma", {"basal_cell_carcinoma": "malignant"}) == \
+        "basal cell carcinoma (malignant)"
+    assert _roc_figure([]).layout.title.text.startswith("No ROC to draw: pick models above")
 
 
 def test_a_fused_teacher_on_the_models_and_compare_pages(env, tiny_data):

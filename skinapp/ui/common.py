@@ -20,7 +20,7 @@ import torch
 
 from skinapp.data import resize_square
 from skinapp.decision import (UNCERTAIN, OperatingPoint, auc_text, negative_caveat,  # noqa: F401 (pages use them)
-                              operating_point, verdict)
+                              operating_point, uncertain_caveat, verdict)
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, legend, load_cam_library, overlay
 from skinapp.imageio import display_copy, load_image, one_line
@@ -272,12 +272,14 @@ def prob_chart(card: ModelCard, p: float):
 
 def verdict_heading(where, card: ModelCard, p: float, threshold: float, band: float, temperature: float,
                     level: str = "####") -> str:
-    """The verdict as a heading in ``where`` and, under a negative lean, what it does not rule out (Analyse and
-    Compare word it the same way); the headline."""
+    """The verdict as a heading in ``where`` and, under a negative lean or an uncertain one, what it does not
+    rule out (Analyse and Compare word it the same way); the headline."""
     headline, colour = verdict(card, p, threshold, band)
     where.markdown(f"{level} :{colour}[{headline}]")
     if headline == f"Leans {card.task_labels[0]}":
-        where.caption(negative_caveat(card, threshold, temperature))
+        where.caption(negative_caveat(card, threshold, temperature, band))
+    elif headline == UNCERTAIN:
+        where.caption(uncertain_caveat(card))
     return headline
 
 

@@ -10,8 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from skinapp.data import DEFAULT_LABEL_MAP
-from skinapp.decision import plain_rates
+from skinapp.decision import plain_rates, score_note
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
@@ -26,12 +25,6 @@ T_HELP = ("Temperature divides the model's benign-vs-malignant log-odds (how str
 T_SHORT = "Above 1 pulls probabilities towards 50/50, below 1 towards 0 or 1; the order of photos never changes."
 SPLIT_NAMES = {"test": "Locked test split (n={n})",
                "validation": "Validation split (n={n}; this model has no locked test split, so this is optimistic)"}
-
-
-#: once per page, under the uploader: what the score is and is not
-_SCORE_NOTE = ("The score P({pos}) is calibrated on ISIC validation photos of which about half are malignant, far "
-               "more than in a clinic: it is not this patient's risk. Malignant here means {malignant}, as the "
-               "models were trained.")
 
 
 def _operating_caption(card, threshold: float, temperature: float) -> str | None:
@@ -67,7 +60,8 @@ def _temperature(card) -> float:
         hi = max(10.0, round(card.temperature * 2, 2))
         # keyed by the card's weights and calibration too: a model retrained or recalibrated under its name starts
         # from its new calibrated temperature, not the old one
-        shown = st.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.05,
+        # step 0.01: on a 0.05 grid a calibrated T such as 0.96 could not be set again once moved in a browser
+        shown = st.slider("Temperature", 0.05, hi, float(round(card.temperature, 2)), 0.01,
                           key=f"dx_T_{card.name}_{card.sha256[:12]}_{card.temperature:.6g}", help=T_HELP)
         st.caption(f"Calibrated: T = {card.temperature:.2f}. {T_SHORT}")
     # the slider shows two decimals; left where it starts, it means the calibrated T itself (as the CLI, Compare
@@ -166,8 +160,7 @@ def render() -> None:
         return
     files = st.file_uploader(f"Lesion photos ({common.FORMATS_TEXT}; drag and drop several at once)",
                              type=common.UPLOAD_TYPES, accept_multiple_files=True, key="dx_files")
-    st.caption(_SCORE_NOTE.format(pos=card.task_labels[1], malignant=", ".join(
-        d.replace("_", " ") for d, g in DEFAULT_LABEL_MAP.items() if g == "malignant")))
+    st.caption(score_note(card, temperature))  # once per page, under the uploader: what the score is and is not
     if not files:
         st.info("Upload one or more dermoscopic photos to see the model's estimate and where it looked.")
         return

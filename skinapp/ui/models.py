@@ -103,6 +103,8 @@ def _registry_table(cards) -> None:
 
 
 def _roc_title(splits: set[str]) -> str:
+    if not splits:
+        return "No ROC to draw: pick models above (a card without a ROC has none to show)"
     if splits == {"test"}:
         return "ROC on each model's locked test split"
     if splits == {"validation"}:
@@ -214,7 +216,7 @@ def _kd_text(kd: dict | None) -> str:
         head += (" at " if head else "") + f"T = {_plain(kd['temperature'])}"
     if "alpha" in kd:
         head += (", " if head else "") + f"alpha {_plain(kd['alpha'])}"
-    return "; ".join(filter(None, [head] + [f"{k.replace('_', ' ')} {_plain(v)}" for k, v in rest.items()]))
+    return "; ".join(filter(None, [head] + [f"{k.replace('_', ' ')} {_plain(v)}" for k, v in rest.items()])) or "—"
 
 
 def _plain(v) -> str:

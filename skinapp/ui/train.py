@@ -69,9 +69,14 @@ def _dataset_preview(path: str) -> bool:
         order = {d: i for i, d in enumerate(_chart_order(counts, groups))}
         cols = st.columns(max(len(thumbs), 6))  # at least six, so a few thumbnails stay small
         for col, (dx, img) in zip(cols, sorted(thumbs, key=lambda t: order.get(t[0], len(order)))):
-            label = dx.replace("_", " ") + ("" if groups.get(dx, dx) == dx else f" ({groups[dx]})")
-            col.image(img, caption=label, width="stretch")
+            col.image(img, caption=_thumb_label(dx, groups), width="stretch")
     return True
+
+
+def _thumb_label(folder: str, groups: dict[str, str]) -> str:
+    """A folder's name and what it counts as, said once when they are the same word ('Benign/' is benign)."""
+    label = groups.get(folder, folder)
+    return folder.replace("_", " ") + ("" if label.casefold() == folder.casefold() else f" ({label})")
 
 
 def _chart_order(counts: dict[str, int], groups: dict[str, str]) -> list[str]:
