@@ -100,7 +100,7 @@ def test_diagnose_many_files_with_bad_ones(env):
     df = at.dataframe[0].value
     assert list(df["file"]) == [f[0] for f in files]
     assert list(df.columns) == ["file", "verdict", "p_malignant", "p_benign", "model", "temperature", "threshold",
-                                "latency_ms", "error"]  # a fixed order, errors last
+                                "band", "latency_ms", "error"]  # a fixed order, errors last
     bad = df[df["file"] == "empty.jpg"].iloc[0]
     assert bad["verdict"] == "" and bad["p_malignant"] == "" and "empty" in bad["error"]  # blank, not None/NaN
     good = df[df["file"] == "good.png"].iloc[0]
@@ -350,6 +350,12 @@ def test_compare_words_verdicts_as_diagnose_does(env, threshold, band):
     assert [h.split("[")[1].rstrip("]") for h in headlines] == list(df["verdict"])
     caveats = [c.value for c in at.caption if c.value.startswith("Leaning benign does not rule out malignancy")]
     assert len(caveats) == list(df["verdict"]).count("Leans benign")  # worded as on Analyse, under each benign lean
+    from skinapp.ui.common import operating_caption  # each model's own misses: agreeing models can differ there
+
+    for name in df["model"]:
+        card = reg.get(name)
+        rates = operating_caption(card, threshold, card.temperature)
+        assert rates.startswith("Locked test split (n=") and rates in [c.value for c in at.caption]
     if threshold == 0.05:
         assert set(df["verdict"]) == {"Leans malignant"} and "Both models: Leans malignant" in at.info[0].value
     if threshold == 0.95:
@@ -1120,13 +1126,14 @@ def test_results_csv_says_what_it_is_and_reads_back(env):
 
     card = Registry().get("tiny-student")
     rows = [{"file": "=a.png", "verdict": "Leans benign", "p_malignant": 0.2, "p_benign": 0.8, "model": card.name,
-             "temperature": 1.5, "threshold": 0.5, "latency_ms": 3.0, "error": ""},
+             "temperature": 1.5, "threshold": 0.5, "band": 0.1, "latency_ms": 3.0, "error": ""},
             {"file": "b.jpg", "model": card.name, "error": "b.jpg: the file is empty (0 bytes)."}]
     text = results_csv(results_table(rows, card)).decode()
     assert text.startswith("# Research and education tool") and "not a medical device" in text.splitlines()[0]
     back = pd.read_csv(io.StringIO(text), comment="#", keep_default_na=False)
     assert list(back["file"]) == ["'=a.png", "b.jpg"] and list(back["model"]) == [card.name] * 2
     assert back["temperature"].tolist() == ["1.5", ""] and back["threshold"].tolist() == ["0.5", ""]
+    assert back["band"].tolist() == ["0.1", ""]  # with the threshold, what makes a row 'Uncertain'
 
 
 def test_diagnose_case_report_matches_the_page(env, monkeypatch):
@@ -1257,3 +1264,30 @@ def test_train_page_says_what_the_chosen_objective_did_here(env, tmp_path, monke
     assert any("dsnet: ΔAUC -0.020 over 1 seed (0 better, 1 worse)" in c.value for c in at.caption)
     at.selectbox(key="train_kd").set_value("logit+attention").run()
     assert any("dsnet: ΔAUC +0.030" in c.value for c in at.caption)  # its logit part
+
+
+def test_what_maps_need_is_prepared_by_one_thread_at_a_time(monkeypatch):
+    """Two models' background preparations (timm, the map library) once imported torchvision at the same time and
+    left it half imported; they, and a page's map, now take turns."""
+    import threading
+    import time as _time
+    from types import SimpleNamespace
+
+    from skinapp.ui import common
+
+    active, most = [0], [0]
+
+    def slow_import(method):
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        _time.sleep(0.2)
+        active[0] -= 1
+
+    monkeypatch.setattr(common, "load_cam_library", slow_import)
+    preds = [SimpleNamespace(cam_model=lambda: None, card=SimpleNamespace(cam_method="gradcam")) for _ in range(3)]
+    threads = [threading.Thread(target=common.maps_ready, args=(p,)) for p in preds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 1 and active[0] == 0

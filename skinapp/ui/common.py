@@ -20,7 +20,7 @@ import torch
 
 from skinapp.data import resize_square
 from skinapp.decision import (UNCERTAIN, OperatingPoint, auc_text, negative_caveat,  # noqa: F401 (pages use them)
-                              operating_point, uncertain_caveat, verdict)
+                              operating_point, plain_rates, uncertain_caveat, verdict)
 from skinapp.evaluation import grouped_probs
 from skinapp.explain import explain, legend, load_cam_library, overlay
 from skinapp.imageio import display_copy, load_image, one_line
@@ -68,11 +68,17 @@ def _preload_maps(pred: Predictor) -> None:
         log.warning("could not preload what the activation maps of %s need", pred.card.name, exc_info=True)
 
 
+#: one thread at a time prepares what maps need: two importing timm and the map library at once left
+#: torchvision half imported once ("cannot import name 'InterpolationMode' from partially initialized module")
+_MAP_IMPORTS = threading.Lock()
+
+
 def maps_ready(pred: Predictor) -> None:
     """Wait until what ``_load`` prepares in the background is there (or do it): a page that times models waits
-    (``usable(card, maps=True)``), so the imports cannot fall inside the timed runs."""
-    pred.cam_model()
-    load_cam_library(pred.card.cam_method)
+    (``usable(card, maps=True)``), so the imports cannot fall inside the timed runs; a map waits too (``_map``)."""
+    with _MAP_IMPORTS:
+        pred.cam_model()
+        load_cam_library(pred.card.cam_method)
 
 
 def broken_models_note() -> None:
@@ -162,7 +168,9 @@ def _predict(name: str, sha256: str, root: str, digest: str, _photo: Upload) -> 
 
 @st.cache_data(show_spinner=False, max_entries=128)
 def _map(name: str, sha256: str, root: str, digest: str, target: str, _photo: Upload) -> ActivationMap:
-    cam = explain(_load(name, sha256, root), _photo.image, target)
+    pred = _load(name, sha256, root)
+    maps_ready(pred)  # not alongside another model's background imports
+    cam = explain(pred, _photo.image, target)
     return ActivationMap(cam.heatmap, cam.target, cam.latency_ms)
 
 
@@ -268,6 +276,22 @@ def prob_chart(card: ModelCard, p: float):
     fig.update_layout(height=140, margin=dict(l=10, r=24, t=10, b=10), showlegend=False,  # room for "100%"
                       xaxis=dict(range=[0, 1.0001], tickvals=[0, 0.25, 0.5, 0.75, 1], tickformat=".0%"))
     return fig
+
+
+SPLIT_NAMES = {"test": "Locked test split (n={n})",
+               "validation": "Validation split (n={n}; this model has no locked test split, so this is optimistic)"}
+
+
+def operating_caption(card: ModelCard, threshold: float, temperature: float) -> str | None:
+    """The model's sensitivity and specificity at this threshold and temperature, in figures and in words
+    (Analyse under its threshold, Compare under each model: two models can agree on a photo and still miss
+    different shares of malignant ones)."""
+    op = operating_point(card, threshold, temperature)
+    if op is None:
+        return None
+    where = SPLIT_NAMES[op.split].format(n=op.n if op.n is not None else "?")
+    return (f"{where}: sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at this threshold "
+            f"and temperature: {plain_rates(op, card.task_labels)}.")
 
 
 def verdict_heading(where, card: ModelCard, p: float, threshold: float, band: float, temperature: float,

@@ -75,6 +75,9 @@ def _one_model(col, card, photo: common.Upload, times: list[float], threshold: f
         st.plotly_chart(common.prob_chart(card, p), width="stretch", key=f"cmp_chart_{card.name}")
         st.caption(f"P({card.task_labels[1]}) = {p:.3f} at T = {card.temperature:.2f} (calibrated) · "
                    f"{ms:.1f} ms median")
+        rates = common.operating_caption(card, threshold, card.temperature)
+        if rates:
+            st.caption(rates)
     return {"model": card.name, "role": card.role, "arch": card.arch, "verdict": headline,
             f"p_{card.task_labels[1]}": round(p, 4), "temperature": round(card.temperature, 3),
             "median_ms": round(ms, 2), "params": card.params, "size": common.human_size(card.file_bytes),

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from skinapp.decision import plain_rates, score_note
+from skinapp.decision import score_note
 from skinapp.explain import cam_name
 from skinapp.imageio import InvalidImageError
 from skinapp.report import CaseResult, ReportSettings, case_report
@@ -23,19 +23,6 @@ T_HELP = ("Temperature divides the model's benign-vs-malignant log-odds (how str
           "which side of another threshold a photo is on. The default is the temperature fitted on validation "
           "images so that, e.g., 80% means right about 80% of the time.")
 T_SHORT = "Above 1 pulls probabilities towards 50/50, below 1 towards 0 or 1; the order of photos never changes."
-SPLIT_NAMES = {"test": "Locked test split (n={n})",
-               "validation": "Validation split (n={n}; this model has no locked test split, so this is optimistic)"}
-
-
-def _operating_caption(card, threshold: float, temperature: float) -> str | None:
-    op = common.operating_point(card, threshold, temperature)
-    if op is None:
-        return None
-    where = SPLIT_NAMES[op.split].format(n=op.n if op.n is not None else "?")
-    return (f"{where}: sensitivity {op.sensitivity:.0%}, specificity {op.specificity:.0%} at this threshold "
-            f"and temperature: {plain_rates(op, card.task_labels)}.")
-
-
 def _settings(cards):
     reg = common.registry()
     by_name = {c.name: c for c in cards}  # names, not cards, in the widget: a card re-read from disk is used
@@ -47,7 +34,7 @@ def _settings(cards):
     threshold, band = common.decision_sliders(c1, c2, card, f"dx_{card.name}")
     alpha = c3.slider("Grad-CAM opacity", 0.0, 1.0, 0.45, 0.05, key="dx_alpha")
     temperature = _temperature(card)
-    caption = _operating_caption(card, threshold, temperature)
+    caption = common.operating_caption(card, threshold, temperature)
     if caption:
         c1.caption(caption)
     return card, temperature, threshold, band, alpha
@@ -97,7 +84,7 @@ def _show_verdict(card, f, temperature: float, threshold: float, band: float) ->
                    f"prediction {pr.latency_ms:.1f} ms · model {card.name}")
     neg, pos = card.task_labels
     row = {"file": f.name, "model": card.name, f"p_{neg}": round(1 - p, 4), f"p_{pos}": round(p, 4),
-           "verdict": headline, "temperature": temperature, "threshold": threshold,
+           "verdict": headline, "temperature": temperature, "threshold": threshold, "band": band,
            "latency_ms": round(pr.latency_ms, 2), "error": ""}
     return row, _Pending(f.name, photo, slot, p, common.shown_label(card, p, threshold))
 
@@ -180,7 +167,9 @@ def render() -> None:
     if len(files) > 1:
         st.subheader("Results")
         df = results_table(rows, card)
-        st.dataframe(df, width="stretch", hide_index=True)
+        st.dataframe(df, width="stretch", hide_index=True,  # probabilities to 4 places, not 0.636 beside 0.2448
+                     column_config={c: st.column_config.NumberColumn(format="%.4f") for c in df.columns
+                                    if c.startswith("p_")})
         st.download_button("Download results (CSV)", results_csv(df), "skinapp_results.csv", "text/csv",
                            key="dx_csv")
 
@@ -200,7 +189,9 @@ def _report_button(card, cases: list[CaseResult], settings: ReportSettings) -> N
 def results_table(rows: list[dict], card) -> pd.DataFrame:
     """One row per photo in a fixed column order, errors last, blanks where a photo could not be analysed."""
     neg, pos = card.task_labels
-    cols = ["file", "verdict", f"p_{pos}", f"p_{neg}", "model", "temperature", "threshold", "latency_ms", "error"]
+    # the band too: a row's 'Uncertain' cannot be checked from its threshold alone
+    cols = ["file", "verdict", f"p_{pos}", f"p_{neg}", "model", "temperature", "threshold", "band", "latency_ms",
+            "error"]
     return pd.DataFrame([{c: r.get(c, "") for c in cols} for r in rows], columns=cols).astype(object)
 
 
