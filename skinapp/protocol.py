@@ -41,12 +41,15 @@ class SplitSpec:
 
 
 def check_parts(ds: LesionDataset, decoded: DecodedData, split: Split, need_test: bool) -> None:
-    """Validation (and test, when there is one) must hold both classes, or nothing on them can be measured."""
-    for name in ("val", "test") if need_test else ("val",):
+    """Training, validation (and test, when there is one) must each hold both classes: a model trained on one
+    class (or on none: a QA probe's 20 photos with a 0.75 test fraction left 0 to train on) learns nothing, and
+    nothing can be measured on a split without both."""
+    for name in ("train", "val", "test") if need_test else ("train", "val"):
         idx = split.part(name)
         if len(set(decoded.targets[idx].tolist())) < 2:
-            raise DatasetError(f"dataset folder {ds.root}: the {name} split ({len(idx)} images) lacks one class; "
-                               f"add images or raise the {name} fraction")
+            fix = ("lower the validation and test fractions" if name == "train" else f"raise the {name} fraction")
+            raise DatasetError(f"dataset folder {ds.root}: the {name} split ({len(idx)} images) lacks "
+                               f"{'both classes' if len(idx) == 0 else 'one class'}; add images or {fix}")
 
 
 def split_record(ds: LesionDataset, decoded: DecodedData, spec: SplitSpec, split: Split) -> dict[str, Any]:

@@ -569,3 +569,70 @@ def test_a_student_smaller_than_its_teacher_trains_on_views_of_its_own_decode(re
                                  teacher_views=views, **TINY | {"image_size": 32}), reg)
         assert card.input_size == 32 and seen
         assert set(seen) == {((48, 48), (32, 32), 32)}, seen
+
+
+@pytest.mark.parametrize("stage", ["after the last step", "while the test split is measured"])
+def test_a_cancel_after_training_registers_nothing(stage, registry_copy, tiny_data, tmp_path, monkeypatch):
+    """A QA probe cancelled a job after its last step and found its model registered ('done'), though the page
+    had said the job would stop."""
+    import skinapp.distill.finish as finish_mod
+    import skinapp.distill.run as run_mod
+
+    stop = tmp_path / "stop"
+    if stage == "after the last step":
+        real = run_mod._epochs
+
+        def epochs_then_cancel(*args, **kwargs):
+            out = real(*args, **kwargs)
+            stop.write_text("")
+            return out
+        monkeypatch.setattr(run_mod, "_epochs", epochs_then_cancel)
+    else:
+        real = finish_mod.fit_and_report
+
+        def report_then_cancel(*args, **kwargs):
+            out = real(*args, **kwargs)
+            stop.write_text("")
+            return out
+        monkeypatch.setattr(finish_mod, "fit_and_report", report_then_cancel)
+    progress = tmp_path / "run.jsonl"
+    before = sorted(p.name for p in registry_copy.iterdir())
+    card = train(TrainConfig(data=str(tiny_data), name="late-cancel", progress=str(progress), stop_file=str(stop),
+                             **TINY), Registry(registry_copy))
+    assert card is None and sorted(p.name for p in registry_copy.iterdir()) == before
+    kinds = [e["event"] for e in events(progress)]
+    assert kinds[-1] == "stopped" and "done" not in kinds and "epoch" in kinds
+
+
+def test_a_split_with_nothing_to_train_on_is_refused():
+    """20 photos with a 0.75 test fraction left no training photo, and the run registered an untrained model
+    (train loss NaN, test AUC 0.22) instead of refusing."""
+    from types import SimpleNamespace
+
+    from skinapp.data import DatasetError
+    from skinapp.protocol import check_parts
+
+    ds = SimpleNamespace(root="/data/tiny")
+    decoded = SimpleNamespace(targets=torch.tensor([0, 1, 0, 1, 0, 1, 0, 0]))
+    parts = {"train": [], "val": [0, 1], "test": [2, 3, 4, 5, 6, 7]}
+    split = SimpleNamespace(part=lambda name: parts[name])
+    with pytest.raises(DatasetError, match=r"the train split \(0 images\) lacks both classes; add images or lower "
+                                           r"the validation and test fractions"):
+        check_parts(ds, decoded, split, need_test=True)
+    parts["train"] = [6, 7]  # one class only
+    with pytest.raises(DatasetError, match=r"the train split \(2 images\) lacks one class"):
+        check_parts(ds, decoded, split, need_test=False)
+    parts["train"] = [5, 6]
+    check_parts(ds, decoded, split, need_test=True)  # both classes everywhere: no complaint
+
+
+def test_an_unwritable_cache_does_not_throw_the_teachers_pass_away(registry_copy, tiny_data, tmp_path, monkeypatch,
+                                                                   caplog):
+    """With SKINAPP_CACHE under a file, a job ran the teacher's whole pass, then failed on 'Not a directory'."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SKINAPP_CACHE", str(blocker / "cache"))
+    card = train(TrainConfig(data=str(tiny_data), name="no-cache", teacher="tiny-teacher", **TINY),
+                 Registry(registry_copy))
+    assert card is not None and card.name == "no-cache"
+    assert any("could not keep the teacher cache" in r.getMessage() for r in caplog.records)

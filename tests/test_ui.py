@@ -396,6 +396,27 @@ def test_the_models_roc_plot_begins_with_the_defaults_and_takes_any_model(env):
     assert sorted(n.split(" (")[0] for n in roc_names(at)[1:]) == ["tiny-nokd", "tiny-student", "tiny-teacher"]
 
 
+def test_the_models_page_names_numbers_too_thin_to_read(env, monkeypatch):
+    """A 20-photo job showed 'test AUC 1.000, 95% CI 1.00-1.00' on 4 test photos with no caution; the shipped
+    models (320 test photos, 161 malignant) get none."""
+    from skinapp.evaluation import small_sample_note
+    from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
+
+    at = page("models").run()
+    assert_clean(at)
+    thin = [c for c in Registry(env).cards() if small_sample_note(c.reported[1]["n_positive"], c.reported[1]["n"],
+                                                                  c.task_labels)]
+    assert thin  # the tiny registry's splits are small
+    (warning,) = [w.value for w in at.warning if w.value.startswith("Numbers too thin to read")]
+    for card in thin:
+        assert f"**{card.name}** (" in warning
+    monkeypatch.setenv("SKINAPP_WEIGHTS", str(DEFAULT_WEIGHTS_DIR))
+    if not any(DEFAULT_WEIGHTS_DIR.glob("*.json")):
+        pytest.skip("no shipped models in weights/")
+    shipped = page("models").run()
+    assert not [w for w in shipped.warning if w.value.startswith("Numbers too thin")]
+
+
 def test_a_card_shows_its_distillation_settings_in_words():
     from skinapp.ui.models import _kd_text
 

@@ -105,7 +105,11 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
                       f"views regenerated; teacher logits from {known.name}/", view=k + 1, views=n_aug,
                       elapsed_s=round(time.time() - t0, 1))
     if rank == 0:
-        _save(path, views, logits, feats)
+        try:
+            _save(path, views, logits, feats)
+        except OSError as exc:  # minutes of teacher passes are not thrown away for want of a cache
+            log.warning("could not keep the teacher cache in %s (%s); this run goes on without it (set "
+                        "SKINAPP_CACHE to a writable folder to reuse it)", path.parent, exc)
     return views, logits, feats
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch.distributed as dist
 import torch
@@ -39,8 +39,9 @@ def kd_record(cfg: TrainConfig, st: Setup, lp: Loop | None = None) -> dict[str, 
 
 def finish(cfg: TrainConfig, registry: Registry, model: nn.Module, st: Setup, decoded: DecodedData, split: Split,
            val_x: torch.Tensor, n_train: int, size: int, spec: ArchSpec, history: list[dict], best_epoch: int,
-           t_start: float, lp: Loop | None = None) -> ModelCard:
-    """Calibrate on the validation split, report on the locked test split, and register atomically."""
+           t_start: float, lp: Loop | None = None, check: Callable[[], None] | None = None) -> ModelCard:
+    """Calibrate on the validation split, report on the locked test split, and register atomically; ``check``
+    (raises to stop) is asked last, so a cancel while the test split is measured registers nothing."""
     ds = st.ds
     logits = predict_logits(model, val_x, size, spec.mean, spec.std)
     test_paths = [decoded.paths[i] for i in split.test]
@@ -61,6 +62,8 @@ def finish(cfg: TrainConfig, registry: Registry, model: nn.Module, st: Setup, de
         metrics=metrics, test_metrics=test_metrics,
         train=train_record(cfg, history, t_start) | ({"init": lp.init} if lp is not None and lp.init else {}),
         default=cfg.default, description=cfg.description)
+    if check is not None:
+        check()
     card = registry.register(model, card, overwrite=cfg.overwrite)
     return registry.set_default(card.name) if cfg.default else card
 

@@ -67,9 +67,10 @@ class StopRequest:
     def _on_term(self, *_: Any) -> None:
         self.flag = True
 
-    def requested(self) -> bool:
+    def requested(self, here_only: bool = False) -> bool:
+        """``here_only``: this process's answer, without asking the others (for rank 0 alone, once they left)."""
         local = self.flag or bool(self.stop_file and self.stop_file.exists())
-        if dist.is_available() and dist.is_initialized():
+        if not here_only and dist.is_available() and dist.is_initialized():
             t = torch.tensor([1.0 if local else 0.0])
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             local = bool(t.item() > 0)
@@ -79,6 +80,11 @@ class StopRequest:
         """Raise ``Stopped`` if a stop was asked for: called every few images while decoding and caching, so a
         cancel is honoured within seconds at any stage."""
         if self.requested():
+            raise Stopped
+
+    def check_here(self) -> None:
+        """``check`` for one process alone: after training, the other ranks have returned."""
+        if self.requested(here_only=True):
             raise Stopped
 
     def restore(self) -> None:

@@ -50,7 +50,7 @@ def train(cfg: TrainConfig, registry: Registry | None = None) -> ModelCard | Non
     try:
         return _run(cfg, registry, rank, world, progress, stop)
     except Stopped:
-        progress.emit("stopped", message="stopped on request before training; no model registered")
+        progress.emit("stopped", message="stopped on request; no model registered")
         return None
     except Exception as exc:
         progress.emit("error", message=str(exc), kind=type(exc).__name__)
@@ -132,8 +132,9 @@ def _run(cfg: TrainConfig, registry: Registry, rank: int, world: int, progress: 
     model.cpu().eval()
     if rank != 0:
         return None
+    stop.check_here()  # a cancel after the last step registers nothing either (rank 0 alone registers: no collective)
     card = finish(cfg, registry, model, st, decoded, split, val_x, len(train_idx), size, spec, history,
-                  best["epoch"], t_start, lp)
+                  best["epoch"], t_start, lp, check=stop.check_here)
     progress.emit("done", name=card.name, val_auc=card.metrics["auc"], temperature=card.temperature,
                   train_time_s=card.train["train_time_s"])
     return card

@@ -16,6 +16,7 @@ import streamlit as st
 
 from skinapp.registry import model_summary
 from skinapp import studies
+from skinapp.evaluation import small_sample_note
 from skinapp.explain import cam_name
 from skinapp.ui import common
 
@@ -78,7 +79,9 @@ PERFORMANCE_COLUMNS = NAME | {"val AUC": st.column_config.TextColumn(width=70),
                               "test AUC": st.column_config.TextColumn(width=70),
                               "test AUC 95% CI": st.column_config.TextColumn(width=110),
                               "test sens@spec80 (95% CI)": st.column_config.TextColumn(width=170),
-                              "test ECE": st.column_config.TextColumn(width=70),
+                              "test ECE": st.column_config.TextColumn(
+                                  width=70, help="Expected calibration error on the locked test split at the "
+                                                 "calibration T (the card also keeps it at T = 1)"),
                               "calibration T": st.column_config.NumberColumn(
                                   width=85, help="The temperature fitted on validation that calibrates the model's "
                                                  "probabilities (not the distillation temperature)"),
@@ -99,7 +102,22 @@ def _registry_table(cards) -> None:
                  column_config=PERFORMANCE_COLUMNS, height=_rows_height(len(cards)))
     st.caption("val: the validation split, where epochs and the temperature were chosen. test: the locked, "
                "lesion-grouped test split, only reported, never used for a choice; intervals are 95% bootstrap. "
-               "T: the calibration temperature fitted on validation.")
+               "T: the calibration temperature fitted on validation; test ECE is at that T.")
+    _small_samples(cards)
+
+
+def _small_samples(cards) -> None:
+    """Name the models whose reported numbers rest on too few photos of a class (a 20-photo job reported
+    'test AUC 1.000 [1.00, 1.00]' on 4 photos), as `evaluate` and the subgroup table already do."""
+    notes = []
+    for card in cards:
+        split, m = card.reported
+        n, n_pos = m.get("n"), m.get("n_positive")
+        if isinstance(n, int) and isinstance(n_pos, int):
+            note = small_sample_note(n_pos, n, card.task_labels)
+            notes += [f"**{common.md(card.name)}** ({SHORT_SPLIT.get(split, split)} split): {note}"] if note else []
+    if notes:
+        st.warning("Numbers too thin to read: " + "; ".join(notes) + ".", icon=":material/warning:")
 
 
 def _roc_title(splits: set[str]) -> str:
