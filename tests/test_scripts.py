@@ -113,6 +113,14 @@ def test_honest_tables_writes_between_markers_only(tmp_path):
     assert doc.read_text() == "before\n<!-- models-table:start -->\n| new |\n<!-- models-table:end -->\nafter\n"
 
 
+def test_the_paired_table_shows_aucs_as_stored():
+    """0.86746 is stored as 0.8675; rounded again to three places it read 0.868 beside the models table's 0.867."""
+    tables = load("honest_tables")
+    row = {"model_a": "kd", "model_b": "nokd", "relation": "vs its no-KD control", "split": "test", "n": 320,
+           "auc_a": 0.8675, "auc_b": 0.8414, "delta_auc": 0.0261, "delta_auc_ci": [0.004, 0.049], "p_delong": 0.021}
+    assert "| 0.8675 vs 0.8414 | +0.026 [+0.004, +0.049] | 0.021 |" in tables.paired_rows([row])[2]
+
+
 def test_kd_vs_control_summary_is_mean_and_sd_over_seeds():
     kvc = load("kd_vs_control")
     rows = [{"arch": "dsnet", "seed": s, "auc_kd": a, "auc_control": c, "delta_auc": a - c,
