@@ -251,3 +251,19 @@ def test_onnx_op_profile_counts_each_operator_of_the_graph():
                                                                  "Gemm", "ReorderInput", "ReorderOutput"}
     assert ops["Conv"]["nodes"] == 1 and ops["Conv"]["us_per_run"] > 0
     assert list(ops) == sorted(ops, key=lambda k: -ops[k]["us_per_run"])
+
+
+def test_the_rebuild_script_sets_the_defaults_the_registry_ships():
+    """train_shipped_models.sh set the fp32 copy as default student while weights/ and README named the int8 one."""
+    from skinapp.registry import DEFAULT_WEIGHTS_DIR, Registry
+
+    if not any(DEFAULT_WEIGHTS_DIR.glob("*.json")):
+        pytest.skip("no shipped models in weights/")
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "train_shipped_models.sh").read_text()
+    set_last = {}
+    reg = Registry(DEFAULT_WEIGHTS_DIR)
+    for line in script.splitlines():
+        if "models --set-default" in line and not line.lstrip().startswith("#"):
+            name = line.split("--set-default")[1].split()[0]
+            set_last[reg.get(name).role] = name
+    assert set_last == {"teacher": reg.default("teacher").name, "student": reg.default("student").name}

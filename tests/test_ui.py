@@ -212,6 +212,8 @@ def test_the_temperature_sits_under_advanced_and_a_moved_one_shows_with_it_close
     (adv,) = [e for e in at.expander if e.label.startswith("Advanced: softmax temperature")]
     (slider,) = [s for s in adv.slider if s.key.startswith("dx_T_")]
     assert not any(s.key.startswith("dx_T_") for e in at.columns for s in e.slider)
+    # a browser snaps to the step: on a 0.05 grid a calibrated T such as 0.96 could not be set again once moved
+    assert slider.step == 0.01 and round(slider.value / slider.step) * slider.step == pytest.approx(slider.value)
     slider.set_value(3.0).run()
     (flag,) = [c for c in at.caption if "no longer calibrated" in c.value]
     assert flag.value.startswith(":orange[Temperature 3.00, not the calibrated")
