@@ -93,9 +93,14 @@ def negative_caveat(card: ModelCard, threshold: float, temperature: float | None
              "its validation split (optimistic: the split it was tuned on)")
     missed = 1 - op.sensitivity
     if missed <= 0:  # 'no malignant photos ... scored below, as this one did' read as a contradiction
-        return f"{text}, although no {pos} photo in {where} scored below {cut:.2f} at this temperature."
-    return (f"{text}: {one_in(missed, f'{pos} photos')} in {where} scored below {cut:.2f} at this temperature, "
+        return f"{text}, although no {pos} photo in {where} scored below {_p_text(cut)} at this temperature."
+    return (f"{text}: {one_in(missed, f'{pos} photos')} in {where} scored below {_p_text(cut)} at this temperature, "
             f"as this one did.")
+
+
+def _p_text(p: float) -> str:
+    """A probability as the pages print it, without rounding a small one to 0.00."""
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.2g}"
 
 
 def uncertain_caveat(card: ModelCard) -> str:
@@ -108,20 +113,31 @@ def uncertain_caveat(card: ModelCard) -> str:
 PREMALIGNANT = {"actinic_keratosis"}
 
 
+def temperatures(t: float, calibrated: float) -> tuple[str, str]:
+    """A used and a calibrated T as text: two decimals, or four significant digits where two decimals would
+    print a moved T as the calibrated one ('T = 1.45 is not calibrated (the calibrated T is 1.45)')."""
+    if f"{t:.2f}" != f"{calibrated:.2f}" or t == calibrated:
+        return f"{t:.2f}", f"{calibrated:.2f}"
+    return f"{t:.4g}", f"{calibrated:.4g}"
+
+
 def score_note(card: ModelCard, temperature: float | None = None) -> str:
-    """What the score is and is not: fitted on photos about half malignant (not a patient's risk), calibrated
-    only at the card's T, and which diagnoses its positive label stands for."""
+    """What the score is and is not: fitted on validation photos with their own share of positives (not a
+    patient's risk), calibrated only at the card's T, and which diagnoses its positive label stands for."""
     pos = card.task_labels[1]
     t = card.temperature if temperature is None else temperature
+    n, n_pos = card.metrics.get("n"), card.metrics.get("n_positive")
+    share = (f"validation photos of which {n_pos / n:.0%} are {pos}" if _num(n) and _num(n_pos) and n > 0
+             else "its validation photos")
+    risk = f"{share}, not a clinic's share: it is not this patient's risk."
     if t == card.temperature:
-        head = (f"The score P({pos}) is calibrated on ISIC validation photos of which about half are malignant, far "
-                f"more than in a clinic: it is not this patient's risk.")
+        head = f"The score P({pos}) is calibrated on {risk}"
     else:
-        head = (f"The score P({pos}) at T = {t:.2f} is not calibrated (the calibrated T is {card.temperature:.2f}); "
-                f"even calibrated, it is fitted to ISIC validation photos of which about half are malignant, far "
-                f"more than in a clinic: it is not this patient's risk.")
+        used, calibrated = temperatures(t, card.temperature)
+        head = (f"The score P({pos}) at T = {used} is not calibrated (the calibrated T is {calibrated}); even "
+                f"calibrated, it is fitted to {risk}")
     names = sorted((n for n, g in zip(card.label_names, card.groups) if g == pos), key=lambda n: n in PREMALIGNANT)
-    if not names or names == [pos]:  # a two-output head: nothing to spell out
+    if not names or [n.casefold() for n in names] == [pos.casefold()]:  # a two-output head: nothing to spell out
         return head
     words = [n.replace("_", " ") + (f" (pre-malignant, counted as {pos} in training)" if n in PREMALIGNANT else "")
              for n in names]

@@ -18,7 +18,7 @@ from PIL import Image
 from . import __version__, checks
 from .explain import cam_name, legend
 from .decision import (UNCERTAIN, auc_text, negative_caveat, operating_point, plain_rates, score_note,
-                       uncertain_caveat, verdict)
+                       temperatures, uncertain_caveat, verdict)
 from .imageio import one_line
 from .registry import ModelCard
 
@@ -122,7 +122,7 @@ def _summary(pdf: _Report, card: ModelCard, results: list[CaseResult], s: Report
             ("Weights sha256", card.sha256),
             ("Discrimination", auc_text(card).replace("AUC", "AUC (95% CI)", 1) if card.test_metrics.get("auc_ci")
              else auc_text(card)),
-            ("Temperature", f"{s.temperature:.2f} (calibrated on validation: {card.temperature:.2f})" +
+            ("Temperature", "{} (calibrated on validation: {})".format(*temperatures(s.temperature, card.temperature)) +
              ("" if s.temperature == card.temperature else
               " - not the calibrated T: the probabilities are no longer calibrated")),
             ("Threshold", f"P({pos}) >= {s.threshold:.2f} leans {pos}; within +/-{s.band:.2f} of it: uncertain")]
@@ -200,7 +200,7 @@ def _photo_page(pdf: FPDF, card: ModelCard, r: CaseResult, i: int, s: ReportSett
         pdf.multi_cell(0, 5, text(negative_caveat(card, s.threshold, s.temperature, s.band)), new_x="LMARGIN",
                        new_y="NEXT")
     pdf.set_font("helvetica", "I", 8)  # a page may be read on its own: what the score is not, in short
-    pdf.multi_cell(0, 4, text(f"P({pos}) is a model score on photos about half malignant, not this patient's risk"
+    pdf.multi_cell(0, 4, text(f"P({pos}) is a model score, not this patient's risk"
                               + ("" if s.temperature == card.temperature else ", and not calibrated at this T")
                               + " (page 1 says more)."), new_x="LMARGIN", new_y="NEXT")
     pdf.ln(3)

@@ -626,13 +626,28 @@ def test_a_split_with_nothing_to_train_on_is_refused():
     check_parts(ds, decoded, split, need_test=True)  # both classes everywhere: no complaint
 
 
-def test_an_unwritable_cache_does_not_throw_the_teachers_pass_away(registry_copy, tiny_data, tmp_path, monkeypatch,
-                                                                   caplog):
-    """With SKINAPP_CACHE under a file, a job ran the teacher's whole pass, then failed on 'Not a directory'."""
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("SKINAPP_CACHE", str(blocker / "cache"))
+@pytest.mark.parametrize("how", ["a file where the folder should be", "a write that fails"])
+def test_an_unwritable_cache_does_not_throw_the_teachers_pass_away(how, registry_copy, tiny_data, tmp_path,
+                                                                   monkeypatch, caplog):
+    """With SKINAPP_CACHE under a file, a job ran the teacher's whole pass, then failed on 'Not a directory'; a
+    full disk fails in safetensors' own error, and must leave no half-written file behind."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    if how == "a file where the folder should be":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("")
+        monkeypatch.setenv("SKINAPP_CACHE", str(blocker / "cache"))
+    else:
+        monkeypatch.setenv("SKINAPP_CACHE", str(tmp_path / "cache"))
+
+        def full_disk(tensors, filename, *a, **k):
+            Path(filename).write_bytes(b"half")
+            raise SafetensorError("No space left on device")
+        monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     card = train(TrainConfig(data=str(tiny_data), name="no-cache", teacher="tiny-teacher", **TINY),
                  Registry(registry_copy))
     assert card is not None and card.name == "no-cache"
     assert any("could not keep the teacher cache" in r.getMessage() for r in caplog.records)
+    if how == "a write that fails":
+        assert not list((tmp_path / "cache").glob("*.tmp"))

@@ -456,6 +456,7 @@ def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
     assert negative_caveat(card, 0.25) == ("Leaning benign does not rule out malignancy, although no malignant "
                                            "photo in its locked test split scored below 0.25 at this temperature.")
     assert negative_caveat(card, 0.08, None, 0.1) == "Leaning benign does not rule out malignancy."  # no such lean
+    assert "scored below 0.001 at this temperature" in negative_caveat(card, 0.05, None, 0.049)  # not 'below 0.00'
     tuned = SimpleNamespace(**{**vars(card), "reported": ("validation", card.reported[1])})
     assert "in its validation split (optimistic: the split it was tuned on) scored" in negative_caveat(tuned, 0.5)
     assert uncertain_caveat(card) == ("Too close to the threshold for the model to lean either way; this does not "
@@ -464,21 +465,27 @@ def test_a_benign_lean_is_blue_and_says_what_it_does_not_rule_out():
 
 def test_the_score_note_says_what_the_score_is_not():
     """A clinician read 'P(malignant) = 0.93' as this patient's risk, actinic keratosis as cancer, and a moved T
-    as still calibrated; the note says what each is, from the card's own grouping of its diagnoses."""
+    as still calibrated; the note says what each is, from the card's own grouping and validation split."""
     from types import SimpleNamespace
 
-    from skinapp.decision import score_note
+    from skinapp.decision import score_note, temperatures
 
-    card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.45,
+    card = SimpleNamespace(task_labels=("benign", "malignant"), temperature=1.4545,
+                           metrics={"n": 320, "n_positive": 162},
                            label_names=["actinic_keratosis", "melanoma", "nevus", "basal_cell_carcinoma"],
                            groups=["malignant", "malignant", "benign", "malignant"])
     note = score_note(card)
-    assert note.startswith("The score P(malignant) is calibrated on ISIC validation photos") and \
-        "it is not this patient's risk." in note
+    assert note.startswith("The score P(malignant) is calibrated on validation photos of which 51% are malignant, "
+                           "not a clinic's share: it is not this patient's risk.")
     assert note.endswith("Malignant here means melanoma, basal cell carcinoma and actinic keratosis (pre-malignant, "
                          "counted as malignant in training).")
-    assert score_note(card, 1.45) == note
-    moved = score_note(card, 2.0)
-    assert moved.startswith("The score P(malignant) at T = 2.00 is not calibrated (the calibrated T is 1.45)")
-    two = SimpleNamespace(**{**vars(card), "label_names": ["benign", "malignant"], "groups": ["benign", "malignant"]})
-    assert "here means" not in score_note(two)
+    assert score_note(card, 1.4545) == note
+    assert score_note(card, 2.0).startswith("The score P(malignant) at T = 2.00 is not calibrated (the calibrated T "
+                                            "is 1.45); even calibrated, it is fitted to validation photos of which 51%")
+    # the CLI takes --temperature 1.45: not the calibrated 1.4545, and not printed as if it were
+    assert "at T = 1.45 is not calibrated (the calibrated T is 1.454)" in score_note(card, 1.45)
+    assert temperatures(1.45, 1.4545) == ("1.45", "1.454") and temperatures(2.0, 1.4545) == ("2.00", "1.45")
+    unknown = SimpleNamespace(**{**vars(card), "metrics": {}})  # a card without validation counts
+    assert score_note(unknown).startswith("The score P(malignant) is calibrated on its validation photos, not a")
+    two = SimpleNamespace(**{**vars(card), "label_names": ["Benign", "Malignant"], "groups": ["benign", "malignant"]})
+    assert "here means" not in score_note(two)  # 'Malignant here means Malignant' said nothing

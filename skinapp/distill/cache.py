@@ -65,6 +65,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     ``check``: called between chunks of the teacher's pass; raises to stop (a cancel within seconds).
     ``small``: the same photos decoded at the student's size, from which its views are made (``augment_pair``).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     key = cache_key(cfg, st, hashes, size, images.shape[-1], features.describe() if features else None,
@@ -107,7 +108,7 @@ def build_teacher_cache(cfg: TrainConfig, st: Setup, images: torch.Tensor, hashe
     if rank == 0:
         try:
             _save(path, views, logits, feats)
-        except OSError as exc:  # minutes of teacher passes are not thrown away for want of a cache
+        except (OSError, SafetensorError) as exc:  # minutes of teacher passes are not lost for want of a cache
             log.warning("could not keep the teacher cache in %s (%s); this run goes on without it (set "
                         "SKINAPP_CACHE to a writable folder to reuse it)", path.parent, exc)
     return views, logits, feats
@@ -143,8 +144,12 @@ def _save(path: Path, views: torch.Tensor, logits: torch.Tensor, feats: dict[str
     for name, tensors in ((path, full),
                           (path.with_name(path.name.replace("teacher-views-", "teacher-logits-")), {"logits": logits})):
         tmp = name.with_suffix(f".{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, name)
+        try:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, name)
+        finally:  # a half-written file of views (gigabytes) is not left behind on a full disk
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _shipped_logits(key: str, folders, shape) -> tuple[Path | None, torch.Tensor | None]:

@@ -54,7 +54,8 @@ def _load(name: str, sha256: str, root: str) -> Predictor:
     the map library (1.2 s) and, for an ONNX copy, the PyTorch source its maps run on (4-5 s with timm). Both are
     done in the background, so the page is ready while the user picks photos and the first photo does not wait;
     a copy whose source is not registered is refused here, by name."""
-    pred = Predictor.from_registry(name, Registry(root))
+    with _MAP_IMPORTS:  # not while another model's background preparation imports timm or the map library
+        pred = Predictor.from_registry(name, Registry(root))
     if pred.onnx:
         pred.cam_source()
     threading.Thread(target=_preload_maps, args=(pred,), name=f"skinapp-maps-{name}", daemon=True).start()
@@ -68,8 +69,9 @@ def _preload_maps(pred: Predictor) -> None:
         log.warning("could not preload what the activation maps of %s need", pred.card.name, exc_info=True)
 
 
-#: one thread at a time prepares what maps need: two importing timm and the map library at once left
-#: torchvision half imported once ("cannot import name 'InterpolationMode' from partially initialized module")
+#: one thread at a time builds a model or prepares what maps need: two importing timm and the map library at
+#: once left torchvision half imported once ("cannot import name 'InterpolationMode' from partially initialized
+#: module"); a page's model load, the background preparation and a map all take it
 _MAP_IMPORTS = threading.Lock()
 
 
