@@ -579,22 +579,14 @@ def test_a_cancel_after_training_registers_nothing(stage, registry_copy, tiny_da
     import skinapp.distill.run as run_mod
 
     stop = tmp_path / "stop"
-    if stage == "after the last step":
-        real = run_mod._epochs
+    module, name = (run_mod, "_epochs") if stage == "after the last step" else (finish_mod, "fit_and_report")
+    real = getattr(module, name)
 
-        def epochs_then_cancel(*args, **kwargs):
-            out = real(*args, **kwargs)
-            stop.write_text("")
-            return out
-        monkeypatch.setattr(run_mod, "_epochs", epochs_then_cancel)
-    else:
-        real = finish_mod.fit_and_report
-
-        def report_then_cancel(*args, **kwargs):
-            out = real(*args, **kwargs)
-            stop.write_text("")
-            return out
-        monkeypatch.setattr(finish_mod, "fit_and_report", report_then_cancel)
+    def then_cancel(*args, **kwargs):  # the stage runs to its end, then the user presses Cancel
+        out = real(*args, **kwargs)
+        stop.write_text("")
+        return out
+    monkeypatch.setattr(module, name, then_cancel)
     progress = tmp_path / "run.jsonl"
     before = sorted(p.name for p in registry_copy.iterdir())
     card = train(TrainConfig(data=str(tiny_data), name="late-cancel", progress=str(progress), stop_file=str(stop),
