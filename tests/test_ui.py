@@ -1314,3 +1314,23 @@ def test_what_maps_need_is_prepared_by_one_thread_at_a_time(monkeypatch):
     for t in threads:
         t.join(10)
     assert most[0] == 1 and active[0] == 0
+
+
+def test_a_page_builds_its_model_under_the_map_preparation_lock(monkeypatch):
+    """A page's model build imports timm: it must not run beside another model's background map preparation,
+    which imports the map library (the pair once left torchvision half imported)."""
+    from types import SimpleNamespace
+
+    from skinapp.ui import common
+
+    seen = []
+
+    def from_registry(name, registry):
+        seen.append(common._MAP_IMPORTS.locked())
+        return SimpleNamespace(onnx=False, cam_model=lambda: None, card=SimpleNamespace(cam_method="gradcam",
+                                                                                         name=name))
+    monkeypatch.setattr(common.Predictor, "from_registry", staticmethod(from_registry))
+    monkeypatch.setattr(common, "load_cam_library", lambda method: None)
+    common._load.clear()
+    common._load("some-model", "0" * 64, "/nowhere")
+    assert seen == [True]
