@@ -66,7 +66,6 @@ def cmd_predict(args, reg: Registry) -> int:
             raise ValueError(f"--cam-out {out_dir} exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
     _check_report(args)  # a bad --report path is refused before any work
-    checks.band(args.band)
     pred = Predictor.from_registry(reg.default("student").name if args.model is None else args.model, reg,
                                    _threads(args))
     cam_names = cam_file_names(paths) if args.cam_out else {}
@@ -92,8 +91,8 @@ def cmd_predict(args, reg: Registry) -> int:
 
 
 def _check_report(args) -> None:
-    """The report's path, checked up front so a typo does not surface after minutes of Grad-CAM (temperature
-    and threshold are checked for every command by ``_check_args``)."""
+    """The report's path, checked up front so a typo does not surface after minutes of Grad-CAM (temperature,
+    threshold and band are checked for every command by ``_check_args``)."""
     if not args.report:
         return
 
@@ -401,6 +400,8 @@ def _check_args(args) -> None:
         checks.temperature(args.temperature)
     if getattr(args, "threshold", None) is not None:
         checks.threshold(args.threshold)
+    if getattr(args, "band", None) is not None:
+        checks.band(args.band)
     for name in ("threads", "runs"):
         if getattr(args, name, None) is not None:
             checks.positive_int(name, getattr(args, name))

@@ -84,7 +84,7 @@ def negative_caveat(card: ModelCard, threshold: float, temperature: float | None
     scored below the band's lower edge (where a negative lean starts), not below the threshold, at this
     temperature."""
     neg, pos = card.task_labels
-    text = f"Leaning {neg} does not rule out {NOUNS.get(pos, pos)}"
+    text = f"Leaning {neg} does not rule out {_noun(pos)}"
     cut = threshold - band
     op = operating_point(card, cut, temperature) if cut > 0 else None
     if op is None:
@@ -106,7 +106,7 @@ def _p_text(p: float) -> str:
 def uncertain_caveat(card: ModelCard) -> str:
     """What an uncertain verdict means: unresolved, which does not rule the positive label out either."""
     return (f"Too close to the threshold for the model to lean either way; this does not rule out "
-            f"{NOUNS.get(card.task_labels[1], card.task_labels[1])}: treat it as unresolved.")
+            f"{_noun(card.task_labels[1])}: treat it as unresolved.")
 
 
 #: diagnoses a head counts as malignant that a dermatologist would call pre-malignant
@@ -146,6 +146,10 @@ def score_note(card: ModelCard, temperature: float | None = None) -> str:
 
 
 NOUNS = {"malignant": "malignancy"}  # a label as the thing a lean does not rule out
+
+
+def _noun(label: str) -> str:
+    return NOUNS.get(label, label)
 
 
 def auc_text(card: ModelCard) -> str:
